@@ -1,0 +1,260 @@
+"""Distillation on Fashion-MNIST: one teacher, one small student, every loss family.
+
+Rows: the teacher (ResNet-18, cross-entropy); the student (a derived ResNet-18 at
+width 0.125 / depth 0.5, 86K parameters) trained alone; the student with each
+loss family (kd, dkd, fitnets, at, rkd; the feature and relation losses are
+paired with cross-entropy); and KD from a student initialised by pruning the
+teacher. Everything trains on the 60k training images and is scored once, after
+the last epoch, on the 10k test images (no model selection on the test set;
+per-epoch monitoring uses the first 1k test images).
+
+    python benchmarks/distill_fashion_mnist.py --quick     # smoke run: 512 images, 1 epoch, ~1-2 min
+    python benchmarks/distill_fashion_mnist.py             # full run; rows print their epoch time
+
+Results: benchmarks/results/distill_fashion_mnist.{md,json} (`--quick`: *_quick.*).
+Each finished row is saved under benchmarks/results/distill_fashion_mnist[_quick]/<row>.json
+and skipped on a re-run with the same settings; an interrupted row resumes from
+its last finished epoch (edgekd's trainer checkpoints every epoch).
+
+Data: Debian's dataset-fashion-mnist (`apt-get install dataset-fashion-mnist`),
+or --data pointing at a folder of the four *-ubyte.gz files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+
+from edgekd.config import DataConfig, DistillConfig, StudentConfig, TrainConfig  # noqa: E402
+from edgekd.data import load_data  # noqa: E402
+from edgekd.distill.losses import build_objective, cross_entropy  # noqa: E402
+from edgekd.distill.trainer import evaluate, predict_logits, train  # noqa: E402
+from edgekd.models.io import build, load_model, save_checkpoint  # noqa: E402
+from edgekd.models.prune import init_from_teacher  # noqa: E402
+from edgekd.models.stats import count_flops, count_params  # noqa: E402
+from edgekd.models.student import student_spec  # noqa: E402
+from edgekd.schema import parse  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+TEACHER_ARCH = "resnet18"
+STUDENT = StudentConfig(width=0.125, depth=0.5)  # 86K parameters: channels 8-64, one block per stage
+
+
+@dataclass
+class Row:
+    name: str
+    losses: list[dict] = field(default_factory=list)  # empty: the teacher row (cross-entropy)
+    init: str = "random"
+
+
+ROWS = [
+    Row("teacher"),
+    Row("student alone", [{"kind": "ce"}]),
+    Row("kd", [{"kind": "kd", "temperature": 4.0, "alpha": 0.9}]),
+    Row("dkd", [{"kind": "ce"}, {"kind": "dkd", "temperature": 4.0, "alpha": 1.0, "beta": 8.0}]),
+    Row("fitnets", [{"kind": "ce"}, {"kind": "fitnets"}]),
+    Row("at", [{"kind": "ce"}, {"kind": "at", "beta": 1000.0}]),
+    Row("rkd", [{"kind": "ce"}, {"kind": "rkd", "distance_weight": 25.0, "angle_weight": 50.0}]),
+    Row("kd + init: teacher", [{"kind": "kd", "temperature": 4.0, "alpha": 0.9}], init="teacher"),
+]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="smoke run: 512 train / 256 test images, 1 epoch each")
+    p.add_argument("--data", type=Path, default=Path("/usr/share/datasets/fashion-mnist"))
+    p.add_argument("--out", type=Path, default=HERE / "results")
+    p.add_argument("--teacher-epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=15, help="student epochs per row")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--input-size", type=int, default=32)
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    p.add_argument("--rows", nargs="*", help="run only these rows (names as in the table)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.teacher_epochs = args.epochs = 1
+    return args
+
+
+def settings(args) -> dict:
+    """What decides a row's result: a saved row is reused only when these match."""
+    return {"quick": args.quick, "teacher_epochs": args.teacher_epochs, "epochs": args.epochs,
+            "batch_size": args.batch_size, "input_size": args.input_size, "teacher": TEACHER_ARCH,
+            "student": STUDENT.model_dump()}
+
+
+def load(args):
+    """(train, monitor, test) tensor pairs; the test split is Fashion-MNIST's own 10k."""
+    data = load_data(DataConfig(kind="idx", path=args.data, input_size=args.input_size, channels=1))
+    tx, ty = torch.from_numpy(data.train_x), torch.from_numpy(data.train_y)
+    vx, vy = torch.from_numpy(data.val_x), torch.from_numpy(data.val_y)
+    if args.quick:
+        tx, ty, vx, vy = tx[:512], ty[:512], vx[:256], vy[:256]
+    return (tx, ty), (vx[:1000], vy[:1000]), (vx, vy), data.num_classes
+
+
+def train_cfg(epochs: int, lr: float, batch_size: int) -> TrainConfig:
+    return TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, warmup_epochs=min(1.0, epochs / 4))
+
+
+def epoch_printer(name: str, epochs: int):
+    started = time.perf_counter()
+
+    def progress(loss, val_acc, img_s):
+        done = getattr(progress, "done", 0) + 1
+        progress.done = done
+        per_epoch = (time.perf_counter() - started) / done
+        print(f"  [{name}] epoch {done}/{epochs}: loss {loss:.4f}, monitor acc {val_acc:.4f}, {img_s} img/s, "
+              f"{per_epoch:.1f} s/epoch, row ETA {per_epoch * (epochs - done):.0f} s", flush=True)
+
+    return progress
+
+
+def run_teacher(args, dirs, train_xy, monitor_xy, num_classes) -> tuple[torch.nn.Module, dict]:
+    kwargs = {"num_classes": num_classes, "in_chans": 1}
+    torch.manual_seed(0)
+    model = build(TEACHER_ARCH, kwargs)
+    cfg = train_cfg(args.teacher_epochs, 2e-3, args.batch_size)
+    result = train(model, train_xy, monitor_xy, cfg, cross_entropy(), dirs / "work" / "teacher", key=json.dumps(settings(args)),
+                   progress=epoch_printer("teacher", cfg.epochs))
+    save_checkpoint(dirs / "teacher.pt", model, TEACHER_ARCH, kwargs)
+    return model.eval(), {"seconds_per_epoch": result.seconds_per_epoch, "epochs": result.epochs_run,
+                          "losses": "ce", "init": "random"}
+
+
+def teacher_logits(dirs: Path, teacher, train_x) -> tuple[torch.Tensor, float]:
+    """Logits of the whole training set, once (what edgekd's cache does for logit-only losses)."""
+    path = dirs / "teacher_logits.pt"
+    if path.is_file():
+        saved = torch.load(path)
+        return saved["logits"], saved["seconds"]
+    started = time.perf_counter()
+    logits = predict_logits(teacher, train_x)
+    seconds = time.perf_counter() - started
+    torch.save({"logits": logits, "seconds": seconds}, path)
+    return logits, seconds
+
+
+def run_student(args, row: Row, dirs, teacher, cached, train_xy, monitor_xy, num_classes):
+    arch, kwargs = student_spec(STUDENT, TEACHER_ARCH, {"num_classes": num_classes, "in_chans": 1})
+    torch.manual_seed(0)
+    student = build(arch, kwargs)
+    init_accuracy = None
+    if row.init == "teacher":
+        init_from_teacher(student, teacher, calibration=train_xy[0][:512])
+        init_accuracy = evaluate(student, *monitor_xy)
+    losses = parse(DistillConfig, {"losses": row.losses}, f"row {row.name!r}").losses
+    objective = build_objective(losses, student=student, teacher=teacher,
+                                input_shape=(1, args.input_size, args.input_size))
+    if objective.needs_teacher_internals:
+        def teacher_fn(_idx, inputs):  # live: the hooks record what feature losses read
+            with torch.no_grad():
+                return teacher(inputs).float()
+    else:
+        teacher_fn = lambda idx, _inputs: cached[idx]  # noqa: E731
+    cfg = train_cfg(args.epochs, 3e-3, args.batch_size)
+    try:
+        result = train(student, train_xy, monitor_xy, cfg, objective, dirs / "work" / slug(row.name),
+                       key=json.dumps(settings(args)), teacher=teacher_fn, progress=epoch_printer(row.name, cfg.epochs))
+    finally:
+        objective.close()
+    return student, {"seconds_per_epoch": result.seconds_per_epoch, "epochs": result.epochs_run,
+                     "losses": objective.describe(), "init": row.init, "init_accuracy": init_accuracy,
+                     "teacher": "live" if objective.needs_teacher_internals else "cached logits",
+                     "loss_params": count_params(objective)}
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name).strip("-")
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    suffix = "_quick" if args.quick else ""
+    dirs = args.out / f"distill_fashion_mnist{suffix}"
+    dirs.mkdir(parents=True, exist_ok=True)
+    train_xy, monitor_xy, test_xy, num_classes = load(args)
+    print(f"Fashion-MNIST: {len(train_xy[1])} train / {len(test_xy[1])} test images at {args.input_size}px, "
+          f"{args.threads} threads", flush=True)
+    wanted = [r for r in ROWS if not args.rows or r.name in args.rows]
+    rows = {}
+    teacher, cached = None, None
+    for i, row in enumerate(wanted):
+        path = dirs / f"{slug(row.name)}.json"
+        saved = json.loads(path.read_text()) if path.is_file() else None
+        if saved and saved["settings"] == settings(args) and (row.name != "teacher" or (dirs / "teacher.pt").is_file()):
+            print(f"{row.name}: done earlier ({saved['seconds_per_epoch']:.1f} s/epoch), skipped", flush=True)
+            rows[row.name] = saved
+            continue
+        print(f"{row.name}: training ({i + 1}/{len(wanted)})", flush=True)
+        if row.name == "teacher":
+            model, info = run_teacher(args, dirs, train_xy, monitor_xy, num_classes)
+            teacher = model
+        else:
+            teacher = teacher or _saved_teacher(dirs)
+            if cached is None:
+                cached, cache_seconds = teacher_logits(dirs, teacher, train_xy[0])
+                print(f"  teacher logits cached in {cache_seconds:.1f} s", flush=True)
+            model, info = run_student(args, row, dirs, teacher, cached, train_xy, monitor_xy, num_classes)
+        rows[row.name] = result_row(args, row, model, info, test_xy)
+        path.write_text(json.dumps(rows[row.name], indent=2))
+        left = len(wanted) - i - 1
+        print(f"  {row.name}: test accuracy {rows[row.name]['test_accuracy']:.4f}, "
+              f"{info['seconds_per_epoch']:.1f} s/epoch; {left} row(s) left", flush=True)
+    write_reports(args, dirs, suffix, rows)
+
+
+def _saved_teacher(dirs: Path):
+    if not (dirs / "teacher.pt").is_file():
+        raise SystemExit("The teacher row has not run yet: run without --rows, or with --rows teacher first.")
+    return load_model(dirs / "teacher.pt")
+
+
+def result_row(args, row: Row, model, info: dict, test_xy) -> dict:
+    model.eval()
+    return {"row": row.name, "settings": settings(args), "test_accuracy": evaluate(model, *test_xy),
+            "params": count_params(model), "flops": count_flops(model, (1, args.input_size, args.input_size)),
+            **info}
+
+
+def write_reports(args, dirs: Path, suffix: str, rows: dict) -> None:
+    plain = rows.get("student alone", {}).get("seconds_per_epoch")
+    lines = [
+        f"# Distillation on Fashion-MNIST{' (quick smoke run)' if args.quick else ''}",
+        "",
+        f"Teacher {TEACHER_ARCH}; student derived at width {STUDENT.width} / depth {STUDENT.depth}. "
+        f"{args.teacher_epochs} teacher / {args.epochs} student epochs, batch {args.batch_size}, "
+        f"{args.input_size}x{args.input_size} inputs, {args.threads} torch threads on {platform.machine()} "
+        f"({platform.processor() or 'cpu'}), torch {torch.__version__}. Test accuracy after the last epoch "
+        "on the 10k test images; s/epoch includes a 1k-image monitoring pass. The logit-only rows read "
+        "cached teacher logits (computed once); fitnets/at/rkd run the teacher live every step.",
+        "",
+        "| row | losses | test acc | params | MFLOPs | s/epoch | vs plain epoch |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows.values():
+        ratio = f"{r['seconds_per_epoch'] / plain:.2f}x" if plain and r["row"] != "teacher" else "-"
+        init = f", init: teacher (acc before training {r['init_accuracy']:.3f})" if r.get("init") == "teacher" else ""
+        lines.append(f"| {r['row']} | {r['losses']}{init} | {r['test_accuracy']:.4f} | {r['params']:,} | "
+                     f"{r['flops'] / 1e6:.2f} | {r['seconds_per_epoch']:.1f} | {ratio} |")
+    (args.out / f"distill_fashion_mnist{suffix}.md").write_text("\n".join(lines) + "\n")
+    digest = hashlib.sha256(json.dumps(settings(args), sort_keys=True).encode()).hexdigest()[:12]
+    (args.out / f"distill_fashion_mnist{suffix}.json").write_text(
+        json.dumps({"settings": settings(args), "settings_sha": digest, "rows": list(rows.values())}, indent=2))
+    print("\n".join(lines[-len(rows) - 2:]))
+    print(f"wrote {args.out / f'distill_fashion_mnist{suffix}.md'}")
+
+
+if __name__ == "__main__":
+    main()

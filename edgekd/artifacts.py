@@ -1,0 +1,80 @@
+"""Artifact files: hashes, atomic writes and sidecar JSON (torch-free).
+
+Every artifact edgekd writes (`model.onnx`, `model.int8.onnx`, ...) gets a
+sidecar `<artifact>.json` with the settings that produced it, package versions
+and the artifact's sha256, so a file found later in a run directory explains
+itself. Files are written under a temporary name in the same directory and
+renamed into place, so a crash or a failed check never leaves a half-written
+or unchecked file at the final name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from edgekd import __version__
+
+_PACKAGES = ("torch", "timm", "onnx", "onnxruntime", "onnxsim", "onnxscript", "numpy")
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_sidecar(path: str | Path) -> dict:
+    """The artifact's sidecar JSON as a dict ({} when it has none)."""
+    from edgekd.errors import DataError
+
+    side = sidecar_path(path)
+    if not side.is_file():
+        return {}
+    try:
+        return json.loads(side.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"Sidecar {side} is not valid JSON ({exc.msg}).", "Re-export the artifact or delete the sidecar.") from None
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """`model.onnx` -> `model.onnx.json`."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def partial_path(path: str | Path) -> Path:
+    """Where `path` is written before its checks pass (same directory, so rename is atomic)."""
+    path = Path(path)
+    return path.with_name(path.name + ".partial")
+
+
+def write_json_atomic(path: str | Path, data: dict[str, Any]) -> Path:
+    path = Path(path)
+    tmp = partial_path(path)
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def remove_quietly(*paths: str | Path) -> None:
+    for path in paths:
+        Path(path).unlink(missing_ok=True)
+
+
+def versions(packages: tuple[str, ...] = _PACKAGES) -> dict[str, str]:
+    """Installed versions of the packages that shape an artifact (absent ones are skipped)."""
+    found = {"edgekd": __version__, "python": platform.python_version()}
+    for name in packages:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found

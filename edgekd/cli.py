@@ -1,0 +1,123 @@
+"""Command line: parses options, calls plain functions, maps errors to exit codes.
+
+Exit codes are documented in README.md ("Exit codes") and `edgekd.errors.EXIT_CODES`.
+Errors print as one paragraph; the traceback only with --debug.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from edgekd import __version__
+from edgekd.errors import EXIT_CODES, EdgekdError
+
+
+class EdgekdGroup(click.Group):
+    """Turns project errors into one paragraph and an exit code."""
+
+    def invoke(self, ctx: click.Context):
+        debug = ctx.params.get("debug", False)
+        try:
+            return super().invoke(ctx)
+        except EdgekdError as exc:
+            if debug:
+                traceback.print_exc()
+            click.secho(f"error: {exc}", fg="red", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.secho("interrupted: finished stages and epoch checkpoints are kept; re-run to resume.", err=True)
+            ctx.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # the CLI edge: anything else is a bug to report
+            if debug:
+                traceback.print_exc()
+            click.secho(f"internal error: {type(exc).__name__}: {exc}\n"
+                        "This is a bug in edgekd. Re-run with --debug for the traceback and report it.", fg="red", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=EdgekdGroup, epilog="Exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()) + ".")
+@click.version_option(__version__, prog_name="edgekd")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+def main(debug: bool) -> None:
+    """Distil a timm teacher into an edge-sized student, export and benchmark it per device."""
+
+
+@main.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), help="Run directory (default: runs/<config name>/).")
+@click.option("--force", is_flag=True, help="Redo every stage, even those whose inputs are unchanged.")
+@click.option("--quiet", is_flag=True, help="Only errors and the final summary.")
+def compress(config: Path, out: Path | None, force: bool, quiet: bool) -> None:
+    """Teacher -> student -> ONNX -> INT8 -> benchmark -> report, from CONFIG (model.yaml)."""
+    from edgekd.pipeline.compress import compress as run_compress
+    from edgekd.ui import UI
+
+    result = run_compress(config, out=out, force=force, ui=UI(quiet=quiet))
+    if result.main:  # torchrun: rank 0 speaks for the run
+        click.echo(result.summary())
+
+
+@main.command()
+@click.argument("config", type=click.Path(path_type=Path))
+def validate(config: Path) -> None:
+    """Check CONFIG without running anything (types, keys, paths, targets, model names)."""
+    from edgekd.pipeline.compress import preflight
+
+    cfg = preflight(config)
+    click.echo(f"{config}: valid — run name {cfg.name!r}, targets {', '.join(cfg.targets)}.")
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path), default="model.yaml")
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def init(path: Path, force: bool) -> None:
+    """Write a commented model.yaml template to PATH (default: ./model.yaml)."""
+    from edgekd.errors import ConfigError
+    from edgekd.template import TEMPLATE
+
+    if path.exists() and not force:
+        raise ConfigError(f"{path} already exists.", "Choose another path or pass --force to overwrite it.")
+    path.write_text(TEMPLATE)
+    click.echo(f"wrote {path}; edit it, then: edgekd validate {path} && edgekd compress {path}")
+
+
+@main.command()
+def targets() -> None:
+    """List the device profiles this machine can see."""
+    from edgekd.targets import available, load_target
+
+    rows = [load_target(str(path)) for path in available().values()]
+    click.echo(f"{'name':<20} {'runtime':<12} {'arch':<8} {'precisions':<14} {'opset':>5} {'budget ms':>9}  description")
+    for t in rows:
+        click.echo(f"{t.name:<20} {t.runtime:<12} {t.arch:<8} {','.join(t.precisions):<14} {t.max_opset:>5} "
+                   f"{t.budgets.latency_ms:>9g}  {t.description}")
+
+
+def _register_subsystem_commands() -> None:
+    """Device-side commands live with their subsystem; their modules import no torch."""
+    from edgekd.bench.cli import bench_command
+    from edgekd.report.merge import merge_command
+    from edgekd.ship.cli import ship_command, verify_command
+    from edgekd.trt.cli import register as register_trt
+
+    register_trt(main)
+    for command in (bench_command, ship_command, verify_command):
+        main.add_command(command)
+    report_group.add_command(merge_command)
+
+
+@main.group("report")
+def report_group() -> None:
+    """Work with report.json files (merge reports from several devices)."""
+
+
+_register_subsystem_commands()
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,319 @@
+"""model.yaml as typed data.
+
+Every section is a `Strict` model: unknown keys are errors with a "did you
+mean", wrong types name their key path, and rules that span fields are checked
+here, at load time, never mid-run. Defaults sit next to what they mean.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
+
+from edgekd.errors import ConfigError
+from edgekd.schema import Strict, parse, read_yaml
+
+CONFIG_VERSION = 1
+
+
+class DataConfig(Strict):
+    kind: Literal["digits", "idx", "imagefolder"] = "digits"
+    path: Path | None = Field(None, description="idx: folder of *-ubyte.gz files; imagefolder: root of class folders")
+    input_size: int = Field(32, ge=8, description="square side the model sees, in pixels")
+    channels: Literal[1, 3] = 1
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="held out for validation (digits/imagefolder)")
+    seed: int = 0
+    mean: tuple[float, ...] | None = Field(None, description="per channel; default from the teacher's timm config or the data")
+    std: tuple[float, ...] | None = None
+    augment: Literal["none", "crop_flip", "crop"] = "none"
+
+    @model_validator(mode="after")
+    def _path_when_needed(self) -> "DataConfig":
+        if self.kind in ("idx", "imagefolder") and self.path is None:
+            raise ValueError(f"data.kind {self.kind!r} needs data.path")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is not None and len(value) != self.channels:
+                raise ValueError(f"data.{name} needs {self.channels} value(s), one per channel")
+        return self
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(10, ge=0)
+    batch_size: int = Field(64, ge=1)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
+    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    warmup_epochs: float = Field(1.0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    grad_clip: float | None = Field(None, gt=0, description="max global grad norm")
+    channels_last: bool = True
+    early_stopping: int | None = Field(None, ge=1, description="stop after this many epochs without a better val accuracy")
+    scale_lr: bool = Field(False, description="under torchrun: lr x world size (batch_size is per process)")
+    amp: Literal["none", "bf16", "fp16"] = Field(
+        "none", description="autocast precision: bf16 on CPU or CUDA, fp16 on CUDA only (with a GradScaler)")
+    tensorboard: bool = Field(False, description="write per-epoch scalars for TensorBoard (needs the tensorboard package)")
+
+
+class TeacherConfig(Strict):
+    model: str = Field("resnet18", description="a timm model name")
+    pretrained: bool = Field(False, description="download timm's pretrained weights (needs the model hub)")
+    checkpoint: Path | None = Field(None, description="a state dict, timm checkpoint, safetensors or edgekd checkpoint")
+    train: TrainConfig = Field(
+        default_factory=lambda: TrainConfig(epochs=8, lr=2e-3),
+        description="how the teacher is trained or fine-tuned when no ready checkpoint is given",
+    )
+    finetune: bool | None = Field(None, description="train the loaded teacher further; default: only when no checkpoint")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "TeacherConfig":
+        if self.pretrained and self.checkpoint is not None:
+            raise ValueError("give teacher.pretrained or teacher.checkpoint, not both")
+        return self
+
+
+class StudentConfig(Strict):
+    model: str | None = Field(None, description="a timm model name; default: derived from the teacher")
+    width: float = Field(0.25, gt=0, le=1, description="channel multiplier for a derived student")
+    depth: float = Field(0.5, gt=0, le=1, description="blocks-per-stage multiplier for a derived student")
+    init: Literal["random", "teacher"] = Field("random", description="teacher = keep the teacher's most important channels/blocks")
+    quantization: Literal["none", "qat"] = Field(
+        "none", description="qat = after distillation, fold BatchNorm, insert INT8 fake quantizers (NVIDIA Model "
+        "Optimizer) and distil further with them in place (distill.qat); exports student.qat.onnx")
+
+    @model_validator(mode="after")
+    def _teacher_init_needs_derived(self) -> "StudentConfig":
+        if self.init == "teacher" and self.model is not None:
+            raise ValueError("student.init 'teacher' prunes the teacher into a derived student: remove student.model")
+        return self
+
+
+# ---- distillation losses: one model per `kind`, so each kind's keys are checked on their own.
+
+
+class _Loss(Strict):
+    weight: float = Field(1.0, ge=0, description="the term's factor in the summed loss")
+
+
+class CEConfig(_Loss):
+    """Cross-entropy with the labels (pair it with feature or relation losses)."""
+
+    kind: Literal["ce"] = "ce"
+
+
+class KDConfig(_Loss):
+    """Hinton KD: alpha * T^2 * KL(teacher || student at T) + (1 - alpha) * CE."""
+
+    kind: Literal["kd"] = "kd"
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.9, ge=0, le=1, description="share of the soft-target term; 1-alpha goes to cross-entropy")
+
+
+class DKDConfig(_Loss):
+    """Decoupled KD (Zhao et al. 2022): alpha * TCKD + beta * NCKD, both scaled by T^2. No CE inside."""
+
+    kind: Literal["dkd"] = "dkd"
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(1.0, ge=0, description="target-class KD weight")
+    beta: float = Field(8.0, ge=0, description="non-target-class KD weight")
+
+
+class FeaturePair(Strict):
+    student: str = Field(description="module name in the student, e.g. layer3 or stages.2")
+    teacher: str = Field(description="module name in the teacher")
+
+
+class _FeatureLoss(_Loss):
+    pairs: list[FeaturePair] | None = Field(
+        None, min_length=1, description="default: stages paired by spatial size from timm's feature_info")
+
+
+class FitNetsConfig(_FeatureLoss):
+    """FitNets hints: MSE(adapter(student feature), teacher feature); 1x1-conv adapters where channels differ."""
+
+    kind: Literal["fitnets"] = "fitnets"
+
+
+class ATConfig(_FeatureLoss):
+    """Attention transfer (Zagoruyko & Komodakis 2017): beta/2 * sum of mean squared attention-map differences."""
+
+    kind: Literal["at"] = "at"
+    beta: float = Field(1000.0, ge=0, description="the paper's beta (1e3)")
+
+
+class RKDConfig(_Loss):
+    """Relational KD (Park et al. 2019) on the penultimate embeddings: distance and angle terms."""
+
+    kind: Literal["rkd"] = "rkd"
+    distance_weight: float = Field(25.0, ge=0)
+    angle_weight: float = Field(50.0, ge=0)
+
+
+def _loss_kind(value) -> str:
+    # `kind` may be left out: a term without it is Hinton KD, as before kinds existed.
+    return value.get("kind", "kd") if isinstance(value, dict) else getattr(value, "kind", "kd")
+
+
+LossConfig = Annotated[
+    Union[
+        Annotated[CEConfig, Tag("ce")],
+        Annotated[KDConfig, Tag("kd")],
+        Annotated[DKDConfig, Tag("dkd")],
+        Annotated[FitNetsConfig, Tag("fitnets")],
+        Annotated[ATConfig, Tag("at")],
+        Annotated[RKDConfig, Tag("rkd")],
+    ],
+    Discriminator(_loss_kind),
+]
+FEATURE_LOSS_KINDS = ("fitnets", "at", "rkd")  # these read model internals: the teacher runs live
+
+
+class DistillConfig(Strict):
+    losses: list[LossConfig] = Field(default_factory=lambda: [KDConfig()], min_length=1)
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=15, lr=3e-3))
+    teacher_cache: bool = Field(
+        True, description="compute teacher logits once when inputs are deterministic and every loss reads logits only")
+    qat: TrainConfig = Field(
+        default_factory=lambda: TrainConfig(epochs=3, lr=3e-4, warmup_epochs=0.0),
+        description="quantization-aware fine-tuning of the distilled student (student.quantization: qat): "
+        "a few epochs at about a tenth of the distillation learning rate",
+    )
+
+
+class ParityConfig(Strict):
+    samples: int = Field(128, ge=1, description="validation samples compared")
+    atol: float | None = Field(None, gt=0, description="max |pytorch - onnxruntime| logit difference; default 1e-4 (fp32)")
+    min_top1_agreement: float | None = Field(None, ge=0, le=1, description="default 0.99")
+
+
+class ExportConfig(Strict):
+    opset: int | None = Field(None, ge=11, le=25, description="default: the strictest target's maximum")
+    exporter: Literal["auto", "dynamo", "torchscript"] = "auto"
+    simplify: bool = True
+    dynamic_batch: bool = Field(True, description="batch dimension left symbolic (needed for the batch-size sweep)")
+    parity: ParityConfig = ParityConfig()
+
+
+class QuantizeConfig(Strict):
+    enabled: bool = True
+    calibration: Path = Field(Path("calib/digits.yaml"), description="calibration manifest (see calib/)")
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    per_channel: bool = True
+    max_accuracy_drop: float | None = Field(None, ge=0, le=1, description="vs the FP32 student; default: the target's")
+    fallbacks: bool = Field(True, description="try other calibrations / float layers when the gate fails")
+
+
+class BenchConfig(Strict):
+    warmup_s: float = Field(1.0, ge=0)
+    min_iterations: int = Field(100, ge=1)
+    min_seconds: float = Field(2.0, ge=0)
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 8])
+    rounds: int = Field(5, ge=1, description="interleaved rounds across artifacts")
+
+
+class CompressConfig(Strict):
+    version: Literal[1] = CONFIG_VERSION
+    name: str | None = Field(None, description="run name; default: the config file's stem")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data: DataConfig = DataConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    student: StudentConfig = StudentConfig()
+    distill: DistillConfig = DistillConfig()
+    export: ExportConfig = ExportConfig()
+    quantize: QuantizeConfig = QuantizeConfig()
+    targets: list[str] = Field(default_factory=lambda: ["host-cpu"], min_length=1)
+    bench: BenchConfig = BenchConfig()
+
+    @model_validator(mode="after")
+    def _fp16_needs_cuda(self) -> "CompressConfig":
+        sections = {"teacher.train": self.teacher.train, "distill.train": self.distill.train}
+        for key, train in sections.items():
+            if train.amp == "fp16" and self.device == "cpu":
+                raise ValueError(f"{key}.amp 'fp16' needs CUDA but device is 'cpu': use amp: bf16 on the CPU")
+        return self
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str | None) -> str | None:
+        if value is not None and (not value or "/" in value or value.startswith(".")):
+            raise ValueError("must be a plain folder name (no '/', not starting with '.')")
+        return value
+
+
+def load_config(path: str | Path) -> CompressConfig:
+    """Read and fully validate model.yaml; relative paths resolve against its folder."""
+    path = Path(path)
+    data = read_yaml(path, what="config")
+    config = parse(CompressConfig, data, source=str(path))
+    if config.name is None:
+        config = config.model_copy(update={"name": path.stem})
+    config = _resolve_paths(config, path.resolve().parent)
+    _check_files_exist(config)
+    _check_targets(config)
+    _check_qat(config)
+    return config
+
+
+def _resolve_paths(config: CompressConfig, base: Path) -> CompressConfig:
+    def resolve(p: Path | None) -> Path | None:
+        if p is None or p.is_absolute():
+            return p
+        here = base / p
+        # Manifests shipped with edgekd (calib/...) also resolve from the repo root.
+        repo = Path(__file__).resolve().parent.parent / p
+        return here if here.exists() or not repo.exists() else repo
+
+    data = config.data.model_copy(update={"path": resolve(config.data.path)})
+    teacher = config.teacher.model_copy(update={"checkpoint": resolve(config.teacher.checkpoint)})
+    quantize = config.quantize.model_copy(update={"calibration": resolve(config.quantize.calibration)})
+    return config.model_copy(update={"data": data, "teacher": teacher, "quantize": quantize})
+
+
+def _check_files_exist(config: CompressConfig) -> None:
+    checks = [("data.path", config.data.path), ("teacher.checkpoint", config.teacher.checkpoint)]
+    if config.quantize.enabled:
+        checks.append(("quantize.calibration", config.quantize.calibration))
+    for key, path in checks:
+        if path is not None and not path.exists():
+            raise ConfigError(
+                f"{key} points to {str(path)!r}, which does not exist.",
+                "Fix the path (relative paths are read from the config file's folder).",
+            )
+
+
+def _check_targets(config: CompressConfig) -> None:
+    from edgekd.targets import load_target, strictest_opset
+
+    profiles = [load_target(name) for name in config.targets]
+    if config.export.opset is not None and config.export.opset > strictest_opset(profiles):
+        worst = min(profiles, key=lambda p: p.max_opset)
+        raise ConfigError(
+            f"export.opset {config.export.opset} is above what target {worst.name!r} accepts "
+            f"(max opset {worst.max_opset}).",
+            f"Remove export.opset to use {worst.max_opset}, or drop that target.",
+        )
+
+
+QAT_OPSETS = range(13, 21)  # per-channel QuantizeLinear needs 13; modelopt exports via TorchScript (<= 20)
+
+
+def _check_qat(config: CompressConfig) -> None:
+    opset = config.export.opset
+    if config.student.quantization == "qat" and opset is not None and opset not in QAT_OPSETS:
+        raise ConfigError(
+            f"export.opset {opset} cannot carry a quantization-aware student: its Q/DQ export needs opset "
+            f"{QAT_OPSETS.start}..{QAT_OPSETS.stop - 1} (per-channel QuantizeLinear from 13; NVIDIA Model "
+            "Optimizer exports through the TorchScript exporter, which stops at 20).",
+            "Remove export.opset (the QAT file then uses min(strictest target, 20)), "
+            "or set student.quantization: none.",
+        )
+
+
+def config_dict(section) -> dict:
+    """A section as plain JSON-able data (used for stage hashes and checkpoints)."""
+    return section.model_dump(mode="json")

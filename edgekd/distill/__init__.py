@@ -1,0 +1,1 @@
+"""Distillation: losses (one family per module) and the training engine."""

@@ -1,0 +1,357 @@
+"""One training loop for teachers, students and distillation.
+
+Data are in-memory tensors (edgekd.data). Each epoch's shuffle and
+augmentation are seeded from (seed, epoch), and the global RNG state is saved,
+so a run resumed from an epoch checkpoint continues exactly as the
+uninterrupted run would have.
+
+`loss_fn` is any (student_logits, teacher_logits, labels) -> loss callable. When
+it is an nn.Module (edgekd.distill.losses.DistillObjective) its parameters, the
+feature adapters, are trained with the model and saved with the epoch
+checkpoint, but never enter the model's weights.
+
+Work directory layout (one per trained model):
+    last.pt         model, optimizer, scheduler, RNG, best weights, loss state — written every epoch
+    metrics.jsonl   one line per epoch
+    tensorboard/    event files, with `tensorboard: true`
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from edgekd.config import TrainConfig
+from edgekd.distill.distributed import Dist, shard_size
+from edgekd.distill.losses import LossFn
+from edgekd.errors import ConfigError
+
+TeacherFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None]  # (indices, inputs) -> logits
+
+
+@dataclass
+class TrainResult:
+    best_state: dict
+    best_accuracy: float
+    best_epoch: int
+    epochs_run: int
+    resumed_from_epoch: int
+    history: list[dict] = field(default_factory=list)
+    seconds_per_epoch: float = 0.0
+    notes: list[str] = field(default_factory=list)  # e.g. tensorboard skipped, and why
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def train(
+    model: torch.nn.Module,
+    train_xy: tuple[torch.Tensor, torch.Tensor],
+    val_xy: tuple[torch.Tensor, torch.Tensor],
+    cfg: TrainConfig,
+    loss_fn: LossFn,
+    work_dir: Path,
+    *,
+    key: str,
+    seed: int = 0,
+    augment: str = "none",
+    teacher: TeacherFn | None = None,
+    device: torch.device = torch.device("cpu"),
+    progress=None,
+    dist: Dist | None = None,
+) -> TrainResult:
+    """Train `model` in place; returns the best-by-val-accuracy weights.
+
+    dist: under torchrun, every rank calls this with the same arguments; the model is
+    wrapped in DistributedDataParallel, each rank trains on its shard of every epoch
+    (`Dist.shard`), validation is sharded and summed, and only rank 0 writes files.
+    """
+    dist = dist or Dist()
+    cfg = _scaled_lr(cfg, dist)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(device=device, memory_format=memory_format)
+    objective = loss_fn if isinstance(loss_fn, torch.nn.Module) else None
+    if objective is not None:
+        objective.to(device)
+        _check_objective_under_ddp(objective, dist)
+    x, y = train_xy
+    optimizer = _optimizer([model] + ([objective] if objective is not None else []), cfg)
+    steps_per_epoch = math.ceil(shard_size(len(x), dist.world_size) / cfg.batch_size)
+    loop = _Loop(model, dist.wrap(model), loss_fn, optimizer, _scheduler(optimizer, cfg, steps_per_epoch), cfg,
+                 Amp(cfg.amp, device), teacher, device, memory_format, augment, seed, dist)
+    # another world size shards and schedules differently: resume only the same one
+    key = key if not dist.enabled else f"{key}+world{dist.world_size}"
+    state = _resume(work_dir / "last.pt", key, loop)
+    start_epoch = state["epoch"]
+    writer, notes = _tensorboard(cfg, work_dir) if dist.is_main else (None, [])
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            row = _epoch_row(loop, x, y, val_xy, epoch)
+            _record(state, row, model, epoch)
+            if dist.is_main:  # rank 0 writes; every rank reads last.pt when resuming
+                _save(work_dir / "last.pt", key, loop, state)
+                with (work_dir / "metrics.jsonl").open("a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+            if writer is not None:
+                for name in ("loss", "val_accuracy", "lr", "images_per_s"):
+                    writer.add_scalar(name, row[name], row["epoch"])
+            if progress is not None and dist.is_main:
+                progress(loss=row["loss"], val_acc=row["val_accuracy"], img_s=round(row["images_per_s"]))
+            if cfg.early_stopping and state["bad_epochs"] >= cfg.early_stopping:
+                break
+    finally:
+        if writer is not None:
+            writer.close()
+    if state["best_state"] is None:  # zero epochs asked: the model as it is
+        state["best_state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        state["best_accuracy"] = evaluate(model, *val_xy, device=device, memory_format=memory_format)
+    history = state["history"]
+    return TrainResult(
+        best_state=state["best_state"],
+        best_accuracy=state["best_accuracy"],
+        best_epoch=state["best_epoch"],
+        epochs_run=state["epoch"],
+        resumed_from_epoch=start_epoch,
+        history=history,
+        seconds_per_epoch=sum(h["seconds"] for h in history) / max(1, len(history)),
+        notes=notes,
+    )
+
+
+class Amp:
+    """Mixed precision: autocast to bf16 (CPU or CUDA) or fp16 (CUDA, with a GradScaler
+    so small fp16 gradients do not flush to zero). fp16 on CPU is refused, not swapped."""
+
+    def __init__(self, mode: str, device: torch.device):
+        if mode == "fp16" and device.type != "cuda":
+            raise ConfigError("train.amp 'fp16' needs a CUDA device; this run trains on the CPU.",
+                              "Use amp: bf16 (CPU autocast) or amp: none.")
+        self.device_type = device.type
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode)
+        self.scaler = torch.amp.GradScaler("cuda") if mode == "fp16" else None
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def step(self, loss: torch.Tensor, optimizer, grad_clip: float | None) -> None:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if self.scaler is None:
+            loss.backward()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(optimizer)  # clip the true gradients
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        if self.scaler is None:
+            optimizer.step()
+        else:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+
+
+@dataclass
+class _Loop:
+    model: torch.nn.Module  # the network itself: state dicts, evaluation
+    net: torch.nn.Module  # what the forward pass calls: `model`, or its DDP wrapper under torchrun
+    loss_fn: LossFn
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    cfg: TrainConfig
+    amp: Amp
+    teacher: TeacherFn | None
+    device: torch.device
+    memory_format: torch.memory_format
+    augment: str
+    seed: int
+    dist: Dist
+
+
+def _epoch_row(loop: _Loop, x, y, val_xy, epoch: int) -> dict:
+    started = time.perf_counter()
+    loss = _one_epoch(loop, x, y, epoch)
+    loop.dist.sync_buffers(loop.model)  # one set of BN statistics on every rank before scoring and saving
+    accuracy = _sharded_accuracy(loop.model, val_xy, loop.device, loop.memory_format, loop.dist)
+    seconds = time.perf_counter() - started
+    return {"epoch": epoch + 1, "loss": loss, "val_accuracy": accuracy, "seconds": seconds,
+            "images_per_s": len(x) / seconds, "lr": loop.optimizer.param_groups[0]["lr"]}
+
+
+def _record(state: dict, row: dict, model, epoch: int) -> None:
+    state["history"].append(row)
+    if row["val_accuracy"] > state["best_accuracy"]:
+        state.update(best_accuracy=row["val_accuracy"], best_epoch=epoch + 1, bad_epochs=0,
+                     best_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+    else:
+        state["bad_epochs"] += 1
+    state["epoch"] = epoch + 1
+
+
+def _one_epoch(loop: _Loop, x, y, epoch: int) -> float:
+    loop.model.train()
+    if isinstance(loop.loss_fn, torch.nn.Module):
+        loop.loss_fn.train()
+    generator = torch.Generator().manual_seed(loop.seed * 100_003 + epoch)
+    order = loop.dist.shard(torch.randperm(len(x), generator=generator))  # same permutation on every rank
+    total, count = 0.0, 0
+    for start in range(0, len(order), loop.cfg.batch_size):
+        idx = order[start : start + loop.cfg.batch_size]
+        inputs = augment_batch(x[idx], loop.augment, generator)
+        inputs = inputs.to(loop.device, non_blocking=True).contiguous(memory_format=loop.memory_format)
+        labels = y[idx].to(loop.device, non_blocking=True)
+        with loop.amp.autocast():
+            teacher_logits = loop.teacher(idx, inputs) if loop.teacher is not None else None
+            loss = loop.loss_fn(loop.net(inputs), teacher_logits, labels)
+        loop.optimizer.zero_grad(set_to_none=True)
+        loop.amp.step(loss, loop.optimizer, loop.cfg.grad_clip)
+        loop.scheduler.step()
+        total += loss.item() * len(idx)
+        count += len(idx)
+    total, count = loop.dist.all_reduce_sum([total, count])
+    return total / max(1, count)
+
+
+def _check_objective_under_ddp(objective: torch.nn.Module, dist: Dist) -> None:
+    """Trained adapters (FitNets) live outside the DDP-wrapped student: their gradients would
+    not be averaged across ranks, so the ranks would drift apart. Refuse rather than diverge."""
+    if dist.enabled and any(p.requires_grad for p in objective.parameters()):
+        raise ConfigError("Losses with trained adapters (fitnets) are not supported under torchrun yet.",
+                          "Run this config in a single process, or use kd/dkd/at/rkd losses under torchrun.")
+
+
+def _scaled_lr(cfg: TrainConfig, dist: Dist) -> TrainConfig:
+    """Linear scaling rule (Goyal et al. 2017): N ranks x batch_size samples per step -> N x lr."""
+    if cfg.scale_lr and dist.enabled:
+        return cfg.model_copy(update={"lr": cfg.lr * dist.world_size})
+    return cfg
+
+
+def _sharded_accuracy(model, val_xy, device, memory_format, dist: Dist) -> float:
+    """Validation accuracy; under torchrun each rank scores a stride of the split and the counts are summed."""
+    x, y = val_xy
+    if not dist.enabled:
+        return evaluate(model, x, y, device=device, memory_format=memory_format)
+    xs, ys = x[dist.rank :: dist.world_size], y[dist.rank :: dist.world_size]
+    correct = float((predict_logits(model, xs, device=device, memory_format=memory_format).argmax(1) == ys).sum()
+                    if len(xs) else 0.0)
+    correct, count = dist.all_reduce_sum([correct, float(len(xs))])
+    return correct / count
+
+
+def _tensorboard(cfg: TrainConfig, work_dir: Path):
+    """A SummaryWriter under work_dir/tensorboard, or None and a note saying why not."""
+    if not cfg.tensorboard:
+        return None, []
+    try:
+        from torch.utils.tensorboard import (
+            SummaryWriter,  # needs the optional `tensorboard` package
+        )
+    except ImportError:
+        return None, ["tensorboard: skipped, the tensorboard package is not installed (pip install tensorboard)"]
+    return SummaryWriter(str(work_dir / "tensorboard")), [f"tensorboard: {work_dir / 'tensorboard'}"]
+
+
+def augment_batch(x: torch.Tensor, augment: str, generator: torch.Generator) -> torch.Tensor:
+    """Batched, seeded augmentation: random 4-px-padded crop, optional horizontal flip."""
+    if augment == "none":
+        return x
+    n, _, h, w = x.shape
+    padded = F.pad(x, (4, 4, 4, 4), mode="reflect")
+    dy = torch.randint(0, 9, (n,), generator=generator)
+    dx = torch.randint(0, 9, (n,), generator=generator)
+    rows = (dy.view(n, 1) + torch.arange(h).view(1, h)).view(n, 1, h, 1).expand(-1, x.shape[1], -1, w + 8)
+    out = padded.gather(2, rows)
+    cols = (dx.view(n, 1) + torch.arange(w).view(1, w)).view(n, 1, 1, w).expand(-1, x.shape[1], h, -1)
+    out = out.gather(3, cols)
+    if augment == "crop_flip":
+        flip = torch.rand(n, generator=generator) < 0.5
+        out[flip] = out[flip].flip(-1)
+    return out
+
+
+@torch.inference_mode()
+def evaluate(model, x, y, *, device=torch.device("cpu"), batch_size: int = 256, memory_format=torch.contiguous_format) -> float:
+    return float((predict_logits(model, x, device=device, batch_size=batch_size, memory_format=memory_format).argmax(1) == y).float().mean())
+
+
+@torch.inference_mode()
+def predict_logits(model, x, *, device=torch.device("cpu"), batch_size: int = 256, memory_format=torch.contiguous_format) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    out = [model(x[i : i + batch_size].to(device).contiguous(memory_format=memory_format)).float().cpu()
+           for i in range(0, len(x), batch_size)]
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def _optimizer(modules: list[torch.nn.Module], cfg: TrainConfig) -> torch.optim.Optimizer:
+    # No weight decay on norms and biases (1-d parameters), as timm's optimizer factory does.
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def _scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    total = max(1, cfg.epochs * steps_per_epoch)
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total,
+                                                   pct_start=min(0.5, max(0.01, cfg.warmup_epochs / max(1, cfg.epochs))))
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _fresh_state() -> dict:
+    return {"epoch": 0, "best_accuracy": -1.0, "best_epoch": 0, "best_state": None, "bad_epochs": 0, "history": []}
+
+
+def _resume(path: Path, key: str, loop: _Loop) -> dict:
+    """Continue from last.pt when it belongs to this exact training (same key)."""
+    if not path.is_file():
+        return _fresh_state()
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if ckpt.get("key") != key:
+        return _fresh_state()
+    loop.model.load_state_dict(ckpt["model"])
+    loop.optimizer.load_state_dict(ckpt["optimizer"])
+    loop.scheduler.load_state_dict(ckpt["scheduler"])
+    if isinstance(loop.loss_fn, torch.nn.Module) and ckpt.get("loss") is not None:
+        loop.loss_fn.load_state_dict(ckpt["loss"])
+    if loop.amp.scaler is not None and ckpt.get("scaler") is not None:
+        loop.amp.scaler.load_state_dict(ckpt["scaler"])
+    torch.set_rng_state(ckpt["rng"])
+    return ckpt["state"]
+
+
+def _save(path: Path, key: str, loop: _Loop, state: dict) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    loss_state = loop.loss_fn.state_dict() if isinstance(loop.loss_fn, torch.nn.Module) else None
+    torch.save({"key": key, "model": loop.model.state_dict(), "optimizer": loop.optimizer.state_dict(),
+                "scheduler": loop.scheduler.state_dict(), "rng": torch.get_rng_state(), "state": state,
+                "loss": loss_state, "scaler": loop.amp.scaler.state_dict() if loop.amp.scaler else None}, tmp)
+    tmp.replace(path)

@@ -1,0 +1,1 @@
+"""Workstation side: timm teachers and students (needs torch + timm)."""

@@ -1,0 +1,1 @@
+"""Stages and the engine that sequences them over a run directory."""

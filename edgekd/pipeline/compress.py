@@ -1,0 +1,103 @@
+"""`edgekd compress`: the whole loop as one plain function.
+
+Validation happens entirely in `preflight`, before the run directory is
+touched, so a bad config never damages an earlier run's results.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgekd.config import CompressConfig, load_config
+from edgekd.errors import ModelError
+from edgekd.ui import UI
+
+
+@dataclass
+class CompressResult:
+    run_dir: Path
+    records: dict
+    main: bool = True  # False on torchrun ranks > 0, which only trained
+
+    def summary(self) -> str:
+        if not self.main:
+            return ""
+        report = self.run_dir / "report.json"
+        lines = [f"run directory: {self.run_dir}"]
+        if report.is_file():
+            for a in json.loads(report.read_text())["artifacts"]:
+                lines.append(f"  {a['name']:<22} acc {a['accuracy']:.4f}  p50 {a['latency_ms']['p50']:.3f} ms  "
+                             f"{a['size_mb']:.2f} MB  budget {'pass' if a['budget']['pass'] else 'FAIL'}")
+            lines.append(f"report: {self.run_dir / 'report.md'}")
+        return "\n".join(lines)
+
+
+def preflight(config_path: str | Path) -> CompressConfig:
+    """Everything that can be checked before any work: config, targets, model names."""
+    config = load_config(config_path)
+    _check_model_names(config)
+    if config.quantize.enabled:
+        from edgekd.data.calib import load_manifest
+
+        load_manifest(config.quantize.calibration)
+    if config.student.quantization == "qat":
+        _check_modelopt()
+    return config
+
+
+def _check_modelopt() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("modelopt") is None:
+        raise ModelError("student.quantization: qat needs NVIDIA Model Optimizer (nvidia-modelopt), which is not installed.",
+                         'pip install "edgekd[qat]", or set student.quantization: none.')
+
+
+def _check_model_names(config: CompressConfig) -> None:
+    from edgekd.models.io import build
+    from edgekd.models.student import student_spec
+
+    build(config.teacher.model, {})  # raises ModelError with "did you mean" for unknown names
+    if config.student.model is not None:
+        build(config.student.model, {})
+    else:
+        try:
+            student_spec(config.student, config.teacher.model, {"num_classes": 2, "in_chans": config.data.channels})
+        except ModelError as exc:
+            raise ModelError(f"student: {exc.message}", exc.hint) from None
+    if config.student.init == "teacher":
+        _check_prunable(config.teacher.model)
+
+
+def _check_prunable(teacher: str) -> None:
+    from edgekd.errors import ConfigError
+    from edgekd.models.prune import PRUNERS
+    from edgekd.models.student import family_of
+
+    if family_of(teacher, table=PRUNERS) is None:
+        raise ConfigError(f"student.init 'teacher' cannot prune teacher {teacher!r}.",
+                          f"Supported families: {', '.join(PRUNERS)}. Use student.init: random.")
+
+
+def compress(config_path: str | Path, out: Path | None = None, force: bool = False, ui: UI | None = None) -> CompressResult:
+    from edgekd.distill.distributed import init_from_env, shutdown
+    from edgekd.pipeline.context import RunContext
+    from edgekd.pipeline.engine import run_stages
+    from edgekd.pipeline.stages import STAGES
+
+    config = preflight(config_path)
+    dist, _ = init_from_env(config.device)  # torchrun: join the process group; else single process
+    ui = (ui or UI()) if dist.is_main else UI(quiet=True)
+    run_dir = (out or Path("runs") / config.name).resolve()
+    try:
+        if dist.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.json").write_text(config.model_dump_json(indent=2))
+        dist.barrier()
+        ctx = RunContext(config=config, run_dir=run_dir, ui=ui, dist=dist)
+        records = run_stages(STAGES, ctx, ui, force=force)
+    finally:
+        shutdown(dist)
+    return CompressResult(run_dir, records, main=dist.is_main)

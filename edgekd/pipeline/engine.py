@@ -1,0 +1,107 @@
+"""Sequence stages over a run directory, skipping what is already done.
+
+A stage declares what decides its result (`params`: config slices) and which
+run-directory files it reads (`inputs`). Its key is the hash of both (input
+files by content) plus the edgekd version. After it runs, the engine records
+the key and the SHA-256 of every file it wrote in `.edgekd/<stage>.json`. On a
+re-run a stage whose key is unchanged and whose outputs are intact is skipped;
+since outputs are hashed, a change anywhere upstream flows down the chain.
+
+The engine knows nothing of what stages do (Olive's pass/engine split).
+
+Under torchrun (`ctx.dist.enabled`) rank 0 runs this loop as usual and alone
+writes records; before each `distributed` stage (training) it tells the other
+ranks whether to run it and with which key, and they run it alongside. They
+never evaluate keys or write anything themselves, and leave after the last
+distributed stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from edgekd import __version__
+from edgekd.artifacts import sha256_file
+from edgekd.ui import UI
+
+RECORDS = ".edgekd"
+
+
+@dataclass
+class Stage:
+    name: str
+    what: str  # one line for the progress display
+    run: Callable[[Any], dict]  # ctx -> {"outputs": [run-dir relative paths], "summary": str, ...}
+    params: Callable[[Any], Any]  # ctx -> JSON-able data that decides the result
+    inputs: Callable[[Any], list[str]]  # ctx -> run-dir relative files read
+    distributed: bool = False  # under torchrun every rank runs it (data-parallel training)
+
+
+def stage_key(stage: Stage, ctx) -> str:
+    inputs = {rel: sha256_file(ctx.run_dir / rel) for rel in sorted(stage.inputs(ctx)) if (ctx.run_dir / rel).is_file()}
+    blob = json.dumps({"stage": stage.name, "params": stage.params(ctx), "inputs": inputs, "edgekd": __version__},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def read_record(run_dir: Path, name: str) -> dict | None:
+    path = run_dir / RECORDS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _intact(run_dir: Path, record: dict) -> bool:
+    return all((run_dir / rel).is_file() and sha256_file(run_dir / rel) == digest
+               for rel, digest in record["outputs"].items())
+
+
+def _write_record(run_dir: Path, name: str, record: dict) -> None:
+    folder = run_dir / RECORDS
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f"{name}.json.partial"
+    tmp.write_text(json.dumps(record, indent=2, default=str))
+    tmp.replace(folder / f"{name}.json")
+
+
+def run_stages(stages: list[Stage], ctx, ui: UI, force: bool = False) -> dict[str, dict]:
+    """Run or reuse each stage in order; returns every stage's record (rank 0; {} on other ranks)."""
+    dist = getattr(ctx, "dist", None)
+    if dist is not None and not dist.is_main:
+        return _follow_rank0(stages, ctx)
+    records = {}
+    for stage in stages:
+        key = stage_key(stage, ctx)
+        record = read_record(ctx.run_dir, stage.name)
+        reuse = not force and record and record["key"] == key and _intact(ctx.run_dir, record)
+        if stage.distributed and dist is not None:
+            dist.broadcast_object((stage.name, None if reuse else key))
+        if reuse:
+            ui.stage_skipped(stage.name, f"config and inputs unchanged since {record['finished']}")
+            records[stage.name] = record
+            continue
+        started = ui.stage_start(stage.name, stage.what)
+        ctx.stage_key = key  # trainers key their epoch checkpoints on it (resume only the same work)
+        result = stage.run(ctx)
+        outputs = {rel: sha256_file(ctx.run_dir / rel) for rel in result.pop("outputs")}
+        record = {"key": key, "outputs": outputs, "result": result, "seconds": round(time.perf_counter() - started, 3),
+                  "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+        _write_record(ctx.run_dir, stage.name, record)
+        ui.stage_done(stage.name, started, result.get("summary", ""))
+        records[stage.name] = record
+    return records
+
+
+def _follow_rank0(stages: list[Stage], ctx) -> dict:
+    """Ranks > 0: run the distributed stages that rank 0 runs, with its keys; nothing else."""
+    for stage in (s for s in stages if s.distributed):
+        name, key = ctx.dist.broadcast_object()
+        if name != stage.name:  # both sides walk the same list: a mismatch is a bug, not user input
+            raise RuntimeError(f"rank {ctx.dist.rank} is at stage {stage.name!r} but rank 0 sent {name!r}")
+        if key is not None:
+            ctx.stage_key = key
+            stage.run(ctx)
+    return {}

@@ -1,0 +1,47 @@
+"""Ship a run's artifacts to a device as a verified bundle.
+
+    ship(run_dir, target, to)  # workstation: build, verify here, copy, verify there, rename
+    verify_bundle(bundle)      # device (edgekd.ship.verify): numpy + onnxruntime only
+
+Submodules are imported inside `ship()` so that `import edgekd.ship.verify`
+on a device pulls in nothing but the verifier.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edgekd.ship.verify import VerifyResult
+    from edgekd.targets import TargetProfile
+
+
+@dataclass
+class ShipResult:
+    destination: str
+    models: list[str]  # file names shipped
+    local_check: "VerifyResult"  # golden outputs re-run from the built bundle before sending
+
+
+def ship(
+    run_dir: str | Path,
+    target: "TargetProfile",
+    to: str,
+    artifacts: list[str] | None = None,
+    golden_samples: int | None = None,
+    ssh_options: list[str] | tuple[str, ...] = (),
+    force: bool = False,
+    transfer: str = "auto",
+) -> ShipResult:
+    from edgekd.ship.bundle import GOLDEN_SAMPLES, build_bundle
+    from edgekd.ship.copy import copy_bundle
+    from edgekd.ship.verify import verify_bundle
+
+    with tempfile.TemporaryDirectory(prefix="edgekd-bundle-") as tmp:
+        bundle = build_bundle(run_dir, target, Path(tmp) / "bundle", artifacts, golden_samples or GOLDEN_SAMPLES)
+        local = verify_bundle(bundle)  # catches a bad bundle before it costs a transfer
+        where = copy_bundle(bundle, to, ssh_options=ssh_options, force=force, transfer=transfer)
+    return ShipResult(where, [m.file for m in local.models], local)

@@ -1,0 +1,96 @@
+"""The commented model.yaml that `edgekd init` writes. Every key, its default, what it means."""
+
+TEMPLATE = """\
+# edgekd model.yaml — `edgekd compress model.yaml` runs it, `edgekd validate model.yaml` checks it.
+# Every key below is optional and shows its default; delete what you do not change.
+version: 1
+name: my-model              # run directory: runs/<name>/ (default: this file's name)
+seed: 0                     # one seed for splits, init, shuffling: same seed, same run
+device: auto                # auto | cpu | cuda — where training runs
+
+data:
+  kind: digits              # digits (built in) | idx (MNIST-format .gz files) | imagefolder (ROOT/<class>/*.png)
+  # path: /usr/share/datasets/fashion-mnist   # idx / imagefolder root (relative paths: from this file)
+  input_size: 32            # square side the model sees
+  channels: 1               # 1 (grey) or 3 (RGB)
+  val_fraction: 0.2         # held out when the source has no validation split
+  augment: none             # none | crop | crop_flip (crop_flip disables the teacher cache)
+  # mean: [0.5]             # default: measured on the training split (digits/idx) or the teacher's timm config
+  # std: [0.5]
+
+teacher:
+  model: resnet18           # any timm model name
+  pretrained: false         # true downloads timm's weights (needs the model hub)
+  # checkpoint: teacher.pth # a state dict, timm checkpoint, .safetensors or edgekd .pt
+  # finetune: true          # default: train only when the weights are random or the head was reset
+  train:
+    epochs: 8
+    batch_size: 64
+    optimizer: adamw        # adamw | sgd
+    lr: 0.002
+    weight_decay: 0.05
+    schedule: cosine        # cosine | onecycle | constant, after `warmup_epochs` of linear warm-up
+    warmup_epochs: 1.0
+    label_smoothing: 0.0
+    # grad_clip: 1.0
+    # early_stopping: 5     # epochs without a better val accuracy
+    amp: none               # none | bf16 (CPU or CUDA autocast) | fp16 (CUDA only, with a GradScaler)
+    tensorboard: false      # event files under runs/<name>/work/<model>/tensorboard (needs `tensorboard`)
+
+student:
+  # model: resnet10t        # a timm model name; default: derived from the teacher
+  width: 0.25               # channel multiplier (derived students)
+  depth: 0.5                # blocks-per-stage multiplier (derived students)
+  quantization: none        # qat: quantization-aware INT8 fine-tuning (needs edgekd[qat]) -> student.qat.onnx
+  init: random              # random | teacher: prune the teacher into the student (ResNet, ConvNeXt)
+
+distill:
+  losses:
+    - kind: kd              # Hinton KD: alpha * T^2 * KL(teacher || student at T) + (1 - alpha) * CE
+      weight: 1.0
+      temperature: 4.0
+      alpha: 0.9
+    # Other kinds, summed by weight (each has its own keys):
+    # - {kind: ce}                                         # cross-entropy with the labels
+    # - {kind: dkd, temperature: 4.0, alpha: 1.0, beta: 8.0}   # decoupled KD (TCKD + NCKD), no CE inside
+    # - {kind: fitnets}                                    # hints through trained 1x1 adapters
+    # - {kind: at, beta: 1000.0}                           # attention transfer
+    #   (fitnets/at pair stages by spatial size; override: pairs: [{student: layer3, teacher: layer3}])
+    # - {kind: rkd, distance_weight: 25.0, angle_weight: 50.0}  # relational KD on penultimate embeddings
+  teacher_cache: true       # compute teacher logits once when inputs repeat every epoch and all losses read logits only
+  train:                    # same keys as teacher.train
+    epochs: 15
+    batch_size: 64          # per process under torchrun (global batch = processes x batch_size)
+    lr: 0.003
+    # scale_lr: false       # torchrun: lr x number of processes
+  # qat:                    # student.quantization: qat only: fine-tuning with INT8 fake quantizers in place
+  #   epochs: 3
+  #   lr: 0.0003            # about a tenth of the distillation rate
+
+export:
+  # opset: 17               # default: the strictest target's maximum
+  exporter: auto            # auto (dynamo, falling back to torchscript) | dynamo | torchscript
+  simplify: true            # onnxsim; a failure keeps the unsimplified model and says so
+  dynamic_batch: true       # symbolic batch dimension (the batch-size sweep needs it)
+  parity:                   # PyTorch vs ONNX Runtime on validation samples; a miss fails the run
+    samples: 128
+    atol: 0.0001            # max |logit difference|
+    min_top1_agreement: 0.99
+
+quantize:
+  enabled: true             # ONNX Runtime static INT8 (QDQ)
+  calibration: calib/digits.yaml   # which split, how many samples, seed
+  method: minmax            # minmax | entropy | percentile
+  per_channel: true
+  # max_accuracy_drop: 0.02 # vs the FP32 student; default: the first target's budget
+  fallbacks: true           # on a failed gate, try other calibrations and float-kept layers
+
+targets: [host-cpu]         # `edgekd targets` lists profiles; the first one's budgets judge the report
+
+bench:
+  warmup_s: 1.0
+  min_iterations: 100       # at least this many runs...
+  min_seconds: 2.0          # ...and at least this long, per artifact and batch size
+  batch_sizes: [1, 8]
+  rounds: 5                 # interleaved rounds across artifacts
+"""

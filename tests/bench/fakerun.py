@@ -1,0 +1,134 @@
+"""A tiny but real run directory, laid out as `edgekd compress` writes it.
+
+Two untrained timm `test_resnet` networks at 3x32x32 (teacher wider than
+student), exported with torch.onnx (dynamic batch, opset 17), the student
+also quantized to a QDQ int8 ONNX with ONNX Runtime's static quantizer.
+Validation labels are the teacher's own predictions, so the teacher scores
+1.0 and accuracy numbers can be checked against a direct computation.
+Workstation-side only (imports torch); shared by tests/bench and tests/ship.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+SHAPE = (3, 32, 32)
+CLASSES = ["ant", "bee", "cat", "dog"]
+PREPROCESS = {"size": [32, 32], "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "interpolation": "bilinear"}
+N_VAL = 24
+
+
+def _export(model, path: Path, metadata: dict) -> None:
+    import onnx
+    import torch
+
+    x = torch.zeros(1, *SHAPE)
+    with warnings.catch_warnings():  # the legacy exporter is deprecated but fast and dependency-free
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    proto = onnx.load(str(path))
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(path))
+
+
+def _quantize(src: Path, dst: Path, calib: np.ndarray) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"input": calib[i : i + 1]} for i in range(len(calib))])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer warns about every bias; restored below
+    try:
+        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        weight_type=QuantType.QInt8, activation_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+
+
+def _sidecar(path: Path, **fields) -> None:
+    path.with_name(path.name + ".json").write_text(json.dumps(fields))
+
+
+def build_fake_run(run: Path) -> Path:
+    import timm
+    import torch
+
+    from edgekd.models.io import save_checkpoint
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    run.mkdir(parents=True)
+    (run / "data").mkdir()
+    models = {
+        "teacher": ("test_resnet", {"num_classes": 4}),
+        "student": ("test_byobnet", {"num_classes": 4}),
+    }
+    nets = {}
+    for role, (arch, kwargs) in models.items():
+        nets[role] = timm.create_model(arch, **kwargs).eval()
+        save_checkpoint(run / f"{role}.pt", nets[role], arch, kwargs, preprocess=PREPROCESS, classes=CLASSES)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((N_VAL, *SHAPE)).astype(np.float32)
+    with torch.inference_mode():
+        y = nets["teacher"](torch.from_numpy(x)).argmax(1).numpy().astype(np.int64)
+    np.savez(run / "data" / "val.npz", x=x, y=y, classes=np.array(CLASSES))
+    # Labels travel in the ONNX metadata, preprocessing in the sidecar: ship must find both.
+    meta = {"edgekd.classes": json.dumps(CLASSES)}
+    _export(nets["teacher"], run / "teacher.onnx", meta)
+    _export(nets["student"], run / "student.onnx", meta)
+    _quantize(run / "student.onnx", run / "student.int8.onnx", x[:8])
+    for name, role, precision in [("teacher", "teacher", "fp32"), ("student", "student", "fp32"),
+                                  ("student.int8", "student", "int8")]:
+        _sidecar(run / f"{name}.onnx", model=role, precision=precision, preprocess=PREPROCESS, opset=17)
+    (run / "report.json").write_text(json.dumps(fake_report(run), indent=1))
+    (run / "report.md").write_text("# fake report\n")
+    return run
+
+
+def _artifact(name, model, runtime, precision, path, p50, acc, peak, passed) -> dict:
+    samples = list(np.random.default_rng(len(name)).gamma(8.0, p50 / 8.0, size=300))
+    return {
+        "name": name, "model": model, "runtime": runtime, "precision": precision, "path": path,
+        "accuracy": acc,
+        "latency_ms": {"p50": p50, "p90": p50 * 1.2, "p99": p50 * 1.6, "mean": p50 * 1.05, "std": p50 * 0.1,
+                       "min": p50 * 0.8, "max": p50 * 2.0},
+        "throughput_ips": 1000.0 / p50, "peak_rss_mb": peak, "load_s": 0.05, "size_mb": 1.0, "params": 100000,
+        "flops": 1000000, "budget": {"latency_ms": 5.0, "memory_mb": 1024.0, "pass": passed},
+        "speedup_vs_teacher": 4.0 / p50, "memory_ratio_vs_teacher": peak / 40.0,
+        "batch_sweep": {"1": {"latency_ms": {"p50": p50}, "throughput_ips": 1000.0 / p50},
+                        "8": {"latency_ms": {"p50": p50 * 5}, "throughput_ips": 8000.0 / (p50 * 5)}},
+        "latency_samples_ms": samples,
+    }
+
+
+def fake_report(run: Path | None = None, host: str = "workstation", device: str | None = None) -> dict:
+    """A report.json as the pipeline writes it (numbers invented, shapes real)."""
+    target = {"name": "host-cpu", "runtime": "onnxruntime", "arch": "x86_64", "threads": 2,
+              "precisions": ["fp32", "int8"], "max_opset": 21,
+              "budgets": {"latency_ms": 5.0, "memory_mb": 1024.0, "max_accuracy_drop": 0.02}}
+    return {
+        "schema_version": 1, "edgekd_version": "0.1.0", "created": "2025-01-01T00:00:00+00:00",
+        "target": target,
+        "dataset": {"name": "fake", "val_samples": N_VAL},
+        "machine": {"hostname": host, "device": device, "cpu": "Test CPU", "cores": 2, "os": "Linux",
+                    "versions": {"onnxruntime": "1.32.0"}},
+        "artifacts": [
+            _artifact("teacher-pytorch", "teacher", "pytorch", "fp32", "teacher.pt", 9.0, 0.91, 180.0, False),
+            _artifact("teacher-fp32", "teacher", "onnxruntime", "fp32", "teacher.onnx", 4.0, 0.91, 40.0, True),
+            _artifact("student-fp32", "student", "onnxruntime", "fp32", "student.onnx", 1.2, 0.89, 12.0, True),
+            _artifact("student-int8", "student", "onnxruntime", "int8", "student.int8.onnx", 0.6, 0.885, 9.0, True),
+        ],
+    }

@@ -1,0 +1,50 @@
+"""`edgekd bench` end to end on ONNX files: a device report in the report.json schema."""
+
+import json
+
+from click.testing import CliRunner
+
+from edgekd.bench.cli import bench_command, describe
+from edgekd.report.merge import load_report
+
+QUICK_ARGS = ["--warmup", "0.05", "--iterations", "20", "--seconds", "0.2", "--rounds", "2",
+              "--batch-sizes", "1,4", "--threads", "1"]
+
+
+def test_bench_writes_a_device_report(fake_run, tmp_path):
+    out = tmp_path / "device"
+    args = [str(fake_run / f) for f in ("teacher.onnx", "student.onnx", "student.int8.onnx")]
+    args += ["--target", "host-cpu", "--data", str(fake_run / "data" / "val.npz"), "--out", str(out), "--html"]
+    result = CliRunner().invoke(bench_command, args + QUICK_ARGS, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = load_report(out / "report.json")  # also checks schema_version
+    assert report["target"]["name"] == "host-cpu"
+    assert report["dataset"]["samples"] == 24
+    assert report["machine"]["cpu"] and report["machine"]["versions"]["onnxruntime"]
+    rows = {a["name"]: a for a in report["artifacts"]}
+    assert list(rows) == ["teacher", "student", "student.int8"]
+    assert [rows[n]["precision"] for n in rows] == ["fp32", "fp32", "int8"]  # from the sidecars
+    assert [rows[n]["model"] for n in rows] == ["teacher", "student", "student"]
+    assert rows["teacher"]["accuracy"] == 1.0  # labels are the teacher's predictions
+    assert rows["teacher"]["speedup_vs_teacher"] == 1.0
+    assert rows["teacher"]["memory_ratio_vs_teacher"] == 1.0
+    for row in rows.values():
+        for key in ("latency_ms", "throughput_ips", "peak_rss_mb", "load_s", "size_mb", "params", "budget",
+                    "batch_sweep", "latency_samples_ms", "speedup_vs_teacher"):
+            assert row[key] is not None, key
+        assert row["budget"]["latency_ms"] == 50.0
+        assert row["budget"]["pass"] == (row["latency_ms"]["p50"] <= 50.0 and row["peak_rss_mb"] <= 1024.0)
+    md = (out / "report.md").read_text()
+    assert "| student.int8 |" in md and "host-cpu" in md
+    assert (out / "report.html").stat().st_size > 10_000
+    json.dumps(report)  # stays plain JSON
+
+
+def test_describe_falls_back_to_graph_and_name(fake_run, tmp_path):
+    # No sidecar: precision comes from the graph (Q/DQ nodes), model role from the file name.
+    copy = tmp_path / "student.int8.onnx"
+    copy.write_bytes((fake_run / "student.int8.onnx").read_bytes())
+    info = describe(copy)
+    assert info == {"name": "student.int8", "model": "student", "precision": "int8", "params": info["params"]}
+    # Parameters: weights and biases, not the Q/DQ scales; the fp32 twin has the same count.
+    assert info["params"] == describe(fake_run / "student.onnx")["params"]

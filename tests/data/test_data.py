@@ -1,0 +1,79 @@
+import gzip
+import struct
+
+import numpy as np
+import pytest
+
+from edgekd.config import DataConfig
+from edgekd.data import load_data, stratified_split
+from edgekd.data.calib import CalibManifest, select
+from edgekd.data.sources import KNOWN_IDX_MD5, load_idx
+from edgekd.errors import DataError
+
+
+def test_digits_split_is_deterministic_and_normalised():
+    a, b = load_data(DataConfig()), load_data(DataConfig())
+    assert a.fingerprint() == b.fingerprint()
+    assert a.train_x.shape[1:] == (1, 32, 32) and a.train_x.dtype == np.float32
+    assert len(a.train_y) + len(a.val_y) == 1797
+    # normalised with the training split's own statistics
+    assert abs(float(a.train_x.mean())) < 1e-3 and abs(float(a.train_x.std()) - 1) < 1e-3
+
+
+def test_another_seed_gives_another_split():
+    assert load_data(DataConfig(seed=1)).fingerprint() != load_data(DataConfig(seed=0)).fingerprint()
+
+
+def test_stratified_split_keeps_class_balance():
+    labels = np.repeat(np.arange(4), 50)
+    train, val = stratified_split(labels, 0.2, seed=3)
+    assert len(set(train) & set(val)) == 0 and len(train) + len(val) == 200
+    assert np.bincount(labels[val]).tolist() == [10, 10, 10, 10]
+
+
+def test_calibration_selection_is_balanced_and_reproducible():
+    labels = np.repeat(np.arange(10), 30)
+    manifest = CalibManifest(samples=50, seed=1)
+    first, second = select(labels, manifest), select(labels, manifest)
+    assert np.array_equal(first, second)
+    assert np.bincount(labels[first]).tolist() == [5] * 10
+
+
+def _write_idx(path, array: np.ndarray):
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as fh:
+        fh.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_idx_files_with_wrong_md5_are_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    for name in KNOWN_IDX_MD5:
+        shape = (20, 28, 28) if "images" in name else (20,)
+        _write_idx(tmp_path / name, rng.integers(0, 10 if "labels" in name else 255, shape))
+    with pytest.raises(DataError, match="MD5"):
+        load_idx(tmp_path)
+
+
+def test_idx_missing_files_say_where_to_get_them(tmp_path):
+    with pytest.raises(DataError, match="dataset-fashion-mnist"):
+        load_idx(tmp_path)
+
+
+def test_imagefolder_reads_class_folders(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        for i in range(10):
+            Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
+    data = load_data(DataConfig(kind="imagefolder", path=tmp_path, channels=3, input_size=24), teacher_model="resnet18")
+    assert data.classes == ["cat", "dog"]
+    assert data.train_x.shape[1:] == (3, 24, 24) and len(data.train_y) + len(data.val_y) == 20
+    # preprocessing comes from the teacher's timm pretrained config
+    assert data.preprocess.mean == (0.485, 0.456, 0.406) and data.preprocess.interpolation == "bicubic"
+
+
+def test_imagefolder_without_classes_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="class folders"):
+        load_data(DataConfig(kind="imagefolder", path=tmp_path))

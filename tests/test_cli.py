@@ -1,0 +1,73 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgekd import __version__
+from edgekd.cli import main
+from edgekd.config import load_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_version_and_help():
+    assert __version__ in invoke("--version").output
+    for command in ("compress", "validate", "init", "targets", "build"):
+        result = invoke(command, "--help")
+        assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_init_writes_a_template_that_validates(tmp_path):
+    path = tmp_path / "model.yaml"
+    assert invoke("init", path).exit_code == 0
+    assert load_config(path).teacher.model == "resnet18"
+    again = invoke("init", path)
+    assert again.exit_code == 2 and "--force" in again.output
+
+
+def test_targets_lists_profiles():
+    result = invoke("targets")
+    assert result.exit_code == 0 and "jetson-xavier-nx" in result.output and "rpi5" in result.output
+
+
+def test_validate_the_builtin_default():
+    result = invoke("validate", REPO / "examples" / "digits.yaml")
+    assert result.exit_code == 0 and "valid" in result.output
+
+
+@pytest.mark.parametrize(
+    "text, code, words",
+    [
+        ("teacher: {model: [resnet18\n", 2, ["not valid YAML", "line"]),
+        ("teacher:\n  modle: resnet18\n", 2, ["did you mean 'model'"]),
+        ("distill:\n  train:\n    epochs: many\n", 2, ["distill.train.epochs"]),
+        ("data:\n  kind: idx\n  path: /no/such/dir\n", 2, ["data.path", "/no/such/dir"]),
+        ("teacher:\n  model: resnet181\n", 4, ["not a timm model", "resnet18"]),
+    ],
+    ids=["malformed-yaml", "unknown-key", "wrong-type", "missing-dataset", "unknown-model"],
+)
+def test_bad_input_is_one_paragraph_and_leaves_earlier_runs_alone(tmp_path, text, code, words):
+    run_dir = tmp_path / "runs" / "model"
+    run_dir.mkdir(parents=True)
+    (run_dir / "report.json").write_text("{}")  # an earlier run's result
+    config = tmp_path / "model.yaml"
+    config.write_text(text)
+    result = invoke("compress", config, "--out", run_dir)
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output and result.output.startswith("error: ")
+    assert all(w in result.output for w in words), result.output
+    assert sorted(p.name for p in run_dir.iterdir()) == ["report.json"]
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    config = tmp_path / "model.yaml"
+    config.write_text("teacher:\n  modle: x\n")
+    result = subprocess.run([sys.executable, "-m", "edgekd", "--debug", "validate", str(config)],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2 and "Traceback" in result.stderr

@@ -1,0 +1,112 @@
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from edgekd.config import CompressConfig, load_config
+from edgekd.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path, text: str) -> Path:
+    path = tmp_path / "model.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_builtin_example_validates():
+    cfg = load_config(REPO / "examples" / "digits.yaml")
+    assert cfg.name == "digits" and cfg.data.kind == "digits"
+    assert cfg.quantize.calibration.is_file()
+
+
+def test_defaults_are_a_valid_config():
+    assert CompressConfig().targets == ["host-cpu"]
+
+
+def test_unknown_key_suggests_the_right_one(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "teacher:\n  modle: resnet18\n"))
+    assert "teacher.modle" in str(err.value) and "did you mean 'model'" in str(err.value)
+
+
+def test_wrong_type_names_the_key_path(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "distill:\n  train:\n    epochs: ten\n"))
+    assert "distill.train.epochs" in str(err.value) and "'ten'" in str(err.value)
+
+
+def test_malformed_yaml_names_the_line(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "teacher:\n  model: [resnet18\n"))
+    assert "not valid YAML" in str(err.value) and "line" in str(err.value)
+
+
+def test_missing_config_file_names_the_path(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / "nope.yaml")
+    assert "nope.yaml" in str(err.value) and "edgekd init" in str(err.value)
+
+
+def test_missing_dataset_path_names_it(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "data:\n  kind: idx\n  path: no/such/folder\n"))
+    assert "data.path" in str(err.value) and "no/such/folder" in str(err.value)
+
+
+def test_cross_field_rule_checked_at_load(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "data:\n  kind: imagefolder\n"))
+    assert "needs data.path" in str(err.value)
+
+
+def test_opset_above_target_maximum_is_refused(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "export:\n  opset: 20\ntargets: [host-cpu, jetson-xavier-nx]\n"))
+    assert "jetson-xavier-nx" in str(err.value) and "17" in str(err.value)
+
+
+def test_unknown_target_suggests_a_known_one(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "targets: [rpi-5]\n"))
+    assert "rpi5" in str(err.value)
+
+
+def test_name_defaults_to_file_stem_and_paths_resolve_from_config_folder(tmp_path):
+    (tmp_path / "calib.yaml").write_text("samples: 8\n")
+    cfg = load_config(write(tmp_path, "quantize:\n  calibration: calib.yaml\n"))
+    assert cfg.name == "model"
+    assert cfg.quantize.calibration == tmp_path / "calib.yaml"
+
+
+def test_feature_example_validates():
+    cfg = load_config(REPO / "examples" / "digits-features.yaml")
+    assert [loss.kind for loss in cfg.distill.losses] == ["kd", "fitnets"] and cfg.student.init == "teacher"
+
+
+def test_each_loss_kind_checks_its_own_keys(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "distill:\n  losses:\n    - kind: dkd\n      alpah: 1\n"))
+    assert "distill.losses.0.alpah" in str(err.value) and "did you mean 'alpha'" in str(err.value)
+    assert "beta" in str(err.value)  # DKD's own keys are listed, not KD's
+    with pytest.raises(ConfigError, match="unknown key 'distill.losses.0.alpha'"):
+        load_config(write(tmp_path, "distill:\n  losses:\n    - kind: fitnets\n      alpha: 1\n"))
+
+
+def test_unknown_loss_kind_suggests_one(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "distill:\n  losses:\n    - kind: fitnet\n"))
+    assert "'distill.losses.0.kind': unknown kind 'fitnet' (did you mean 'fitnets'?)" in str(err.value)
+
+
+def test_a_loss_without_kind_is_kd(tmp_path):
+    cfg = load_config(write(tmp_path, "distill:\n  losses:\n    - temperature: 2\n"))
+    assert cfg.distill.losses[0].kind == "kd" and cfg.distill.losses[0].temperature == 2
+
+
+def test_cross_field_rules_for_student_init_and_fp16(tmp_path):
+    with pytest.raises(ConfigError, match="remove student.model"):
+        load_config(write(tmp_path, "student:\n  model: resnet10t\n  init: teacher\n"))
+    with pytest.raises(ConfigError, match="fp16' needs CUDA"):
+        load_config(write(tmp_path, "device: cpu\ndistill:\n  train:\n    amp: fp16\n"))
