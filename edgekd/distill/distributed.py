@@ -144,12 +144,22 @@ def init_from_env(device_choice: str):
     return Dist(rank, world, local_rank, backend, str(device)), device
 
 
-def shutdown(d: Dist) -> None:
-    if d.enabled:
-        import torch.distributed as dist
+def shutdown(d: Dist, *, failed: bool = False) -> None:
+    """Leave the process group: all ranks together on success, this rank alone on failure.
 
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    The barrier first: a rank that tears its gloo pairs down while a peer is still
+    finishing (rank 0 writing its last files) can abort the peer at exit (SIGABRT,
+    "terminate called without an active exception"). After a failure the peers may sit
+    in a collective this rank will never join, so destroying (a collective) could hang;
+    the failed rank just exits non-zero and torchrun stops the others.
+    """
+    if not d.enabled or failed:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _env_int(name: str) -> int:

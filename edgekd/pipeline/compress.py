@@ -98,6 +98,8 @@ def compress(config_path: str | Path, out: Path | None = None, force: bool = Fal
         dist.barrier()
         ctx = RunContext(config=config, run_dir=run_dir, ui=ui, dist=dist)
         records = run_stages(STAGES, ctx, ui, force=force)
-    finally:
-        shutdown(dist)
+    except BaseException:
+        shutdown(dist, failed=True)
+        raise
+    shutdown(dist)
     return CompressResult(run_dir, records, main=dist.is_main)
