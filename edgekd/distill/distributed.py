@@ -74,6 +74,21 @@ class Dist:
         dist.all_reduce(tensor)
         return tensor.tolist()
 
+    def gather_strided(self, part):
+        """Inverse of `x[rank::world_size]`: every rank's stride (numpy arrays, rank 0's first)
+        interleaved back into one array, on every rank."""
+        if not self.enabled:
+            return part
+        import numpy as np
+        import torch.distributed as dist
+
+        parts = [None] * self.world_size
+        dist.all_gather_object(parts, part)
+        whole = np.empty((sum(len(p) for p in parts), *part.shape[1:]), dtype=part.dtype)
+        for rank, stride in enumerate(parts):
+            whole[rank :: self.world_size] = stride
+        return whole
+
     def shard(self, order):
         """This rank's share of a permutation (1-d tensor), as DistributedSampler(drop_last=False) takes it.
 

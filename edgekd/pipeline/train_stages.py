@@ -143,20 +143,17 @@ def _teacher_source(ctx: RunContext, teacher: torch.nn.Module, objective: Distil
     """Cached teacher logits when inputs repeat exactly every epoch and every loss reads
     logits only; else the live teacher (its hooks record what feature losses read).
 
-    Under torchrun rank 0 computes the cache for the whole training set and writes it;
-    the other ranks wait at a barrier and read the same file (every rank indexes it with
-    its own shard's indices).
+    Under torchrun the cache is computed sharded: each rank runs the teacher on its
+    stride of the training set, the strides are gathered, rank 0 writes the file, and
+    every rank reads it back (each indexes it with its own shard's indices).
     """
     teacher.eval()
     augment = ctx.config.data.augment
     if ctx.config.distill.teacher_cache and augment == "none" and not objective.needs_teacher_internals:
         path = ctx.run_dir / "cache" / f"teacher_logits.{sha256_file(ctx.run_dir / 'teacher.pt')[:16]}.npy"
-        if ctx.dist.is_main and not path.is_file():
-            path.parent.mkdir(exist_ok=True)
-            logits = predict_logits(teacher, torch.from_numpy(ctx.data.train_x), device=ctx.device)
-            np.save(path.with_suffix(".partial.npy"), logits.numpy())
-            path.with_suffix(".partial.npy").replace(path)
-        ctx.dist.barrier()  # on every rank, whatever the branch above did: no rank may skip a collective
+        if not ctx.dist.broadcast_object(path.is_file()):  # one answer on every rank: all join, or none
+            _write_teacher_cache(ctx, teacher, path)
+        ctx.dist.barrier()  # the file is complete before any rank reads it
         cached = torch.from_numpy(np.load(path)).to(ctx.device)
         return (lambda idx, _inputs: cached[idx.to(ctx.device)]), f"on: logits computed once ({path.name})"
 
@@ -172,6 +169,16 @@ def _teacher_source(ctx: RunContext, teacher: torch.nn.Module, objective: Distil
         kinds = sorted({k for k in objective.kinds if k in FEATURE_LOSS_KINDS})
         why = f"off: {', '.join(kinds)} read teacher internals every step (only logits are cached)"
     return live, why
+
+
+def _write_teacher_cache(ctx: RunContext, teacher: torch.nn.Module, path) -> None:
+    dist = ctx.dist
+    mine = torch.from_numpy(ctx.data.train_x[dist.rank :: dist.world_size])
+    logits = dist.gather_strided(predict_logits(teacher, mine, device=ctx.device).numpy())
+    if dist.is_main:
+        path.parent.mkdir(exist_ok=True)
+        np.save(path.with_suffix(".partial.npy"), logits)
+        path.with_suffix(".partial.npy").replace(path)
 
 
 # ---------------------------------------------------------------- shared

@@ -11,8 +11,12 @@ Attempts, in order, stopping at the first whose accuracy drop
 3. each method again with per-channel toggled (not for trt_ready: TensorRT wants
    per-channel weights);
 4. from the most accurate attempt so far, keep the most quantization-sensitive
-   nodes in float, 1, 2, 4, ... groups of them, until it passes or
-   `max_excluded_nodes` is reached.
+   nodes in float, 1, 2, 4, ... groups of them (each set with every calibration
+   method), until it passes or `max_excluded_nodes` is reached.
+
+On x86 CPUs without VNNI every attempt uses 7-bit weights (reduce_range; see
+edgekd.quantize.ort_int8.u8s8_saturates_here): ONNX Runtime's int8 kernels there
+saturate with 8-bit weights, and the accuracy measured would be wrong.
 
 Sensitivity comes from ONNX Runtime's QDQ debugging tools (qdq_loss_debug): every
 activation's signal-to-quantization-noise ratio (SQNR, dB) before vs after its own
@@ -51,6 +55,7 @@ from edgekd.quantize.ort_int8 import (
     quantize_file,
     validate_settings,
     calibrate,
+    u8s8_saturates_here,
 )
 from edgekd.runtime.ort import accuracy, make_session, predict
 
@@ -74,10 +79,11 @@ class Attempt:
     latency_ms_p50: float
     passed: bool
     seconds: float = 0.0
+    reduce_range: bool = False
 
     def describe(self) -> str:
         verdict = "passed" if self.passed else "failed"
-        granularity = "per-channel" if self.per_channel else "per-tensor"
+        granularity = ("per-channel" if self.per_channel else "per-tensor") + (", 7-bit weights" if self.reduce_range else "")
         return (
             f"{self.method}/{granularity}, {len(self.excluded_nodes)} float nodes: accuracy {self.accuracy:.4f} "
             f"(drop {self.accuracy_drop:+.4f}), {self.latency_ms_p50:.3f} ms p50 -> {verdict}"
@@ -112,6 +118,7 @@ def quantize_with_gate(
     batch_size: int = 16,
     max_excluded_nodes: int | None = None,
     fallbacks: bool = True,
+    reduce_range: bool | None = None,
 ) -> GateResult:
     """Quantize `fp32_onnx` to `out_path`, trying fallbacks until the accuracy drop is within budget.
 
@@ -120,9 +127,12 @@ def quantize_with_gate(
     target: the session settings (threads, graph optimization) for accuracy and latency.
     max_excluded_nodes: cap on nodes kept in float (default: a quarter of the graph's nodes, >= 4).
     fallbacks: False tries the configured setting only (the user pinned it).
+    reduce_range: 7-bit weights in every attempt; None = where this CPU's int8 kernels would
+    saturate (u8s8_saturates_here), since accuracy measured through saturating kernels is wrong.
     Raises GateError listing every attempt when none passes; out_path is then not written.
     """
-    first = QuantSettings(method, bool(per_channel), bool(trt_ready))
+    reduce_range = u8s8_saturates_here() if reduce_range is None else reduce_range
+    first = QuantSettings(method, bool(per_channel), bool(trt_ready), reduce_range=bool(reduce_range))
     validate_settings(first)
     calib_x = check_samples(calib_x, "calib_x")
     val_x, val_y = check_samples(val_x, "val_x"), _labels(val_y, len(val_x))
@@ -192,7 +202,7 @@ class _Search:
         result = Attempt(
             settings.method, settings.per_channel, list(settings.exclude_nodes), round(acc, 6),
             round(drop, 6), latency_p50_ms(session, self.val_x[:1]), drop <= self.max_drop,
-            round(time.perf_counter() - start, 3),
+            round(time.perf_counter() - start, 3), settings.reduce_range,
         )
         self.attempts.append(result)
         self.files.append((dest, settings, facts))
@@ -218,10 +228,17 @@ class _Search:
         return max(MIN_EXCLUDED_LIMIT, int(nodes * MAX_EXCLUDED_FRACTION))
 
     def exclusion_steps(self, limit: int) -> Iterator[QuantSettings]:
-        """Step 4: the best attempt's settings with the 1, 2, 4, ... most sensitive groups in float."""
+        """Step 4: the best attempt's settings with the 1, 2, 4, ... most sensitive groups in float,
+        each set with the best attempt's calibration method first, then the others.
+
+        Every method again, because the best attempt is chosen while the sensitive nodes still
+        wreck accuracy (all attempts may sit near chance level): which calibration suits the
+        rest of the graph only shows once those nodes are float. Ranges are cached per method.
+        """
         best = max(range(len(self.attempts)), key=lambda i: self.attempts[i].accuracy)
         qdq, settings, _ = self.files[best]
         self.sensitivity = rank_sensitive_nodes(self.pre, qdq, self.calib_x[:DEBUG_SAMPLES], self.tmp)
+        methods = [settings.method, *(m for m in METHODS if m != settings.method)]
         previous: tuple[str, ...] = ()
         for count in _doubling(len(self.sensitivity)):
             nodes = _union(group["nodes"] for group in self.sensitivity[:count])
@@ -229,7 +246,7 @@ class _Search:
                 return
             if nodes != previous:
                 previous = nodes
-                yield replace(settings, exclude_nodes=nodes)
+                yield from (replace(settings, method=m, exclude_nodes=nodes) for m in methods)
 
 
 def _doubling(n: int) -> list[int]:

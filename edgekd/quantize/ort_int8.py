@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import os
+import platform
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -57,12 +58,35 @@ TRT_OPTIONS = {
 }
 
 
+# x86 CPUs without VNNI multiply u8 x s8 with VPMADDUBSW, whose int16 pair sums saturate when
+# weights use all 8 bits; ONNX Runtime's CPU kernels then return wrong INT8 results. Seen with
+# onnxruntime 1.32 on an AVX2-only AMD EPYC: a 0.945-accurate CNN fell to 0.378 in INT8 (with
+# graph optimizations off, or reduce_range, 0.942). ORT's documented remedy is reduce_range:
+# 7-bit weights, which cannot saturate. ARM and VNNI CPUs have exact int8 dot products.
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+SATURATION_NOTE = ("weights quantized to 7 bits (reduce_range): this x86 CPU has no VNNI, and ONNX Runtime's "
+                   "u8 x s8 kernels saturate with 8-bit weights here")
+
+
+def u8s8_saturates_here() -> bool:
+    """True on an x86 CPU without VNNI (see VNNI_FLAGS); False on ARM or where unknown."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return False
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), None)
+    return flags is not None and not VNNI_FLAGS & set(flags)
+
+
 @dataclass(frozen=True)
 class QuantSettings:
     method: str = "minmax"
     per_channel: bool = True
     trt_ready: bool = False
     exclude_nodes: tuple[str, ...] = ()
+    reduce_range: bool = False  # 7-bit weights; see u8s8_saturates_here
 
     def extra_options(self) -> dict[str, Any]:
         return dict(TRT_OPTIONS) if self.trt_ready else {}
@@ -77,6 +101,7 @@ class QuantResult:
     per_channel: bool
     trt_ready: bool
     excluded_nodes: list[str]
+    reduce_range: bool
     calibration_samples: int
     calibration_batch_size: int
     extra_options: dict[str, Any]
@@ -238,6 +263,7 @@ def quantize_file(pre_onnx: Path, dest: Path, settings: QuantSettings, cache: Pa
         activation_type=QuantType.QInt8,
         weight_type=QuantType.QInt8,
         per_channel=settings.per_channel,
+        reduce_range=settings.reduce_range,
         calibrate_method=getattr(CalibrationMethod, METHODS[settings.method][0]),
         nodes_to_exclude=list(settings.exclude_nodes),
         extra_options=settings.extra_options(),
@@ -307,7 +333,8 @@ def copy_metadata(fp32_onnx: Path, qdq_onnx: Path, settings: QuantSettings) -> N
     props = {p.key: p.value for p in source.metadata_props}
     props["edgekd.precision"] = json.dumps("int8")
     props["edgekd.quantization"] = json.dumps(
-        {"method": settings.method, "per_channel": settings.per_channel, "trt_ready": settings.trt_ready}
+        {"method": settings.method, "per_channel": settings.per_channel, "trt_ready": settings.trt_ready,
+         "reduce_range": settings.reduce_range}
     )
     del proto.metadata_props[:]
     for key, value in sorted(props.items()):
@@ -322,7 +349,7 @@ def publish(
     """Check a quantized temp file (ONNX checker, ORT loads it, TRT rules), then rename it to out_path."""
     import onnx
 
-    notes = []
+    notes = [SATURATION_NOTE] if settings.reduce_range else []
     if settings.trt_ready and (copies := dedicate_dequantize(qdq_tmp)):
         notes.append(f"{copies} shared activation DequantizeLinear nodes duplicated, one per consumer")
     copy_metadata(fp32_onnx, qdq_tmp, settings)
@@ -342,8 +369,8 @@ def publish(
     result = QuantResult(
         path=str(out_path), sidecar=str(sidecar_path(out_path)), source=str(fp32_onnx),
         method=settings.method, per_channel=settings.per_channel, trt_ready=settings.trt_ready,
-        excluded_nodes=list(settings.exclude_nodes), extra_options=settings.extra_options(),
-        qdq_nodes=qdq_count(qdq_tmp), sha256=sha256_file(qdq_tmp), seconds=round(seconds, 3), notes=notes,
+        excluded_nodes=list(settings.exclude_nodes), reduce_range=settings.reduce_range,
+        extra_options=settings.extra_options(), qdq_nodes=qdq_count(qdq_tmp), sha256=sha256_file(qdq_tmp), seconds=round(seconds, 3), notes=notes,
         **facts,
     )
     os.replace(qdq_tmp, out_path)
@@ -366,6 +393,7 @@ def quantize_int8(
     trt_ready: bool = False,
     exclude_nodes: tuple[str, ...] | list[str] = (),
     batch_size: int = 16,
+    reduce_range: bool | None = None,
 ) -> QuantResult:
     """Quantize `fp32_onnx` to a QDQ int8 model at `out_path`, calibrated on `calib_x` (N, C, H, W).
 
@@ -374,10 +402,12 @@ def quantize_int8(
     trt_ready: TensorRT's explicit-quantization form (TRT_OPTIONS); needs per_channel.
     exclude_nodes: node names (of the pre-processed graph) kept in float.
     batch_size: calibration batch, unless the model's batch dimension is fixed.
+    reduce_range: 7-bit weights; None = where this CPU's int8 kernels would saturate (u8s8_saturates_here).
     `out_path` only appears once the result passed the ONNX checker and loads in ONNX
     Runtime; its sidecar `<out_path>.json` records settings, sample count and hashes.
     """
-    settings = QuantSettings(method, bool(per_channel), bool(trt_ready), tuple(exclude_nodes))
+    reduce_range = u8s8_saturates_here() if reduce_range is None else reduce_range
+    settings = QuantSettings(method, bool(per_channel), bool(trt_ready), tuple(exclude_nodes), bool(reduce_range))
     validate_settings(settings)
     calib_x = check_samples(calib_x, "calib_x")
     fp32_onnx, out_path = Path(fp32_onnx), Path(out_path)

@@ -84,6 +84,21 @@ def test_rank_zero_alone_writes_and_reports(runs):
     assert not list(run_dir.rglob("*.partial*"))
 
 
+def test_sharded_teacher_cache_holds_every_training_image_in_order(runs):
+    # Each rank computed the logits of its stride; gathered, they must be the teacher's
+    # logits of the whole training set in the data's order, as one process computes them.
+    from edgekd.config import DataConfig
+    from edgekd.data import load_data
+    from edgekd.distill.trainer import predict_logits
+
+    run_dir, _ = runs["two"]
+    cached = np.load(next((run_dir / "cache").glob("teacher_logits.*.npy")))
+    train_x = load_data(DataConfig(kind="digits", input_size=16)).train_x
+    expected = predict_logits(load_model(run_dir / "teacher.pt"), torch.from_numpy(train_x)).numpy()
+    assert cached.shape == expected.shape
+    np.testing.assert_allclose(cached, expected, rtol=0, atol=1e-4)
+
+
 def test_checkpoints_load_in_one_process(runs):
     run_dir, _ = runs["two"]
     with np.load(run_dir / "data" / "val.npz") as npz:
