@@ -4,7 +4,10 @@ Rows: the teacher (ResNet-18, cross-entropy); the student (a derived ResNet-18 a
 width 0.125 / depth 0.5, 86K parameters) trained alone; the student with each
 loss family (kd, dkd, fitnets, at, rkd; the feature and relation losses are
 paired with cross-entropy); and KD from a student initialised by pruning the
-teacher. Everything trains on the 60k training images and is scored once, after
+teacher; the response-loss schemes (kd with reverse / symmetric KL, kd with
+alpha and temperature scheduled over training, teacher-free Tf-KD, and kd with
+half the training images used without labels — the teacher there is the shared
+one, trained on every label). Everything trains on the 60k training images and is scored once, after
 the last epoch, on the 10k test images (no model selection on the test set;
 per-epoch monitoring uses the first 1k test images).
 
@@ -36,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from edgekd.config import DataConfig, DistillConfig, StudentConfig, TrainConfig  # noqa: E402
-from edgekd.data import load_data  # noqa: E402
+from edgekd.data import load_data, student_split  # noqa: E402
 from edgekd.distill.losses import build_objective, cross_entropy  # noqa: E402
 from edgekd.distill.trainer import evaluate, predict_logits, train  # noqa: E402
 from edgekd.models.io import build, load_model, save_checkpoint  # noqa: E402
@@ -55,6 +58,8 @@ class Row:
     name: str
     losses: list[dict] = field(default_factory=list)  # empty: the teacher row (cross-entropy)
     init: str = "random"
+    train_fraction: float = 1.0  # the student's seeded, class-stratified share of the training images
+    unlabeled_fraction: float = 0.0  # of that share, used without labels (label -1)
 
 
 ROWS = [
@@ -66,6 +71,12 @@ ROWS = [
     Row("at", [{"kind": "ce"}, {"kind": "at", "beta": 1000.0}]),
     Row("rkd", [{"kind": "ce"}, {"kind": "rkd", "distance_weight": 25.0, "angle_weight": 50.0}]),
     Row("kd + init: teacher", [{"kind": "kd", "temperature": 4.0, "alpha": 0.9}], init="teacher"),
+    Row("kd reverse KL", [{"kind": "kd", "temperature": 4.0, "alpha": 0.9, "divergence": "reverse"}]),
+    Row("kd symmetric KL", [{"kind": "kd", "temperature": 4.0, "alpha": 0.9, "divergence": "symmetric"}]),
+    Row("kd alpha 0.9->0.5 / T 8->2", [{"kind": "kd", "alpha": 0.9, "alpha_end": 0.5, "temperature": 8.0,
+                                        "temperature_end": 2.0, "schedule": "linear"}]),
+    Row("tfkd (no teacher)", [{"kind": "tfkd", "a": 0.9, "temperature": 20.0, "alpha": 0.9}]),
+    Row("kd + 50% unlabeled", [{"kind": "kd", "temperature": 4.0, "alpha": 0.9}], unlabeled_fraction=0.5),
 ]
 
 
@@ -153,25 +164,34 @@ def run_student(args, row: Row, dirs, teacher, cached, train_xy, monitor_xy, num
     if row.init == "teacher":
         init_from_teacher(student, teacher, calibration=train_xy[0][:512])
         init_accuracy = evaluate(student, *monitor_xy)
-    losses = parse(DistillConfig, {"losses": row.losses}, f"row {row.name!r}").losses
+    losses = parse(DistillConfig, {"losses": row.losses, "unlabeled_fraction": row.unlabeled_fraction},
+                   f"row {row.name!r}").losses
     objective = build_objective(losses, student=student, teacher=teacher,
                                 input_shape=(1, args.input_size, args.input_size))
-    if objective.needs_teacher_internals:
+    split = student_split(train_xy[1].numpy(), row.train_fraction, row.unlabeled_fraction, seed=0)
+    rows = torch.from_numpy(split.rows)
+    student_y = train_xy[1][rows].clone()
+    student_y[torch.from_numpy(split.unlabeled)] = -1  # what edgekd's student stage does
+    if not objective.needs_teacher:
+        teacher_fn = None  # ce / tfkd only: the teacher never runs
+    elif objective.needs_teacher_internals:
         def teacher_fn(_idx, inputs):  # live: the hooks record what feature losses read
             with torch.no_grad():
                 return teacher(inputs).float()
     else:
-        teacher_fn = lambda idx, _inputs: cached[idx]  # noqa: E731
+        teacher_fn = lambda idx, _inputs: cached[rows[idx]]  # noqa: E731  (batch indices point into `rows`)
     cfg = train_cfg(args.epochs, 3e-3, args.batch_size)
     try:
-        result = train(student, train_xy, monitor_xy, cfg, objective, dirs / "work" / slug(row.name),
+        result = train(student, (train_xy[0][rows], student_y), monitor_xy, cfg, objective,
+                       dirs / "work" / slug(row.name),
                        key=json.dumps(settings(args)), teacher=teacher_fn, progress=epoch_printer(row.name, cfg.epochs))
     finally:
         objective.close()
     return student, {"seconds_per_epoch": result.seconds_per_epoch, "epochs": result.epochs_run,
                      "losses": objective.describe(), "init": row.init, "init_accuracy": init_accuracy,
-                     "teacher": "live" if objective.needs_teacher_internals else "cached logits",
-                     "loss_params": count_params(objective)}
+                     "teacher": ("none" if teacher_fn is None else "live" if objective.needs_teacher_internals
+                                 else "cached logits"),
+                     "loss_params": count_params(objective), "student_data": split.summary()}
 
 
 def slug(name: str) -> str:
@@ -238,7 +258,8 @@ def write_reports(args, dirs: Path, suffix: str, rows: dict) -> None:
         f"{args.input_size}x{args.input_size} inputs, {args.threads} torch threads on {platform.machine()} "
         f"({platform.processor() or 'cpu'}), torch {torch.__version__}. Test accuracy after the last epoch "
         "on the 10k test images; s/epoch includes a 1k-image monitoring pass. The logit-only rows read "
-        "cached teacher logits (computed once); fitnets/at/rkd run the teacher live every step.",
+        "cached teacher logits (computed once); fitnets/at/rkd run the teacher live every step; "
+        "tfkd runs no teacher. The unlabeled row's teacher is the shared one, trained on every label.",
         "",
         "| row | losses | test acc | params | MFLOPs | s/epoch | vs plain epoch |",
         "|---|---|---:|---:|---:|---:|---:|",
@@ -246,6 +267,11 @@ def write_reports(args, dirs: Path, suffix: str, rows: dict) -> None:
     for r in rows.values():
         ratio = f"{r['seconds_per_epoch'] / plain:.2f}x" if plain and r["row"] != "teacher" else "-"
         init = f", init: teacher (acc before training {r['init_accuracy']:.3f})" if r.get("init") == "teacher" else ""
+        used = r.get("student_data")
+        if used and (used["samples"] < used["train_split"] or used["unlabeled"]):
+            init += f"; {used['samples']} images, {used['unlabeled']} without labels"
+        if r.get("teacher") == "none":
+            init += "; no teacher"
         lines.append(f"| {r['row']} | {r['losses']}{init} | {r['test_accuracy']:.4f} | {r['params']:,} | "
                      f"{r['flops'] / 1e6:.2f} | {r['seconds_per_epoch']:.1f} | {ratio} |")
     (args.out / f"distill_fashion_mnist{suffix}.md").write_text("\n".join(lines) + "\n")

@@ -28,6 +28,9 @@ class DataConfig(Strict):
     mean: tuple[float, ...] | None = Field(None, description="per channel; default from the teacher's timm config or the data")
     std: tuple[float, ...] | None = None
     augment: Literal["none", "crop_flip", "crop"] = "none"
+    train_fraction: float = Field(
+        1.0, gt=0, le=1, description="the student stage trains on this seeded, class-stratified share of the "
+        "training split; the teacher stage always trains on all of it")
 
     @model_validator(mode="after")
     def _path_when_needed(self) -> "DataConfig":
@@ -106,11 +109,37 @@ class CEConfig(_Loss):
 
 
 class KDConfig(_Loss):
-    """Hinton KD: alpha * T^2 * KL(teacher || student at T) + (1 - alpha) * CE."""
+    """Hinton KD: alpha * T^2 * D(teacher, student at T) + (1 - alpha) * CE, D = KL(teacher || student) by default.
+
+    alpha and temperature may move over training (alpha_end, temperature_end) along `schedule`,
+    driven by the share of optimizer steps done."""
 
     kind: Literal["kd"] = "kd"
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.9, ge=0, le=1, description="share of the soft-target term; 1-alpha goes to cross-entropy")
+    divergence: Literal["forward", "reverse", "symmetric"] = Field(
+        "forward", description="forward KL(teacher||student): mass-covering (Hinton); reverse KL(student||teacher): "
+        "mode-seeking; symmetric: (1-divergence_mix)*forward + divergence_mix*reverse")
+    divergence_mix: float = Field(0.5, ge=0, le=1, description="symmetric only: the reverse KL's share")
+    alpha_end: float | None = Field(None, ge=0, le=1, description="alpha at the end of training; None: constant")
+    temperature_end: float | None = Field(None, gt=0, description="temperature at the end of training; None: constant")
+    schedule: Literal["linear", "cosine"] = Field(
+        "linear", description="how alpha/temperature move from start to end over training progress 0 -> 1")
+
+    @model_validator(mode="after")
+    def _no_idle_keys(self) -> "KDConfig":
+        # a key that would silently do nothing is a mistake worth naming
+        if "divergence_mix" in self.model_fields_set and self.divergence != "symmetric":
+            raise ValueError(f"divergence_mix only applies to divergence: symmetric (this term is {self.divergence!r}): "
+                             "set divergence: symmetric or remove divergence_mix")
+        if "schedule" in self.model_fields_set and self.alpha_end is None and self.temperature_end is None:
+            raise ValueError("schedule moves alpha/temperature toward alpha_end/temperature_end, and neither is set: "
+                             "add alpha_end or temperature_end, or remove schedule")
+        return self
+
+    @property
+    def scheduled(self) -> bool:
+        return self.alpha_end is not None or self.temperature_end is not None
 
 
 class DKDConfig(_Loss):
@@ -120,6 +149,16 @@ class DKDConfig(_Loss):
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(1.0, ge=0, description="target-class KD weight")
     beta: float = Field(8.0, ge=0, description="non-target-class KD weight")
+
+
+class TfKDConfig(_Loss):
+    """Teacher-free KD, Tf-KD_reg (Yuan et al. 2020): (1 - alpha) * CE + alpha * T^2 * KL(virtual || student at T),
+    the virtual teacher right with probability `a`, the rest spread evenly. Needs no teacher."""
+
+    kind: Literal["tfkd"] = "tfkd"
+    a: float = Field(0.9, gt=0, lt=1, description="the virtual teacher's probability for the correct class")
+    temperature: float = Field(20.0, gt=0, description="softens the virtual teacher and the student (the paper's 20)")
+    alpha: float = Field(0.9, ge=0, le=1, description="share of the virtual-teacher term; 1-alpha goes to cross-entropy")
 
 
 class FeaturePair(Strict):
@@ -163,6 +202,7 @@ LossConfig = Annotated[
         Annotated[CEConfig, Tag("ce")],
         Annotated[KDConfig, Tag("kd")],
         Annotated[DKDConfig, Tag("dkd")],
+        Annotated[TfKDConfig, Tag("tfkd")],
         Annotated[FitNetsConfig, Tag("fitnets")],
         Annotated[ATConfig, Tag("at")],
         Annotated[RKDConfig, Tag("rkd")],
@@ -170,6 +210,7 @@ LossConfig = Annotated[
     Discriminator(_loss_kind),
 ]
 FEATURE_LOSS_KINDS = ("fitnets", "at", "rkd")  # these read model internals: the teacher runs live
+TEACHER_FREE_KINDS = ("ce", "tfkd")  # these read only the student and the labels: no teacher runs for them
 
 
 class DistillConfig(Strict):
@@ -182,6 +223,19 @@ class DistillConfig(Strict):
         description="quantization-aware fine-tuning of the distilled student (student.quantization: qat): "
         "a few epochs at about a tenth of the distillation learning rate",
     )
+    unlabeled_fraction: float = Field(
+        0.0, ge=0, lt=1, description="this seeded, class-stratified share of the student's training samples is "
+        "used without labels (transfer data): only teacher-reading terms learn from it. The teacher stage "
+        "never sees those labels either")
+
+    @model_validator(mode="after")
+    def _unlabeled_needs_a_teacher(self) -> "DistillConfig":
+        if self.unlabeled_fraction > 0 and all(loss.kind in TEACHER_FREE_KINDS for loss in self.losses):
+            kinds = ", ".join(sorted({loss.kind for loss in self.losses}))
+            raise ValueError(f"unlabeled_fraction {self.unlabeled_fraction:g} leaves samples without labels, but "
+                             f"every loss ({kinds}) learns from labels only: those samples would train nothing. "
+                             "Add a loss that reads the teacher (kd, dkd, ...), or set unlabeled_fraction: 0")
+        return self
 
 
 class ParityConfig(Strict):

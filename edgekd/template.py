@@ -15,6 +15,7 @@ data:
   channels: 1               # 1 (grey) or 3 (RGB)
   val_fraction: 0.2         # held out when the source has no validation split
   augment: none             # none | crop | crop_flip (crop_flip disables the teacher cache)
+  train_fraction: 1.0       # the student trains on this stratified share of the training split (the teacher on all)
   # mean: [0.5]             # default: measured on the training split (digits/idx) or the teacher's timm config
   # std: [0.5]
 
@@ -50,14 +51,21 @@ distill:
       weight: 1.0
       temperature: 4.0
       alpha: 0.9
+      divergence: forward   # forward KL(T||S), mass-covering | reverse KL(S||T), mode-seeking | symmetric
+      # divergence_mix: 0.5 # symmetric only: (1 - mix) * forward + mix * reverse
+      # alpha_end: 0.5      # move alpha here over training (default: constant)
+      # temperature_end: 2.0
+      # schedule: linear    # linear | cosine, by the share of optimizer steps done
     # Other kinds, summed by weight (each has its own keys):
     # - {kind: ce}                                         # cross-entropy with the labels
     # - {kind: dkd, temperature: 4.0, alpha: 1.0, beta: 8.0}   # decoupled KD (TCKD + NCKD), no CE inside
+    # - {kind: tfkd, a: 0.9, temperature: 20.0, alpha: 0.9}    # teacher-free KD: a virtual teacher right with prob. a
     # - {kind: fitnets}                                    # hints through trained 1x1 adapters
     # - {kind: at, beta: 1000.0}                           # attention transfer
     #   (fitnets/at pair stages by spatial size; override: pairs: [{student: layer3, teacher: layer3}])
     # - {kind: rkd, distance_weight: 25.0, angle_weight: 50.0}  # relational KD on penultimate embeddings
   teacher_cache: true       # compute teacher logits once when inputs repeat every epoch and all losses read logits only
+  unlabeled_fraction: 0.0   # this share of the student's samples is used without labels (withheld from the teacher too)
   train:                    # same keys as teacher.train
     epochs: 15
     batch_size: 64          # per process under torchrun (global batch = processes x batch_size)

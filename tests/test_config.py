@@ -110,3 +110,35 @@ def test_cross_field_rules_for_student_init_and_fp16(tmp_path):
         load_config(write(tmp_path, "student:\n  model: resnet10t\n  init: teacher\n"))
     with pytest.raises(ConfigError, match="fp16' needs CUDA"):
         load_config(write(tmp_path, "device: cpu\ndistill:\n  train:\n    amp: fp16\n"))
+
+
+def test_response_scheme_keys_load(tmp_path):
+    cfg = load_config(write(tmp_path, """\
+        data: {train_fraction: 0.03}
+        distill:
+          unlabeled_fraction: 0.5
+          losses:
+            - {kind: kd, divergence: symmetric, divergence_mix: 0.3, alpha_end: 0.5, temperature: 8, temperature_end: 2,
+               schedule: cosine}
+            - {kind: tfkd, a: 0.8}
+        """))
+    kd, tfkd = cfg.distill.losses
+    assert (kd.divergence, kd.divergence_mix, kd.alpha_end, kd.temperature_end, kd.schedule) == (
+        "symmetric", 0.3, 0.5, 2, "cosine")
+    assert (tfkd.a, tfkd.temperature, tfkd.alpha) == (0.8, 20.0, 0.9)
+    assert cfg.data.train_fraction == 0.03 and cfg.distill.unlabeled_fraction == 0.5
+
+
+def test_response_scheme_keys_that_would_do_nothing_are_errors(tmp_path):
+    with pytest.raises(ConfigError, match="divergence_mix only applies to divergence: symmetric"):
+        load_config(write(tmp_path, "distill:\n  losses:\n    - {kind: kd, divergence: reverse, divergence_mix: 0.2}\n"))
+    with pytest.raises(ConfigError, match="add alpha_end or temperature_end"):
+        load_config(write(tmp_path, "distill:\n  losses:\n    - {kind: kd, schedule: cosine}\n"))
+    with pytest.raises(ConfigError, match="those samples would train nothing"):
+        load_config(write(tmp_path, "distill:\n  unlabeled_fraction: 0.5\n  losses: [{kind: ce}, {kind: tfkd}]\n"))
+    with pytest.raises(ConfigError, match="distill.losses.0.a"):
+        load_config(write(tmp_path, "distill:\n  losses:\n    - {kind: tfkd, a: 1.0}\n"))
+    with pytest.raises(ConfigError, match="distill.unlabeled_fraction"):
+        load_config(write(tmp_path, "distill:\n  unlabeled_fraction: 1.0\n"))
+    with pytest.raises(ConfigError, match="data.train_fraction"):
+        load_config(write(tmp_path, "data:\n  train_fraction: 0\n"))

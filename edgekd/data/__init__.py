@@ -106,6 +106,41 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
     return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx))
 
 
+@dataclass(frozen=True)
+class StudentSplit:
+    """What the student stage trains on: `rows` index the training split (sorted); `unlabeled`
+    marks, per row, a sample used without its label."""
+
+    rows: np.ndarray
+    unlabeled: np.ndarray  # bool, len(rows)
+    of: int  # size of the whole training split
+
+    @property
+    def unlabeled_rows(self) -> np.ndarray:
+        return self.rows[self.unlabeled]
+
+    def summary(self) -> dict:
+        n, k = len(self.rows), int(self.unlabeled.sum())
+        return {"train_split": self.of, "samples": n, "labeled": n - k, "unlabeled": k}
+
+
+def student_split(labels: np.ndarray, train_fraction: float, unlabeled_fraction: float, seed: int) -> StudentSplit:
+    """Seeded, class-stratified: first `train_fraction` of each class (at least one sample), then
+    `unlabeled_fraction` of that share left without labels (each class keeps at least one label).
+    The two draws use their own streams of `seed`, so changing one fraction never reshuffles the other."""
+    kept, dropped = [], []
+    subset_rng, unlabeled_rng = np.random.default_rng([seed, 1]), np.random.default_rng([seed, 2])
+    for cls in np.unique(labels):
+        idx = np.flatnonzero(labels == cls)
+        if train_fraction < 1:
+            idx = np.sort(subset_rng.permutation(idx)[: max(1, int(round(len(idx) * train_fraction)))])
+        kept.append(idx)
+        n_unlabeled = min(len(idx) - 1, int(round(len(idx) * unlabeled_fraction)))
+        dropped.append(unlabeled_rng.permutation(idx)[:n_unlabeled])
+    rows = np.sort(np.concatenate(kept))
+    return StudentSplit(rows, np.isin(rows, np.concatenate(dropped)), len(labels))
+
+
 def _to_unit_nchw(images: np.ndarray, pixel_max: float, cfg: DataConfig) -> np.ndarray:
     """N×H×W or N×H×W×C raw pixels -> N×C×S×S float32 in [0, 1], resized bilinearly."""
     import torch

@@ -1,13 +1,16 @@
 """The distillation objective: configured loss terms, dispatched by `kind` from model.yaml.
 
-One family per module (response.py: ce, kd, dkd; feature.py: fitnets, at;
+One family per module (response.py: ce, kd, dkd, tfkd; feature.py: fitnets, at;
 relation.py: rkd); `LOSSES` maps each kind to a factory that builds its term.
 `DistillObjective` sums the weighted terms and owns what they need beyond
 logits: forward hooks on student and teacher, and trained adapters (its
 parameters, which the trainer optimises and which never enter the student).
 
 The trainer calls it like any loss: objective(student_logits, teacher_logits, labels)
-— the hooks have already recorded the internals during both forward passes.
+— the hooks have already recorded the internals during both forward passes. Before
+each step it calls `set_progress(steps done / total steps)`, which scheduled terms
+(kd with alpha_end / temperature_end) read; a pure function of the step index, so a
+resumed run continues with exactly the values the uninterrupted run would use.
 """
 
 from __future__ import annotations
@@ -31,9 +34,10 @@ LossFn = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tenso
 class Batch:
     student_logits: torch.Tensor  # (B, K)
     teacher_logits: torch.Tensor | None  # (B, K); None when training without a teacher
-    labels: torch.Tensor  # (B,)
+    labels: torch.Tensor  # (B,); -1 marks a sample used without its label
     student: dict[str, torch.Tensor] = field(default_factory=dict)  # tapped internals by module name
     teacher: dict[str, torch.Tensor] = field(default_factory=dict)
+    progress: float = 0.0  # share of the training's optimizer steps done before this one, 0 -> 1
 
 
 @dataclass
@@ -57,22 +61,45 @@ class Term(nn.Module):
     modules it trains (adapters)."""
 
     def __init__(self, compute: Callable[[Batch], torch.Tensor], student_taps=(), teacher_taps=(),
-                 trained: nn.Module | None = None, note: str = ""):
+                 trained: nn.Module | None = None, note: str = "", needs_teacher: bool = True,
+                 values: Callable[[float], dict[str, float]] | None = None):
         super().__init__()
-        self.compute, self.trained, self.note = compute, trained, note
+        self.compute, self.trained, self.note, self.needs_teacher = compute, trained, note, needs_teacher
         self.student_taps, self.teacher_taps = list(student_taps), list(teacher_taps)
+        self.values = values  # scheduled terms: progress -> their effective settings, for the metrics log
 
     def forward(self, batch: Batch) -> torch.Tensor:
         return self.compute(batch)
 
 
 def _ce(cfg, setup: Setup) -> Term:
-    return Term(lambda b: response.ce_loss(b.student_logits, b.labels, setup.label_smoothing))
+    return Term(lambda b: response.ce_loss(b.student_logits, b.labels, setup.label_smoothing), needs_teacher=False)
 
 
 def _kd(cfg, setup: Setup) -> Term:
-    return Term(lambda b: response.kd_loss(b.student_logits, b.teacher_logits, b.labels, cfg.temperature, cfg.alpha,
-                                           setup.label_smoothing))
+    def values(progress: float) -> dict[str, float]:
+        return {"alpha": response.scheduled(cfg.alpha, cfg.alpha_end, progress, cfg.schedule),
+                "temperature": response.scheduled(cfg.temperature, cfg.temperature_end, progress, cfg.schedule)}
+
+    def compute(b: Batch) -> torch.Tensor:
+        now = values(b.progress)
+        return response.kd_loss(b.student_logits, b.teacher_logits, b.labels, now["temperature"], now["alpha"],
+                                setup.label_smoothing, cfg.divergence, cfg.divergence_mix)
+
+    notes = ([f"{cfg.divergence} KL"] if cfg.divergence != "forward" else []) + (
+        [f"{cfg.schedule} alpha {cfg.alpha:g}->{_end(cfg.alpha, cfg.alpha_end)}, "
+         f"T {cfg.temperature:g}->{_end(cfg.temperature, cfg.temperature_end)}"] if cfg.scheduled else [])
+    return Term(compute, note="; ".join(notes), values=values if cfg.scheduled else None)
+
+
+def _end(start: float, end: float | None) -> str:
+    return f"{start if end is None else end:g}"
+
+
+def _tfkd(cfg, setup: Setup) -> Term:
+    return Term(lambda b: response.tfkd_loss(b.student_logits, b.labels, cfg.a, cfg.temperature, cfg.alpha,
+                                             setup.label_smoothing),
+                note=f"virtual teacher a={cfg.a:g}, T={cfg.temperature:g}", needs_teacher=False)
 
 
 def _dkd(cfg, setup: Setup) -> Term:
@@ -108,7 +135,7 @@ def _rkd(cfg, setup: Setup) -> Term:
 
 
 LOSSES: dict[str, Callable[[object, Setup], Term]] = {
-    "ce": _ce, "kd": _kd, "dkd": _dkd, "fitnets": _fitnets, "at": _at, "rkd": _rkd,
+    "ce": _ce, "kd": _kd, "dkd": _dkd, "tfkd": _tfkd, "fitnets": _fitnets, "at": _at, "rkd": _rkd,
 }
 
 
@@ -125,16 +152,37 @@ class DistillObjective(nn.Module):
         t_names = [n for t in self.terms for n in t.teacher_taps]
         self._student_tap = Tap(student, s_names) if s_names else None
         self._teacher_tap = Tap(teacher, t_names) if t_names else None
+        self.progress, self._held = 0.0, False
 
     @property
     def needs_teacher_internals(self) -> bool:
         """True when a term reads more than logits: the teacher must run live (no logit cache)."""
         return self._teacher_tap is not None
 
+    @property
+    def needs_teacher(self) -> bool:
+        """False when every term is teacher-free (ce, tfkd): the teacher need not run at all."""
+        return any(term.needs_teacher for term in self.terms)
+
+    def set_progress(self, progress: float) -> None:
+        """The trainer's share of optimizer steps done (0 -> 1); scheduled terms read it."""
+        if not self._held:
+            self.progress = float(progress)
+
+    def hold_progress(self, progress: float) -> None:
+        """Pin the progress (set_progress is then ignored): QAT fine-tuning keeps the schedule's end values."""
+        self.progress, self._held = float(progress), True
+
+    def scheduled_values(self) -> dict[str, float]:
+        """Effective settings of the scheduled terms now, e.g. {"kd[0].alpha": 0.7}; {} when none is scheduled."""
+        return {f"{kind}[{i}].{name}": round(value, 6)
+                for i, (kind, term) in enumerate(zip(self.kinds, self.terms)) if term.values is not None
+                for name, value in term.values(self.progress).items()}
+
     def forward(self, student_logits, teacher_logits, labels) -> torch.Tensor:
         batch = Batch(student_logits.float(), None if teacher_logits is None else teacher_logits.float(), labels,
                       self._student_tap.features if self._student_tap else {},
-                      self._teacher_tap.features if self._teacher_tap else {})
+                      self._teacher_tap.features if self._teacher_tap else {}, self.progress)
         return sum(w * term(batch) for w, term in zip(self.weights, self.terms))
 
     def describe(self) -> str:
@@ -157,7 +205,7 @@ def build_objective(configs: list, *, student: nn.Module | None = None, teacher:
 
 
 def build_loss(configs: list, label_smoothing: float = 0.0) -> DistillObjective:
-    """A logits-only objective (ce, kd, dkd)."""
+    """A logits-only objective (ce, kd, dkd, tfkd)."""
     return build_objective(configs, label_smoothing=label_smoothing)
 
 

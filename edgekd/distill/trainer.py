@@ -6,7 +6,10 @@ so a run resumed from an epoch checkpoint continues exactly as the
 uninterrupted run would have.
 
 `loss_fn` is any (student_logits, teacher_logits, labels) -> loss callable. When
-it is an nn.Module (edgekd.distill.losses.DistillObjective) its parameters, the
+it has `set_progress`, it is told before every step the share of the training's
+optimizer steps already done (epoch * steps_per_epoch + batch) / (epochs *
+steps_per_epoch): derived from the step index alone, so a resumed run feeds it
+the same values. When it is an nn.Module (edgekd.distill.losses.DistillObjective) its parameters, the
 feature adapters, are trained with the model and saved with the epoch
 checkpoint, but never enter the model's weights.
 
@@ -186,8 +189,10 @@ def _epoch_row(loop: _Loop, x, y, val_xy, epoch: int) -> dict:
     loop.dist.sync_buffers(loop.model)  # one set of BN statistics on every rank before scoring and saving
     accuracy = _sharded_accuracy(loop.model, val_xy, loop.device, loop.memory_format, loop.dist)
     seconds = time.perf_counter() - started
-    return {"epoch": epoch + 1, "loss": loss, "val_accuracy": accuracy, "seconds": seconds,
-            "images_per_s": len(x) / seconds, "lr": loop.optimizer.param_groups[0]["lr"]}
+    row = {"epoch": epoch + 1, "loss": loss, "val_accuracy": accuracy, "seconds": seconds,
+           "images_per_s": len(x) / seconds, "lr": loop.optimizer.param_groups[0]["lr"]}
+    # scheduled loss settings (kd alpha/temperature) as used in the epoch's last step
+    return {**row, **getattr(loop.loss_fn, "scheduled_values", dict)()}
 
 
 def _record(state: dict, row: dict, model, epoch: int) -> None:
@@ -207,8 +212,12 @@ def _one_epoch(loop: _Loop, x, y, epoch: int) -> float:
     generator = torch.Generator().manual_seed(loop.seed * 100_003 + epoch)
     order = loop.dist.shard(torch.randperm(len(x), generator=generator))  # same permutation on every rank
     total, count = 0.0, 0
-    for start in range(0, len(order), loop.cfg.batch_size):
+    steps_per_epoch = math.ceil(len(order) / loop.cfg.batch_size)
+    set_progress = getattr(loop.loss_fn, "set_progress", None)
+    for step, start in enumerate(range(0, len(order), loop.cfg.batch_size)):
         idx = order[start : start + loop.cfg.batch_size]
+        if set_progress is not None:
+            set_progress((epoch * steps_per_epoch + step) / max(1, loop.cfg.epochs * steps_per_epoch))
         inputs = augment_batch(x[idx], loop.augment, generator)
         inputs = inputs.to(loop.device, non_blocking=True).contiguous(memory_format=loop.memory_format)
         labels = y[idx].to(loop.device, non_blocking=True)

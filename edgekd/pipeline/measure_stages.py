@@ -133,6 +133,11 @@ def notes(report: dict, results: dict) -> list[str]:
     student = results["student"]
     if student:
         out.append(f"Teacher-output cache: {student.get('teacher_cache')}.")
+        used = student.get("student_data")
+        if used and (used["samples"] < used["train_split"] or used["unlabeled"]):
+            withheld = " (withheld from teacher training too)" if used["unlabeled"] else ""
+            out.append(f"Student training data: {used['samples']} of {used['train_split']} training samples, "
+                       f"{used['unlabeled']} of them used without labels{withheld}.")
     for name, exp in (report.get("export") or {}).items():
         if exp.get("fallback_error"):
             out.append(f"{name} export fell back to {exp['exporter']}: {exp['fallback_error']}")

@@ -63,7 +63,8 @@ def run_qat(ctx: RunContext) -> dict:
         return {"outputs": [], "summary": "not requested (student.quantization: none)"}
     from edgekd.distill.losses import build_objective
     from edgekd.models.io import load_model, read_checkpoint
-    from edgekd.pipeline.train_stages import _fit, _teacher_source, _train_metrics, _val_accuracy
+    from edgekd.pipeline.train_stages import (_fit, _student_split, _teacher_source, _train_metrics, _val_accuracy,
+                                              student_train_xy)
     from edgekd.quantize.qat import prepare_qat
 
     c = ctx.config
@@ -76,9 +77,12 @@ def run_qat(ctx: RunContext) -> dict:
     teacher = load_model(ctx.run_dir / "teacher.pt").to(ctx.device)
     loss = build_objective(c.distill.losses, student=student, teacher=teacher,
                            input_shape=tuple(ctx.data.train_x.shape[1:]), label_smoothing=c.distill.qat.label_smoothing)
-    teacher_fn, cache_note = _teacher_source(ctx, teacher, loss)
+    loss.hold_progress(1.0)  # QAT continues the distillation: scheduled kd terms keep their end values
+    split = _student_split(ctx)  # the distillation's samples and withheld labels
+    teacher_fn, cache_note = _teacher_source(ctx, teacher, loss, split.rows)
     try:
-        result = _fit(ctx, student, "student-qat", c.distill.qat, loss, teacher=teacher_fn)
+        result = _fit(ctx, student, "student-qat", c.distill.qat, loss, teacher=teacher_fn,
+                      train_xy=student_train_xy(ctx, split))
     finally:
         loss.close()  # hooks off before export
     student.load_state_dict(result.best_state)

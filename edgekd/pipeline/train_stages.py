@@ -10,6 +10,7 @@ import torch
 
 from edgekd.artifacts import sha256_file
 from edgekd.config import FEATURE_LOSS_KINDS, config_dict
+from edgekd.data import StudentSplit, student_split
 from edgekd.data.calib import load_manifest, select
 from edgekd.distill.losses import DistillObjective, build_objective, cross_entropy
 from edgekd.distill.trainer import TrainResult, predict_logits, train
@@ -55,7 +56,12 @@ DATA = Stage("data", "load, split and preprocess the dataset", run_data, _data_p
 
 
 def _teacher_params(ctx: RunContext) -> dict:
-    return {"teacher": config_dict(ctx.config.teacher), "seed": ctx.config.seed}
+    params = {"teacher": config_dict(ctx.config.teacher), "seed": ctx.config.seed}
+    if ctx.config.distill.unlabeled_fraction > 0:  # the teacher trains without the withheld labels
+        d = ctx.config.data
+        params["labels_withheld"] = {"train_fraction": d.train_fraction, "seed": d.seed,
+                                     "unlabeled_fraction": ctx.config.distill.unlabeled_fraction}
+    return params
 
 
 def _teacher_inputs(ctx: RunContext) -> list[str]:
@@ -71,7 +77,8 @@ def run_teacher(ctx: RunContext) -> dict:
     result = None
     if should_train and cfg.train.epochs > 0:
         torch.manual_seed(ctx.config.seed)
-        result = _fit(ctx, init.model, "teacher", cfg.train, cross_entropy(cfg.train.label_smoothing), teacher=None)
+        result = _fit(ctx, init.model, "teacher", cfg.train, cross_entropy(cfg.train.label_smoothing), teacher=None,
+                      train_xy=_teacher_train_xy(ctx))
         init.model.load_state_dict(result.best_state)
     accuracy = _val_accuracy(ctx, init.model)
     metrics = {"val_accuracy": accuracy, "source": init.source, "trained": result is not None,
@@ -79,6 +86,16 @@ def run_teacher(ctx: RunContext) -> dict:
     _save(ctx, "teacher.pt", init.model, init.arch, init.arch_kwargs, {"teacher": config_dict(cfg)}, metrics)
     how = f"trained {result.epochs_run} epochs" if result else f"loaded from {init.source}"
     return {"outputs": ["teacher.pt"], "summary": f"{init.arch} {how}, val accuracy {accuracy:.4f}", **metrics}
+
+
+def _teacher_train_xy(ctx: RunContext):
+    """All of the training split except the samples the student stage uses without labels:
+    those labels are withheld from every stage (`distill.unlabeled_fraction`)."""
+    if ctx.config.distill.unlabeled_fraction == 0:
+        return None
+    data = ctx.data
+    keep = np.setdiff1d(np.arange(len(data.train_y)), _student_split(ctx).unlabeled_rows)
+    return torch.from_numpy(data.train_x[keep]), torch.from_numpy(data.train_y[keep])
 
 
 TEACHER = Stage("teacher", "build and train the teacher", run_teacher, _teacher_params, _teacher_inputs,
@@ -90,7 +107,20 @@ TEACHER = Stage("teacher", "build and train the teacher", run_teacher, _teacher_
 def _student_params(ctx: RunContext) -> dict:
     c = ctx.config
     return {"student": config_dict(c.student), "distill": config_dict(c.distill), "seed": c.seed,
-            "augment": c.data.augment}
+            "augment": c.data.augment, "train_fraction": c.data.train_fraction}
+
+
+def _student_split(ctx: RunContext) -> StudentSplit:
+    c = ctx.config
+    return student_split(ctx.data.train_y, c.data.train_fraction, c.distill.unlabeled_fraction, c.data.seed)
+
+
+def student_train_xy(ctx: RunContext, split: StudentSplit) -> tuple[torch.Tensor, torch.Tensor]:
+    """The student's training tensors: `data.train_fraction` of the split, withheld labels set to -1."""
+    data = ctx.data
+    y = data.train_y[split.rows].copy()
+    y[split.unlabeled] = -1
+    return torch.from_numpy(data.train_x[split.rows]), torch.from_numpy(y)
 
 
 def run_student(ctx: RunContext) -> dict:
@@ -105,9 +135,11 @@ def run_student(ctx: RunContext) -> dict:
     objective = build_objective(c.distill.losses, student=student, teacher=teacher,
                                 input_shape=(pre.channels, pre.input_size, pre.input_size),
                                 label_smoothing=c.distill.train.label_smoothing)
-    teacher_fn, cache_note = _teacher_source(ctx, teacher, objective)
+    split = _student_split(ctx)
+    teacher_fn, cache_note = _teacher_source(ctx, teacher, objective, split.rows)
     try:
-        result = _fit(ctx, student, "student", c.distill.train, objective, teacher=teacher_fn)
+        result = _fit(ctx, student, "student", c.distill.train, objective, teacher=teacher_fn,
+                      train_xy=student_train_xy(ctx, split))
     finally:
         objective.close()  # hooks off: the saved and exported student is the plain timm model
     student.load_state_dict(result.best_state)
@@ -115,7 +147,7 @@ def run_student(ctx: RunContext) -> dict:
     params = sum(p.numel() for p in student.parameters())
     metrics = {"val_accuracy": accuracy, "params": params, "teacher_cache": cache_note, **init,
                "losses": objective.describe(), "loss_params": sum(p.numel() for p in objective.parameters()),
-               **_train_metrics(result)}
+               "student_data": split.summary(), **_train_metrics(result)}
     _save(ctx, "student.pt", student, arch, kwargs, {"student": config_dict(c.student), "distill": config_dict(c.distill)}, metrics)
     return {"outputs": ["student.pt"], "arch": arch, "arch_kwargs": kwargs,
             "summary": f"{arch} {params / 1e3:.0f}K params ({init['init']}), val accuracy {accuracy:.4f}", **metrics}
@@ -139,23 +171,32 @@ def _init_student(ctx: RunContext, student: torch.nn.Module, teacher: torch.nn.M
     return {"init": f"teacher ({family}: pruned, BatchNorm recalibrated)", "init_val_accuracy": accuracy}
 
 
-def _teacher_source(ctx: RunContext, teacher: torch.nn.Module, objective: DistillObjective):
-    """Cached teacher logits when inputs repeat exactly every epoch and every loss reads
-    logits only; else the live teacher (its hooks record what feature losses read).
+def _teacher_source(ctx: RunContext, teacher: torch.nn.Module, objective: DistillObjective,
+                    rows: np.ndarray | None = None):
+    """No teacher when every loss is teacher-free (ce, tfkd); cached teacher logits when
+    inputs repeat exactly every epoch and every loss reads logits only; else the live
+    teacher (its hooks record what feature losses read).
+
+    rows: the training-split indices the student trains on (`data.train_fraction`); the
+    trainer's batch indices point into them, the cache covers the whole split.
 
     Under torchrun the cache is computed sharded: each rank runs the teacher on its
     stride of the training set, the strides are gathered, rank 0 writes the file, and
     every rank reads it back (each indexes it with its own shard's indices).
     """
     teacher.eval()
+    if not objective.needs_teacher:
+        kinds = ", ".join(dict.fromkeys(objective.kinds))
+        return None, f"off: no loss reads the teacher ({kinds}), it does not run"
     augment = ctx.config.data.augment
+    to_split = (lambda idx: idx) if rows is None else _index_map(rows)
     if ctx.config.distill.teacher_cache and augment == "none" and not objective.needs_teacher_internals:
         path = ctx.run_dir / "cache" / f"teacher_logits.{sha256_file(ctx.run_dir / 'teacher.pt')[:16]}.npy"
         if not ctx.dist.broadcast_object(path.is_file()):  # one answer on every rank: all join, or none
             _write_teacher_cache(ctx, teacher, path)
         ctx.dist.barrier()  # the file is complete before any rank reads it
         cached = torch.from_numpy(np.load(path)).to(ctx.device)
-        return (lambda idx, _inputs: cached[idx.to(ctx.device)]), f"on: logits computed once ({path.name})"
+        return (lambda idx, _inputs: cached[to_split(idx).to(ctx.device)]), f"on: logits computed once ({path.name})"
 
     def live(_idx, inputs):
         with torch.no_grad():
@@ -181,12 +222,17 @@ def _write_teacher_cache(ctx: RunContext, teacher: torch.nn.Module, path) -> Non
         path.with_suffix(".partial.npy").replace(path)
 
 
+def _index_map(rows: np.ndarray):
+    rows_t = torch.from_numpy(rows)
+    return lambda idx: rows_t[idx]
+
+
 # ---------------------------------------------------------------- shared
 
 
-def _fit(ctx: RunContext, model, name: str, cfg, loss_fn, teacher) -> TrainResult:
+def _fit(ctx: RunContext, model, name: str, cfg, loss_fn, teacher, train_xy=None) -> TrainResult:
     data = ctx.data
-    train_xy = (torch.from_numpy(data.train_x), torch.from_numpy(data.train_y))
+    train_xy = train_xy or (torch.from_numpy(data.train_x), torch.from_numpy(data.train_y))
     val_xy = (torch.from_numpy(data.val_x), torch.from_numpy(data.val_y))
     work = ctx.run_dir / "work" / name
     with ctx.ui.progress(f"{name} epochs", cfg.epochs) as advance:

@@ -1,3 +1,7 @@
+import json
+import math
+
+import pytest
 import torch
 
 from edgekd.config import TrainConfig
@@ -73,3 +77,59 @@ def test_augmentation_is_replayable_and_shape_preserving():
     a = augment_batch(x, "crop_flip", torch.Generator().manual_seed(1))
     b = augment_batch(x, "crop_flip", torch.Generator().manual_seed(1))
     assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
+
+
+class _RecordingLoss:
+    """Cross-entropy that records the progress values the trainer gives it."""
+
+    def __init__(self):
+        self.seen = []
+
+    def set_progress(self, progress):
+        self.seen.append(progress)
+
+    def __call__(self, s, _t, y):
+        return torch.nn.functional.cross_entropy(s, y)
+
+
+def test_progress_is_the_share_of_optimizer_steps_done(tmp_path):
+    loss = _RecordingLoss()
+    cfg = CFG.model_copy(update={"epochs": 2})  # 96 samples / 16 = 6 steps per epoch, 12 in all
+    train(_model(), _toy_data(), _toy_data(), cfg, loss, tmp_path, key="k")
+    assert loss.seen == [step / 12 for step in range(12)]
+
+
+def test_scheduled_kd_resumes_exactly_and_logs_its_values(tmp_path):
+    from edgekd.config import KDConfig
+    from edgekd.distill.losses import build_loss
+
+    data = _toy_data()
+    teacher = lambda _idx, x: x.mean(dim=(1, 2, 3))[:, None] * torch.tensor([[-1.0, 0.0, 1.0]])  # noqa: E731
+    losses = [KDConfig(alpha=0.9, alpha_end=0.5, temperature=8.0, temperature_end=2.0, schedule="cosine",
+                       divergence="symmetric")]
+    straight = _model()
+    train(straight, data, data, CFG, build_loss(losses), tmp_path / "a", key="k", teacher=teacher)
+
+    calls = {"n": 0}
+
+    def stop_after_two(**_):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise Interrupt
+
+    try:
+        train(_model(), data, data, CFG, build_loss(losses), tmp_path / "b", key="k", teacher=teacher,
+              progress=stop_after_two)
+    except Interrupt:
+        pass
+    resumed = _model()
+    result = train(resumed, data, data, CFG, build_loss(losses), tmp_path / "b", key="k", teacher=teacher)
+    assert result.resumed_from_epoch == 2
+    for k, v in straight.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+    rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    # the values of each epoch's last step: progress 5/24, 11/24, 17/24, 23/24 along the cosine
+    for row, step in zip(rows, (5, 11, 17, 23)):
+        share = (1 - math.cos(math.pi * step / 24)) / 2
+        assert row["kd[0].alpha"] == pytest.approx(0.9 - 0.4 * share, abs=1e-6)
+        assert row["kd[0].temperature"] == pytest.approx(8.0 - 6.0 * share, abs=1e-6)

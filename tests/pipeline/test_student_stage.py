@@ -49,3 +49,56 @@ def test_teacher_init_of_an_unprunable_family_fails_before_any_work():
     config = parse(CompressConfig, {"teacher": {"model": "mobilenetv3_small_100"}, "student": {"init": "teacher"}}, "t")
     with pytest.raises(ConfigError, match="Supported families: ResNet, ConvNeXt"):
         _check_model_names(config)
+
+
+def _counting_teacher(monkeypatch):
+    """The teacher run_student loads, with a counter on its forward passes."""
+    from edgekd.pipeline import train_stages
+
+    calls = {"n": 0}
+    real = train_stages.load_model
+
+    def load(path):
+        model = real(path)
+        model.register_forward_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+        return model
+
+    monkeypatch.setattr(train_stages, "load_model", load)
+    return calls
+
+
+def test_teacher_free_losses_never_run_the_teacher(tmp_path, monkeypatch, single_thread):
+    calls = _counting_teacher(monkeypatch)
+    result = run_student(_ctx(tmp_path, [{"kind": "ce"}, {"kind": "tfkd", "a": 0.9, "temperature": 4.0}]))
+    assert calls["n"] == 0
+    assert result["teacher_cache"] == "off: no loss reads the teacher (ce, tfkd), it does not run"
+    assert "tfkd (virtual teacher a=0.9, T=4)" in result["losses"]
+
+
+def test_student_trains_on_its_share_with_withheld_labels(tmp_path, monkeypatch, single_thread):
+    from edgekd.pipeline import train_stages
+
+    ctx = _ctx(tmp_path, [{"kind": "kd", "divergence": "reverse", "alpha_end": 0.5}, {"kind": "dkd"}])
+    ctx.config = ctx.config.model_copy(update={
+        "data": ctx.config.data.model_copy(update={"train_fraction": 0.5}),
+        "distill": ctx.config.distill.model_copy(update={"unlabeled_fraction": 0.5})})
+    seen = {}
+    real_train = train_stages.train
+
+    def spy(model, train_xy, *args, **kwargs):
+        seen["y"] = train_xy[1].clone()
+        return real_train(model, train_xy, *args, **kwargs)
+
+    monkeypatch.setattr(train_stages, "train", spy)
+    result = run_student(ctx)
+    n = len(ctx.data.train_y)
+    used = result["student_data"]
+    assert used["train_split"] == n and abs(used["samples"] - n / 2) <= 10  # per-class rounding
+    assert used["unlabeled"] == int((seen["y"] == -1).sum()) and abs(used["unlabeled"] - used["samples"] / 2) <= 10
+    assert result["teacher_cache"].startswith("on:")  # the cache covers the split; batches index into it
+    rows = (tmp_path / "student.metrics.jsonl").read_text()
+    assert '"kd[0].alpha"' in rows and "reverse KL" in result["losses"]
+    # the teacher stage trains on everything except the withheld labels
+    teacher_x, teacher_y = train_stages._teacher_train_xy(ctx)
+    assert len(teacher_y) == n - used["unlabeled"] and (teacher_y >= 0).all()
+    assert "labels_withheld" in train_stages._teacher_params(ctx)
