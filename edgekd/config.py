@@ -351,8 +351,11 @@ def _resolve_paths(config: CompressConfig, base: Path) -> CompressConfig:
 
 
 def _check_files_exist(config: CompressConfig) -> None:
-    checks = [("data.path", config.data.path), ("teacher.checkpoint", config.teacher.checkpoint)]
-    checks += [(f"teachers[{i}].checkpoint", t.checkpoint) for i, t in enumerate(config.teachers or [])]
+    checks = [("data.path", config.data.path)]
+    if config.teachers:  # `teacher` is a copy of teachers[0]: name the key the user wrote
+        checks += [(f"teachers[{i}].checkpoint", t.checkpoint) for i, t in enumerate(config.teachers)]
+    else:
+        checks.append(("teacher.checkpoint", config.teacher.checkpoint))
     if config.quantize.enabled:
         checks.append(("quantize.calibration", config.quantize.calibration))
     for key, path in checks:
