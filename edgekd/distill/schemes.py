@@ -80,7 +80,8 @@ def plan_chain(student: tuple[str, dict], assistants: list[tuple[str, dict]], ge
     The student keeps `seed` (a plain run is one link, exactly as before chains existed);
     born-again generation g starts from seed + g - 1: identical architecture, fresh weights.
     """
-    links = [Link(f"assistant{i}", "assistant", i, arch, kwargs, seed) for i, (arch, kwargs) in enumerate(assistants, 1)]
+    links = [Link(f"assistant{i}", "assistant", i, arch, kwargs, seed)
+             for i, (arch, kwargs) in enumerate(assistants, 1)]
     links.append(Link("student", "student", 1, *student, seed))
     links += [Link(f"student.gen{g}", "generation", g, *student, seed + g - 1) for g in range(2, generations + 1)]
     return links

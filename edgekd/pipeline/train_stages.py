@@ -102,7 +102,8 @@ def _one_teacher(ctx: RunContext, cfg, path: str, name: str, seed: int) -> dict:
     result = None
     if should_train and cfg.train.epochs > 0:
         torch.manual_seed(seed)
-        result = _fit(ctx, init.model, name, cfg.train, cross_entropy(cfg.train.label_smoothing), teacher=None, seed=seed)
+        loss = cross_entropy(cfg.train.label_smoothing)
+        result = _fit(ctx, init.model, name, cfg.train, loss, teacher=None, seed=seed)
         init.model.load_state_dict(result.best_state)
     accuracy = _val_accuracy(ctx, init.model)
     metrics = {"val_accuracy": accuracy, "source": init.source, "trained": result is not None,
@@ -179,7 +180,8 @@ def _run_chain(ctx: RunContext) -> dict:
     metrics = dict(final.info)
     if c.teachers and len(c.teachers) > 1:
         metrics["teacher_ensemble"] = [{"path": f, "weight": t.weight} for f, t in zip(teacher_files(c), c.teachers)]
-    summary = f"{final.link.arch} {metrics['params'] / 1e3:.0f}K params ({metrics['init']}), val accuracy {final.val_accuracy:.4f}"
+    summary = (f"{final.link.arch} {metrics['params'] / 1e3:.0f}K params ({metrics['init']}), "
+               f"val accuracy {final.val_accuracy:.4f}")
     if len(results) > 1:
         metrics["chain"] = chain_summary(results)
         summary += "; chain " + " -> ".join(f"{r.link.name} {r.val_accuracy:.4f}" for r in results)
@@ -188,7 +190,8 @@ def _run_chain(ctx: RunContext) -> dict:
     return {"outputs": files, "arch": final.link.arch, "arch_kwargs": final.link.kwargs, "summary": summary, **metrics}
 
 
-def _distil_link(ctx: RunContext, link: Link, student, teacher, teacher_source: list[str], out: str) -> tuple[float, dict]:
+def _distil_link(ctx: RunContext, link: Link, student, teacher, teacher_source: list[str],
+                 out: str) -> tuple[float, dict]:
     """One full distillation (distill.losses, distill.train) of `student` from `teacher`.
 
     Links before the last are saved to `out` with the stage key: a chain interrupted in a
@@ -266,7 +269,8 @@ def _run_online(ctx: RunContext) -> dict:
           {"student": config_dict(c.student), "distill": config_dict(c.distill)}, metrics)
     peer_text = ", ".join(f"{a:.4f}" for a in accuracies)
     return {"outputs": ["student.pt"], "arch": arch, "arch_kwargs": kwargs, **metrics,
-            "summary": f"{arch}: {len(peers)} peers trained online (val accuracy {peer_text}); peer {best} is the student"}
+            "summary": f"{arch}: {len(peers)} peers trained online (val accuracy {peer_text}); "
+                       f"peer {best} is the student"}
 
 
 CALIBRATION_IMAGES = 512  # BatchNorm re-estimation after pruning: a few batches suffice

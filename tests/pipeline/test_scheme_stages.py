@@ -53,7 +53,8 @@ def test_assistant_chain_with_born_again_generations_saves_every_link(tmp_path, 
     monkeypatch.setattr(train_stages, "_fit", fit_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         run_student(ctx)
-    monkeypatch.setattr(train_stages, "_fit", lambda ctx, model, name, *a, **k: calls.append(name) or real_fit(ctx, model, name, *a, **k))
+    monkeypatch.setattr(train_stages, "_fit",
+                        lambda ctx, model, name, *a, **k: calls.append(name) or real_fit(ctx, model, name, *a, **k))
     result = run_student(ctx)
     assert calls == ["assistant1", "student", "student", "student.gen2"]  # the assistant was not retrained
     assert [link["name"] for link in result["chain"]] == ["assistant1", "student", "student.gen2"]
