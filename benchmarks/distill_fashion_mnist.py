@@ -3,11 +3,18 @@
 Rows: the teacher (ResNet-18, cross-entropy); the student (a derived ResNet-18 at
 width 0.125 / depth 0.5, 86K parameters) trained alone; the student with each
 loss family (kd, dkd, fitnets, at, rkd; the feature and relation losses are
-paired with cross-entropy); and KD from a student initialised by pruning the
+paired with cross-entropy); KD from a student initialised by pruning the
 teacher; the response-loss schemes (kd with reverse / symmetric KL, kd with
 alpha and temperature scheduled over training, teacher-free Tf-KD, and kd with
 half the training images used without labels — the teacher there is the shared
-one, trained on every label). Everything trains on the 60k training images and is scored once, after
+one, trained on every label); the multi-pass schemes (edgekd.distill.schemes): a
+teacher-assistant chain, born-again generations, and online mutual learning of
+two peers (the peer with the better monitor accuracy is kept: a choice made on
+the 1k monitor images, which are part of the test split); and Hinton et al.'s
+3%-of-data experiment: the student on a seeded, class-stratified 3% of the
+training images with hard labels vs the same 3% with the teacher's soft targets
+(the teacher trained on 100%), both given the optimizer steps of a full-data row.
+Everything trains on the 60k training images and is scored once, after
 the last epoch, on the 10k test images (no model selection on the test set;
 per-epoch monitoring uses the first 1k test images).
 
@@ -41,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from edgekd.config import DataConfig, DistillConfig, StudentConfig, TrainConfig  # noqa: E402
 from edgekd.data import load_data, student_split  # noqa: E402
 from edgekd.distill.losses import build_objective, cross_entropy  # noqa: E402
+from edgekd.distill.schemes import plan_chain, run_chain, train_peers  # noqa: E402
 from edgekd.distill.trainer import evaluate, predict_logits, train  # noqa: E402
 from edgekd.models.io import build, load_model, save_checkpoint  # noqa: E402
 from edgekd.models.prune import init_from_teacher  # noqa: E402
@@ -60,6 +68,10 @@ class Row:
     init: str = "random"
     train_fraction: float = 1.0  # the student's seeded, class-stratified share of the training images
     unlabeled_fraction: float = 0.0  # of that share, used without labels (label -1)
+    same_steps: bool = False  # epochs / train_fraction: as many optimizer steps as a full-data row
+    assistants: list[dict] = field(default_factory=list)  # TAKD: StudentConfig overrides per assistant
+    generations: int = 1  # born-again networks
+    peers: int = 0  # > 0: online deep mutual learning among this many students (no teacher)
 
 
 ROWS = [
@@ -77,6 +89,13 @@ ROWS = [
                                         "temperature_end": 2.0, "schedule": "linear"}]),
     Row("tfkd (no teacher)", [{"kind": "tfkd", "a": 0.9, "temperature": 20.0, "alpha": 0.9}]),
     Row("kd + 50% unlabeled", [{"kind": "kd", "temperature": 4.0, "alpha": 0.9}], unlabeled_fraction=0.5),
+    Row("TAKD: teacher -> assistant (width 0.25) -> student", [{"kind": "kd", "temperature": 4.0, "alpha": 0.9}],
+        assistants=[{"width": 0.25}]),
+    Row("born-again x2", [{"kind": "kd", "temperature": 4.0, "alpha": 0.9}], generations=2),
+    Row("online DML (2 peers)", peers=2),
+    Row("3% of data, hard labels", [{"kind": "ce"}], train_fraction=0.03, same_steps=True),
+    Row("3% of data, soft targets", [{"kind": "kd", "temperature": 4.0, "alpha": 1.0}], train_fraction=0.03,
+        same_steps=True),
 ]
 
 
@@ -157,11 +176,31 @@ def teacher_logits(dirs: Path, teacher, train_x) -> tuple[torch.Tensor, float]:
 
 
 def run_student(args, row: Row, dirs, teacher, cached, train_xy, monitor_xy, num_classes):
-    arch, kwargs = student_spec(STUDENT, TEACHER_ARCH, {"num_classes": num_classes, "in_chans": 1})
-    torch.manual_seed(0)
-    student = build(arch, kwargs)
+    """The row's student: one distillation, or a chain of them (assistants, generations), or peers."""
+    spec = lambda cfg: student_spec(cfg, TEACHER_ARCH, {"num_classes": num_classes, "in_chans": 1})  # noqa: E731
+    if row.peers:
+        return run_peers(args, row, dirs, spec(STUDENT), train_xy, monitor_xy)
+    links = plan_chain(spec(STUDENT), [spec(STUDENT.model_copy(update=a)) for a in row.assistants], row.generations)
+    work = dirs / "work" / slug(row.name)
+
+    def distil(link, student, link_teacher):
+        logits = cached if link_teacher is teacher else predict_logits(link_teacher, train_xy[0])
+        return distil_link(args, row, link, student, link_teacher, logits, train_xy, monitor_xy,
+                           work if len(links) == 1 else work / link.name)
+
+    results = run_chain(teacher, links, distil)
+    info = dict(results[-1].info)
+    if len(results) > 1:  # the cost of the row is every link's training: seconds per epoch summed
+        info["seconds_per_epoch"] = sum(r.info["seconds_per_epoch"] for r in results)
+        info["chain"] = [{"name": r.link.name, "params": count_params(r.model), "monitor_accuracy": r.val_accuracy}
+                         for r in results]
+        info["losses"] += " (chain: " + " -> ".join(f"{r.link.name} {r.val_accuracy:.3f}" for r in results) + ")"
+    return results[-1].model, info
+
+
+def distil_link(args, row: Row, link, student, teacher, cached, train_xy, monitor_xy, work: Path):
     init_accuracy = None
-    if row.init == "teacher":
+    if row.init == "teacher" and link.role == "student":
         init_from_teacher(student, teacher, calibration=train_xy[0][:512])
         init_accuracy = evaluate(student, *monitor_xy)
     losses = parse(DistillConfig, {"losses": row.losses, "unlabeled_fraction": row.unlabeled_fraction},
@@ -180,18 +219,39 @@ def run_student(args, row: Row, dirs, teacher, cached, train_xy, monitor_xy, num
                 return teacher(inputs).float()
     else:
         teacher_fn = lambda idx, _inputs: cached[rows[idx]]  # noqa: E731  (batch indices point into `rows`)
-    cfg = train_cfg(args.epochs, 3e-3, args.batch_size)
+    epochs = round(args.epochs / row.train_fraction) if row.same_steps else args.epochs
+    cfg = train_cfg(epochs, 3e-3, args.batch_size)
     try:
-        result = train(student, (train_xy[0][rows], student_y), monitor_xy, cfg, objective,
-                       dirs / "work" / slug(row.name),
-                       key=json.dumps(settings(args)), teacher=teacher_fn, progress=epoch_printer(row.name, cfg.epochs))
+        result = train(student, (train_xy[0][rows], student_y), monitor_xy, cfg, objective, work,
+                       key=json.dumps(settings(args)), seed=link.seed, teacher=teacher_fn,
+                       progress=epoch_printer(f"{row.name}: {link.name}", cfg.epochs))
     finally:
         objective.close()
-    return student, {"seconds_per_epoch": result.seconds_per_epoch, "epochs": result.epochs_run,
-                     "losses": objective.describe(), "init": row.init, "init_accuracy": init_accuracy,
-                     "teacher": ("none" if teacher_fn is None else "live" if objective.needs_teacher_internals
-                                 else "cached logits"),
-                     "loss_params": count_params(objective), "student_data": split.summary()}
+    # the last epoch's weights (no model selection), as every row: they also teach the next link
+    return evaluate(student, *monitor_xy), {
+        "seconds_per_epoch": result.seconds_per_epoch, "epochs": result.epochs_run, "losses": objective.describe(),
+        "init": row.init, "init_accuracy": init_accuracy, "loss_params": count_params(objective),
+        "teacher": ("none" if teacher_fn is None else "live" if objective.needs_teacher_internals
+                    else "cached logits"),
+        "student_data": split.summary()}
+
+
+def run_peers(args, row: Row, dirs, arch_kwargs, train_xy, monitor_xy):
+    """Deep mutual learning: the peer with the best monitor accuracy after the last epoch is the row's student."""
+    peers = []
+    for k in range(row.peers):
+        torch.manual_seed(k)
+        peers.append(build(*arch_kwargs))
+    cfg = train_cfg(args.epochs, 3e-3, args.batch_size)
+    result = train_peers(peers, train_xy, monitor_xy, cfg, dirs / "work" / slug(row.name),
+                         key=json.dumps(settings(args)), progress=epoch_printer(row.name, cfg.epochs))
+    accuracies = [evaluate(peer, *monitor_xy) for peer in peers]
+    best = max(range(len(peers)), key=accuracies.__getitem__)
+    return peers[best], {"seconds_per_epoch": result.seconds_per_epoch, "epochs": result.epochs_run,
+                         "losses": f"ce + kl(other peers), {row.peers} peers (monitor acc "
+                                   + ", ".join(f"{a:.3f}" for a in accuracies) + f"; peer {best} kept)",
+                         "init": "random", "teacher": "none (online)", "loss_params": 0,
+                         "peer_monitor_accuracy": accuracies}
 
 
 def slug(name: str) -> str:
@@ -259,7 +319,10 @@ def write_reports(args, dirs: Path, suffix: str, rows: dict) -> None:
         f"({platform.processor() or 'cpu'}), torch {torch.__version__}. Test accuracy after the last epoch "
         "on the 10k test images; s/epoch includes a 1k-image monitoring pass. The logit-only rows read "
         "cached teacher logits (computed once); fitnets/at/rkd run the teacher live every step; "
-        "tfkd runs no teacher. The unlabeled row's teacher is the shared one, trained on every label.",
+        "tfkd runs no teacher. The unlabeled row's teacher is the shared one, trained on every label. "
+        "Chains (TAKD, born-again) count every link's s/epoch; online DML trains its peers together, without the "
+        "teacher. The 3% rows train on 1,800 images for epochs / 0.03 epochs (the steps of a full-data row); "
+        "their s/epoch is per 1,800-image epoch.",
         "",
         "| row | losses | test acc | params | MFLOPs | s/epoch | vs plain epoch |",
         "|---|---|---:|---:|---:|---:|---:|",

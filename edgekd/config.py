@@ -79,6 +79,12 @@ class TeacherConfig(Strict):
         return self
 
 
+class WeightedTeacherConfig(TeacherConfig):
+    """One entry of `teachers:` (multi-teacher distillation)."""
+
+    weight: float = Field(1.0, gt=0, description="its share of the ensemble's soft targets (normalised over teachers)")
+
+
 class StudentConfig(Strict):
     model: str | None = Field(None, description="a timm model name; default: derived from the teacher")
     width: float = Field(0.25, gt=0, le=1, description="channel multiplier for a derived student")
@@ -213,6 +219,27 @@ FEATURE_LOSS_KINDS = ("fitnets", "at", "rkd")  # these read model internals: the
 TEACHER_FREE_KINDS = ("ce", "tfkd")  # these read only the student and the labels: no teacher runs for them
 
 
+class AssistantConfig(Strict):
+    """One teacher-assistant (TAKD): a derived student's width/depth, or a timm model name.
+
+    Keys left out take the student's value, so `{width: 0.5}` is the student at width 0.5.
+    """
+
+    model: str | None = Field(None, description="a timm model name; default: derived from the teacher")
+    width: float | None = Field(None, gt=0, le=1, description="default: student.width")
+    depth: float | None = Field(None, gt=0, le=1, description="default: student.depth")
+
+    @model_validator(mode="after")
+    def _name_or_multipliers(self) -> "AssistantConfig":
+        if self.model is not None and (self.width is not None or self.depth is not None):
+            raise ValueError("give an assistant either model or width/depth, not both")
+        return self
+
+
+SCHEME_DEFAULTS = {"scheme": "offline", "peers": 2, "peer_temperature": 1.0, "assistants": [], "generations": 1,
+                   "unlabeled_fraction": 0.0}
+
+
 class DistillConfig(Strict):
     losses: list[LossConfig] = Field(default_factory=lambda: [KDConfig()], min_length=1)
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=15, lr=3e-3))
@@ -235,6 +262,31 @@ class DistillConfig(Strict):
             raise ValueError(f"unlabeled_fraction {self.unlabeled_fraction:g} leaves samples without labels, but "
                              f"every loss ({kinds}) learns from labels only: those samples would train nothing. "
                              "Add a loss that reads the teacher (kd, dkd, ...), or set unlabeled_fraction: 0")
+        return self
+
+    scheme: Literal["offline", "online"] = Field(
+        "offline", description="offline: from a trained teacher; online: deep mutual learning among `peers` students")
+    peers: int = Field(2, ge=2, description="online: students trained together, each distilled from the others")
+    peer_temperature: float = Field(1.0, gt=0, description="online: temperature of the peers' KL term (DML: 1)")
+    assistants: list[AssistantConfig] = Field(
+        default_factory=list, description="TAKD: teacher -> assistant 1 -> ... -> student, each a full distillation")
+    generations: int = Field(1, ge=1, description="born-again networks: the student teaches a fresh copy of itself, "
+                             "generations - 1 times; the last generation is the student")
+
+    @model_validator(mode="after")
+    def _scheme_keys_fit(self) -> "DistillConfig":
+        online_only = sorted({"peers", "peer_temperature"} & self.model_fields_set)
+        if self.scheme == "offline" and online_only:
+            raise ValueError(f"distill.{online_only[0]} applies to scheme: online only")
+        if self.scheme == "online":
+            if "losses" in self.model_fields_set:
+                raise ValueError("scheme: online trains each peer with cross-entropy + KL to the other peers "
+                                 "(peer_temperature); distill.losses does not apply: remove it")
+            if self.assistants or self.generations > 1:
+                raise ValueError("scheme: online has no teacher to chain: remove distill.assistants/generations")
+            if self.unlabeled_fraction > 0:
+                raise ValueError("scheme: online peers learn from labels and each other, not from a teacher: "
+                                 "unlabeled samples would only echo the peers' guesses; set unlabeled_fraction: 0")
         return self
 
 
@@ -276,6 +328,8 @@ class CompressConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataConfig = DataConfig()
     teacher: TeacherConfig = TeacherConfig()
+    teachers: list[WeightedTeacherConfig] | None = Field(
+        None, min_length=1, description="multi-teacher distillation; the first is the primary teacher (teacher.pt)")
     student: StudentConfig = StudentConfig()
     distill: DistillConfig = DistillConfig()
     export: ExportConfig = ExportConfig()
@@ -289,6 +343,32 @@ class CompressConfig(Strict):
         for key, train in sections.items():
             if train.amp == "fp16" and self.device == "cpu":
                 raise ValueError(f"{key}.amp 'fp16' needs CUDA but device is 'cpu': use amp: bf16 on the CPU")
+        return self
+
+    @model_validator(mode="after")
+    def _one_teacher_section(self) -> "CompressConfig":
+        if self.teachers is None:
+            return self
+        if "teacher" in self.model_fields_set:
+            raise ValueError("give teacher or teachers, not both (teachers[0] is the primary teacher)")
+        # The rest of the pipeline (data normalisation, export, report rows, QAT) reads `teacher`: the primary.
+        self.teacher = TeacherConfig(**self.teachers[0].model_dump(exclude={"weight"}))
+        return self
+
+    @model_validator(mode="after")
+    def _schemes_fit_together(self) -> "CompressConfig":
+        d = self.distill
+        kinds = sorted({loss.kind for loss in d.losses} & set(FEATURE_LOSS_KINDS))
+        if self.teachers and len(self.teachers) > 1 and kinds:
+            raise ValueError(f"{', '.join(kinds)} read one teacher's internals; with several teachers only "
+                             "logit losses (ce, kd, dkd) combine their soft targets: use those, or one teacher")
+        if self.teachers and len(self.teachers) > 1 and d.scheme == "online":
+            raise ValueError("scheme: online does not use a teacher: give one teacher (the report's reference)")
+        if self.student.init == "teacher" and self.teachers and len(self.teachers) > 1:
+            raise ValueError("student.init 'teacher' prunes one teacher: give one teacher, or use student.init: random")
+        if self.student.init == "teacher" and (d.assistants or d.generations > 1 or d.scheme == "online"):
+            raise ValueError("student.init 'teacher' prunes the teacher into the first student; it does not apply "
+                             "to assistants, born-again generations or online peers: use student.init: random")
         return self
 
     @field_validator("name")
@@ -324,12 +404,17 @@ def _resolve_paths(config: CompressConfig, base: Path) -> CompressConfig:
 
     data = config.data.model_copy(update={"path": resolve(config.data.path)})
     teacher = config.teacher.model_copy(update={"checkpoint": resolve(config.teacher.checkpoint)})
+    teachers = config.teachers and [t.model_copy(update={"checkpoint": resolve(t.checkpoint)}) for t in config.teachers]
     quantize = config.quantize.model_copy(update={"calibration": resolve(config.quantize.calibration)})
-    return config.model_copy(update={"data": data, "teacher": teacher, "quantize": quantize})
+    return config.model_copy(update={"data": data, "teacher": teacher, "teachers": teachers, "quantize": quantize})
 
 
 def _check_files_exist(config: CompressConfig) -> None:
-    checks = [("data.path", config.data.path), ("teacher.checkpoint", config.teacher.checkpoint)]
+    checks = [("data.path", config.data.path)]
+    if config.teachers:  # `teacher` is a copy of teachers[0]: name the key the user wrote
+        checks += [(f"teachers[{i}].checkpoint", t.checkpoint) for i, t in enumerate(config.teachers)]
+    else:
+        checks.append(("teacher.checkpoint", config.teacher.checkpoint))
     if config.quantize.enabled:
         checks.append(("quantize.calibration", config.quantize.calibration))
     for key, path in checks:
@@ -371,3 +456,40 @@ def _check_qat(config: CompressConfig) -> None:
 def config_dict(section) -> dict:
     """A section as plain JSON-able data (used for stage hashes and checkpoints)."""
     return section.model_dump(mode="json")
+
+
+def assistant_student(config: CompressConfig, assistant: AssistantConfig) -> StudentConfig:
+    """A teacher-assistant as a student config: its own keys over the student's width/depth."""
+    if assistant.model is not None:
+        return StudentConfig(model=assistant.model)
+    return StudentConfig(width=config.student.width if assistant.width is None else assistant.width,
+                         depth=config.student.depth if assistant.depth is None else assistant.depth)
+
+
+def multi_pass_schemes(config: CompressConfig) -> list[str]:
+    """The keys of the schemes in use that train more than one teacher -> student pass."""
+    d = config.distill
+    used = ["teachers"] if config.teachers and len(config.teachers) > 1 else []
+    used += ["distill.assistants"] if d.assistants else []
+    used += ["distill.generations"] if d.generations > 1 else []
+    used += ["distill.scheme: online"] if d.scheme == "online" else []
+    return used
+
+
+def check_single_process(config: CompressConfig, world_size: int) -> None:
+    """The multi-pass schemes have not been made DDP-safe (per-link barriers, cache files, joint
+    peer steps): refuse them under torchrun rather than let the ranks drift apart."""
+    used = multi_pass_schemes(config)
+    if world_size > 1 and used:
+        raise ConfigError(f"{', '.join(used)} is not supported under torchrun yet ({world_size} processes).",
+                          "Run this config in a single process (without torchrun), or remove those keys.")
+
+
+def distill_params(distill: DistillConfig) -> dict:
+    """distill as stage-key data: scheme keys left at their defaults are left out, so runs made
+    before the schemes existed keep their keys (and are reused) while any scheme change re-runs."""
+    data = config_dict(distill)
+    for name, default in SCHEME_DEFAULTS.items():
+        if data[name] == default:
+            del data[name]
+    return data

@@ -19,6 +19,10 @@ data:
   # mean: [0.5]             # default: measured on the training split (digits/idx) or the teacher's timm config
   # std: [0.5]
 
+# teachers:                 # multi-teacher distillation, instead of `teacher:` (not both); same keys plus weight.
+#   - {model: resnet34, weight: 2.0}   # the first is the primary: teacher.pt, report rows, export, QAT
+#   - {model: resnet18, weight: 1.0}   # the others -> teachers/<i>.pt
+#                           # soft targets: log of the weighted mean of probabilities; ce/kd/dkd losses only
 teacher:
   model: resnet18           # any timm model name
   pretrained: false         # true downloads timm's weights (needs the model hub)
@@ -64,6 +68,12 @@ distill:
     # - {kind: at, beta: 1000.0}                           # attention transfer
     #   (fitnets/at pair stages by spatial size; override: pairs: [{student: layer3, teacher: layer3}])
     # - {kind: rkd, distance_weight: 25.0, angle_weight: 50.0}  # relational KD on penultimate embeddings
+  # assistants:             # teacher-assistant chain (TAKD): teacher -> each assistant -> student
+  #   - {width: 0.5}        # a derived student (keys left out: student's); or {model: resnet10t}
+  # generations: 1          # born-again: >1 = the student teaches a fresh copy of itself; the last one is kept
+  # scheme: offline         # online: deep mutual learning among `peers` students, no teacher (it is still
+  # peers: 2                #   trained for the report); each peer: CE + T^2 * KL(other peers || itself)
+  # peer_temperature: 1.0   #   online only; distill.losses/assistants/generations do not apply
   teacher_cache: true       # compute teacher logits once when inputs repeat every epoch and all losses read logits only
   unlabeled_fraction: 0.0   # this share of the student's samples is used without labels (withheld from the teacher too)
   train:                    # same keys as teacher.train

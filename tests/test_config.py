@@ -142,3 +142,52 @@ def test_response_scheme_keys_that_would_do_nothing_are_errors(tmp_path):
         load_config(write(tmp_path, "distill:\n  unlabeled_fraction: 1.0\n"))
     with pytest.raises(ConfigError, match="data.train_fraction"):
         load_config(write(tmp_path, "data:\n  train_fraction: 0\n"))
+
+# ---- multi-pass schemes
+
+
+def test_teachers_list_makes_the_first_the_primary_and_resolves_every_checkpoint(tmp_path):
+    (tmp_path / "b.pt").write_bytes(b"")
+    cfg = load_config(write(tmp_path, """
+        teachers:
+          - {model: resnet34, weight: 2}
+          - {model: resnet18, checkpoint: b.pt}
+    """))
+    assert cfg.teacher.model == "resnet34" and cfg.teachers[0].weight == 2.0
+    assert cfg.teachers[1].checkpoint == tmp_path / "b.pt"
+    with pytest.raises(ConfigError, match=r"teachers\[0\].checkpoint"):
+        load_config(write(tmp_path, "teachers: [{model: resnet18, checkpoint: missing.pt}]\n"))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("teacher: {model: resnet18}\nteachers: [{model: resnet34}]\n", "give teacher or teachers, not both"),
+    ("teachers: [{model: resnet18}, {model: resnet34}]\ndistill: {losses: [{kind: kd}, {kind: at}]}\n",
+     "at read one teacher's internals"),
+    ("teachers: [{model: resnet18}, {model: resnet34}]\ndistill: {scheme: online}\n", "does not use a teacher"),
+    ("distill: {peers: 3}\n", "distill.peers applies to scheme: online only"),
+    ("distill: {scheme: online, losses: [{kind: ce}]}\n", "distill.losses does not apply"),
+    ("distill: {scheme: online, assistants: [{width: 0.5}]}\n", "no teacher to chain"),
+    ("distill: {generations: 2}\nstudent: {init: teacher}\n", "does not apply to assistants, born-again"),
+    ("distill: {assistants: [{model: resnet10t, width: 0.5}]}\n", "either model or width/depth"),
+    ("distill: {generations: 0}\n", "generations"),
+])
+def test_scheme_combinations_that_are_refused(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text))
+
+
+def test_default_scheme_keys_leave_the_student_key_as_before():
+    from edgekd.config import DistillConfig, config_dict, distill_params
+
+    before = {k: v for k, v in config_dict(DistillConfig()).items()
+              if k not in ("scheme", "peers", "peer_temperature", "assistants", "generations")}
+    assert distill_params(DistillConfig()) == before
+    assert distill_params(DistillConfig(generations=2))["generations"] == 2
+
+
+def test_schemes_are_refused_under_torchrun_before_any_work(tmp_path, monkeypatch):
+    from edgekd.pipeline.compress import preflight
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="distill.scheme: online is not supported under torchrun"):
+        preflight(write(tmp_path, "quantize: {enabled: false}\ndistill: {scheme: online}\n"))

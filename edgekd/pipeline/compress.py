@@ -36,7 +36,11 @@ class CompressResult:
 
 def preflight(config_path: str | Path) -> CompressConfig:
     """Everything that can be checked before any work: config, targets, model names."""
+    from edgekd.config import check_single_process
+    from edgekd.distill.distributed import torchrun_world
+
     config = load_config(config_path)
+    check_single_process(config, torchrun_world())
     _check_model_names(config)
     if config.quantize.enabled:
         from edgekd.data.calib import load_manifest
@@ -57,6 +61,7 @@ def _check_modelopt() -> None:
 
 def _check_model_names(config: CompressConfig) -> None:
     from edgekd.models.io import build
+    from edgekd.config import assistant_student
     from edgekd.models.student import student_spec
 
     build(config.teacher.model, {})  # raises ModelError with "did you mean" for unknown names
@@ -67,6 +72,15 @@ def _check_model_names(config: CompressConfig) -> None:
             student_spec(config.student, config.teacher.model, {"num_classes": 2, "in_chans": config.data.channels})
         except ModelError as exc:
             raise ModelError(f"student: {exc.message}", exc.hint) from None
+    for i, assistant in enumerate(config.distill.assistants, 1):
+        if assistant.model is not None:
+            build(assistant.model, {})
+        else:
+            try:
+                student_spec(assistant_student(config, assistant), config.teacher.model,
+                             {"num_classes": 2, "in_chans": config.data.channels})
+            except ModelError as exc:
+                raise ModelError(f"distill.assistants[{i - 1}]: {exc.message}", exc.hint) from None
     if config.student.init == "teacher":
         _check_prunable(config.teacher.model)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from edgekd.config import config_dict
+from edgekd.config import config_dict, distill_params
 from edgekd.pipeline.context import RunContext
 from edgekd.pipeline.engine import Stage
 
@@ -38,7 +38,7 @@ def _params(ctx: RunContext) -> dict:
     c = ctx.config
     if not qat_enabled(ctx):
         return {"quantization": "none"}
-    return {"student": config_dict(c.student), "distill": config_dict(c.distill), "seed": c.seed,
+    return {"student": config_dict(c.student), "distill": distill_params(c.distill), "seed": c.seed,
             "augment": c.data.augment, "export": config_dict(c.export), "opset": qat_opset(ctx)[0],
             "calibration": "data/calib.npz" if c.quantize.enabled else f"train[{FALLBACK_CALIB_SAMPLES}]"}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 
@@ -9,10 +10,11 @@ import numpy as np
 import torch
 
 from edgekd.artifacts import sha256_file
-from edgekd.config import FEATURE_LOSS_KINDS, config_dict
+from edgekd.config import FEATURE_LOSS_KINDS, assistant_student, check_single_process, config_dict, distill_params
 from edgekd.data import StudentSplit, student_split
 from edgekd.data.calib import load_manifest, select
 from edgekd.distill.losses import DistillObjective, build_objective, cross_entropy
+from edgekd.distill.schemes import EnsembleTeacher, Link, chain_summary, plan_chain, run_chain, train_peers
 from edgekd.distill.trainer import TrainResult, predict_logits, train
 from edgekd.models.io import build, load_model, read_checkpoint, save_checkpoint
 from edgekd.models.prune import init_from_teacher
@@ -56,36 +58,65 @@ DATA = Stage("data", "load, split and preprocess the dataset", run_data, _data_p
 
 
 def _teacher_params(ctx: RunContext) -> dict:
-    params = {"teacher": config_dict(ctx.config.teacher), "seed": ctx.config.seed}
-    if ctx.config.distill.unlabeled_fraction > 0:  # the teacher trains without the withheld labels
-        d = ctx.config.data
-        params["labels_withheld"] = {"train_fraction": d.train_fraction, "seed": d.seed,
-                                     "unlabeled_fraction": ctx.config.distill.unlabeled_fraction}
+    c = ctx.config
+    if c.teachers:  # multi-teacher: every entry decides the result (a plain `teacher:` keeps its old key)
+        params = {"teachers": [config_dict(t) for t in c.teachers], "seed": c.seed}
+    else:
+        params = {"teacher": config_dict(c.teacher), "seed": c.seed}
+    if c.distill.unlabeled_fraction > 0:  # the teacher trains without the withheld labels
+        params["labels_withheld"] = {"train_fraction": c.data.train_fraction, "seed": c.data.seed,
+                                     "unlabeled_fraction": c.distill.unlabeled_fraction}
     return params
 
 
 def _teacher_inputs(ctx: RunContext) -> list[str]:
     # An absolute path joins to itself under run_dir: the key follows the checkpoint's content.
-    checkpoint = ctx.config.teacher.checkpoint
-    return ["data/summary.json"] + ([str(checkpoint)] if checkpoint else [])
+    checkpoints = [cfg.checkpoint for cfg, _, _ in _teacher_entries(ctx.config)]
+    return ["data/summary.json"] + [str(path) for path in checkpoints if path]
+
+
+def _teacher_entries(config) -> list[tuple]:
+    """(config, checkpoint file, training name) per teacher: the primary is teacher.pt, the others teachers/<i>.pt."""
+    if not config.teachers:
+        return [(config.teacher, "teacher.pt", "teacher")]
+    return [(cfg, "teacher.pt", "teacher") if i == 0 else (cfg, f"teachers/{i}.pt", f"teacher.{i}")
+            for i, cfg in enumerate(config.teachers)]
+
+
+def teacher_files(config) -> list[str]:
+    """Run-directory checkpoints of every teacher, the primary first."""
+    return [path for _, path, _ in _teacher_entries(config)]
 
 
 def run_teacher(ctx: RunContext) -> dict:
-    cfg, data = ctx.config.teacher, ctx.data
+    entries = _teacher_entries(ctx.config)
+    results = [_one_teacher(ctx, cfg, path, name, seed=ctx.config.seed + i)
+               for i, (cfg, path, name) in enumerate(entries)]
+    if len(results) == 1:
+        return results[0]
+    primary = {k: v for k, v in results[0].items() if k not in ("outputs", "summary")}
+    listed = [{"path": path, "model": cfg.model, "weight": cfg.weight, "val_accuracy": r["val_accuracy"]}
+              for (cfg, path, _), r in zip(entries, results)]
+    return {"outputs": [o for r in results for o in r["outputs"]], **primary, "teachers": listed,
+            "summary": f"{len(results)} teachers: " + "; ".join(r["summary"] for r in results)}
+
+
+def _one_teacher(ctx: RunContext, cfg, path: str, name: str, seed: int) -> dict:
+    data = ctx.data
     init = build_teacher(cfg, data.num_classes, data.preprocess.channels)
     should_train = cfg.finetune if cfg.finetune is not None else init.needs_training
     result = None
     if should_train and cfg.train.epochs > 0:
-        torch.manual_seed(ctx.config.seed)
-        result = _fit(ctx, init.model, "teacher", cfg.train, cross_entropy(cfg.train.label_smoothing), teacher=None,
-                      train_xy=_teacher_train_xy(ctx))
+        torch.manual_seed(seed)
+        loss = cross_entropy(cfg.train.label_smoothing)
+        result = _fit(ctx, init.model, name, cfg.train, loss, teacher=None, seed=seed, train_xy=_teacher_train_xy(ctx))
         init.model.load_state_dict(result.best_state)
     accuracy = _val_accuracy(ctx, init.model)
     metrics = {"val_accuracy": accuracy, "source": init.source, "trained": result is not None,
                **(_train_metrics(result) if result else {})}
-    _save(ctx, "teacher.pt", init.model, init.arch, init.arch_kwargs, {"teacher": config_dict(cfg)}, metrics)
+    _save(ctx, path, init.model, init.arch, init.arch_kwargs, {"teacher": config_dict(cfg)}, metrics)
     how = f"trained {result.epochs_run} epochs" if result else f"loaded from {init.source}"
-    return {"outputs": ["teacher.pt"], "summary": f"{init.arch} {how}, val accuracy {accuracy:.4f}", **metrics}
+    return {"outputs": [path], "summary": f"{init.arch} {how}, val accuracy {accuracy:.4f}", **metrics}
 
 
 def _teacher_train_xy(ctx: RunContext):
@@ -106,8 +137,13 @@ TEACHER = Stage("teacher", "build and train the teacher", run_teacher, _teacher_
 
 def _student_params(ctx: RunContext) -> dict:
     c = ctx.config
-    return {"student": config_dict(c.student), "distill": config_dict(c.distill), "seed": c.seed,
-            "augment": c.data.augment, "train_fraction": c.data.train_fraction}
+    params = {"student": config_dict(c.student), "distill": distill_params(c.distill), "seed": c.seed,
+              "augment": c.data.augment}
+    if c.data.train_fraction < 1:  # left out at its default: keys of earlier runs stay valid
+        params["train_fraction"] = c.data.train_fraction
+    if c.teachers:  # the ensemble's weights shape the soft targets; the teachers' files are inputs
+        params["teacher_weights"] = [t.weight for t in c.teachers]
+    return params
 
 
 def _student_split(ctx: RunContext) -> StudentSplit:
@@ -124,37 +160,153 @@ def student_train_xy(ctx: RunContext, split: StudentSplit) -> tuple[torch.Tensor
 
 
 def run_student(ctx: RunContext) -> dict:
-    c, data = ctx.config, ctx.data
-    teacher = load_model(ctx.run_dir / "teacher.pt").to(ctx.device)
+    check_single_process(ctx.config, ctx.dist.world_size)
+    if ctx.config.distill.scheme == "online":
+        return _run_online(ctx)
+    return _run_chain(ctx)
+
+
+STUDENT = Stage("student", "distil the student from the teacher", run_student, _student_params,
+                lambda ctx: ["data/summary.json", *teacher_files(ctx.config)], distributed=True)
+
+
+def _student_arch(ctx: RunContext) -> tuple[str, dict]:
+    """The student's (arch, kwargs): named, or derived from the primary teacher's checkpoint."""
     teacher_ckpt = read_checkpoint(ctx.run_dir / "teacher.pt")
-    arch, kwargs = student_spec(c.student, teacher_ckpt["arch"], teacher_ckpt["arch_kwargs"])
-    torch.manual_seed(c.seed)
-    student = build(arch, kwargs)
-    init = _init_student(ctx, student, teacher)
-    pre = data.preprocess
+    return student_spec(ctx.config.student, teacher_ckpt["arch"], teacher_ckpt["arch_kwargs"])
+
+
+def _load_teacher(ctx: RunContext) -> torch.nn.Module:
+    """teacher.pt, or with several `teachers:` their weighted ensemble (edgekd.distill.schemes)."""
+    c = ctx.config
+    models = [load_model(ctx.run_dir / path) for path in teacher_files(c)]
+    if len(models) == 1:
+        return models[0].to(ctx.device)
+    return EnsembleTeacher(models, [t.weight for t in c.teachers]).to(ctx.device).eval()
+
+
+def _link_file(link: Link, last: bool) -> str:
+    if last:
+        return "student.pt"
+    return f"assistants/{link.index}.pt" if link.role == "assistant" else f"generations/{link.index}.pt"
+
+
+def _run_chain(ctx: RunContext) -> dict:
+    """teacher -> [assistants] -> student -> [born-again generations]; one link without those keys."""
+    c = ctx.config
+    teacher_ckpt = read_checkpoint(ctx.run_dir / "teacher.pt")
+    assistants = [student_spec(assistant_student(c, a), teacher_ckpt["arch"], teacher_ckpt["arch_kwargs"])
+                  for a in c.distill.assistants]
+    links = plan_chain(_student_arch(ctx), assistants, c.distill.generations, c.seed)
+    files = [_link_file(link, last=i == len(links) - 1) for i, link in enumerate(links)]
+    # what each link's teacher is, as files: their content names the logit cache
+    sources = [teacher_files(c)] + [[f] for f in files[:-1]]
+
+    def distil(link: Link, student, teacher):
+        i = links.index(link)
+        return _distil_link(ctx, link, student, teacher, sources[i], files[i])
+
+    results = run_chain(_load_teacher(ctx), links, distil)
+    final = results[-1]
+    metrics = dict(final.info)
+    if c.teachers and len(c.teachers) > 1:
+        metrics["teacher_ensemble"] = [{"path": f, "weight": t.weight} for f, t in zip(teacher_files(c), c.teachers)]
+    summary = (f"{final.link.arch} {metrics['params'] / 1e3:.0f}K params ({metrics['init']}), "
+               f"val accuracy {final.val_accuracy:.4f}")
+    if len(results) > 1:
+        metrics["chain"] = chain_summary(results)
+        summary += "; chain " + " -> ".join(f"{r.link.name} {r.val_accuracy:.4f}" for r in results)
+    _save(ctx, "student.pt", final.model, final.link.arch, final.link.kwargs,
+          {"student": config_dict(c.student), "distill": config_dict(c.distill)}, metrics)
+    return {"outputs": files, "arch": final.link.arch, "arch_kwargs": final.link.kwargs, "summary": summary, **metrics}
+
+
+def _distil_link(ctx: RunContext, link: Link, student, teacher, teacher_source: list[str],
+                 out: str) -> tuple[float, dict]:
+    """One full distillation (distill.losses, distill.train) of `student` from `teacher`.
+
+    Links before the last are saved to `out` with the stage key: a chain interrupted in a
+    later link reuses them instead of retraining (the trainer resumes the link it was in).
+    """
+    c, pre = ctx.config, ctx.data.preprocess
+    if out != "student.pt" and (done := _finished_link(ctx, out)) is not None:
+        student.load_state_dict(done["state_dict"])
+        ctx.ui.info(f"{link.name}: reused {out} (finished earlier in this stage)")
+        return done["metrics"]["val_accuracy"], done["metrics"]
+    teacher.to(ctx.device).eval()
+    init = _init_student(ctx, student, teacher) if link.role == "student" else {"init": "random"}
     objective = build_objective(c.distill.losses, student=student, teacher=teacher,
                                 input_shape=(pre.channels, pre.input_size, pre.input_size),
                                 label_smoothing=c.distill.train.label_smoothing)
     split = _student_split(ctx)
-    teacher_fn, cache_note = _teacher_source(ctx, teacher, objective, split.rows)
+    teacher_fn, cache_note = _teacher_source(ctx, teacher, objective, teacher_source, split.rows)
     try:
-        result = _fit(ctx, student, "student", c.distill.train, objective, teacher=teacher_fn,
+        result = _fit(ctx, student, link.name, c.distill.train, objective, teacher=teacher_fn, seed=link.seed,
                       train_xy=student_train_xy(ctx, split))
     finally:
         objective.close()  # hooks off: the saved and exported student is the plain timm model
     student.load_state_dict(result.best_state)
     accuracy = _val_accuracy(ctx, student)
-    params = sum(p.numel() for p in student.parameters())
-    metrics = {"val_accuracy": accuracy, "params": params, "teacher_cache": cache_note, **init,
-               "losses": objective.describe(), "loss_params": sum(p.numel() for p in objective.parameters()),
-               "student_data": split.summary(), **_train_metrics(result)}
-    _save(ctx, "student.pt", student, arch, kwargs, {"student": config_dict(c.student), "distill": config_dict(c.distill)}, metrics)
-    return {"outputs": ["student.pt"], "arch": arch, "arch_kwargs": kwargs,
-            "summary": f"{arch} {params / 1e3:.0f}K params ({init['init']}), val accuracy {accuracy:.4f}", **metrics}
+    metrics = {"val_accuracy": accuracy, "params": sum(p.numel() for p in student.parameters()),
+               "teacher_cache": cache_note, **init, "losses": objective.describe(),
+               "loss_params": sum(p.numel() for p in objective.parameters()), "student_data": split.summary(),
+               **_train_metrics(result)}
+    if out != "student.pt":
+        _save(ctx, out, student, link.arch, link.kwargs, {"link": link.name, "distill": config_dict(c.distill)},
+              {**metrics, "stage_key": ctx.stage_key})
+    return accuracy, metrics
 
 
-STUDENT = Stage("student", "distil the student from the teacher", run_student, _student_params,
-                lambda ctx: ["data/summary.json", "teacher.pt"], distributed=True)
+def _finished_link(ctx: RunContext, out: str) -> dict | None:
+    path = ctx.run_dir / out
+    if not path.is_file():
+        return None
+    ckpt = read_checkpoint(path)
+    return ckpt if ckpt["metrics"].get("stage_key") == ctx.stage_key else None
+
+
+def _run_online(ctx: RunContext) -> dict:
+    """Deep mutual learning: `peers` students trained together; the best by val accuracy is the student.
+
+    No teacher is used: teacher.pt only gives a derived student its architecture.
+    """
+    c, data = ctx.config, ctx.data
+    arch, kwargs = _student_arch(ctx)
+    peers = []
+    for k in range(c.distill.peers):  # same architecture, seed + k: different initial weights
+        torch.manual_seed(c.seed + k)
+        peers.append(build(arch, kwargs))
+    cfg, work = c.distill.train, ctx.run_dir / "work" / "peers"
+    split = _student_split(ctx)  # data.train_fraction (unlabeled samples are refused for online)
+    with ctx.ui.progress("peer epochs", cfg.epochs) as advance:
+        result = train_peers(peers, student_train_xy(ctx, split),
+                             (torch.from_numpy(data.val_x), torch.from_numpy(data.val_y)), cfg, work,
+                             key=ctx.stage_key, seed=c.seed, temperature=c.distill.peer_temperature,
+                             augment=c.data.augment, device=ctx.device, progress=advance)
+    if result.resumed_from_epoch:
+        ctx.ui.info(f"resumed peer training from epoch {result.resumed_from_epoch} checkpoint")
+    shutil.copyfile(work / "metrics.jsonl", ctx.run_dir / "student.metrics.jsonl")
+    (work / "last.pt").unlink(missing_ok=True)
+    accuracies = []
+    for peer, state in zip(peers, result.best_states):
+        peer.load_state_dict(state)
+        accuracies.append(_val_accuracy(ctx, peer))
+    best = max(range(len(peers)), key=accuracies.__getitem__)
+    t = c.distill.peer_temperature
+    metrics = {"val_accuracy": accuracies[best], "params": sum(p.numel() for p in peers[best].parameters()),
+               "teacher_cache": "off: scheme online uses no teacher", "init": "random",
+               "losses": f"ce + {t * t:g}*kl(mean of the other peers at T={t:g})", "scheme": "online", "student_data": split.summary(),
+               "peers": [{"peer": k, "seed": c.seed + k, "val_accuracy": a, "best_epoch": e}
+                         for k, (a, e) in enumerate(zip(accuracies, result.best_epochs))],
+               "best_peer": best, "epochs": result.epochs_run, "best_epoch": result.best_epochs[best],
+               "seconds_per_epoch": round(result.seconds_per_epoch, 3), "resumed_from_epoch": result.resumed_from_epoch}
+    _save(ctx, "student.pt", peers[best], arch, kwargs,
+          {"student": config_dict(c.student), "distill": config_dict(c.distill)}, metrics)
+    peer_text = ", ".join(f"{a:.4f}" for a in accuracies)
+    return {"outputs": ["student.pt"], "arch": arch, "arch_kwargs": kwargs, **metrics,
+            "summary": f"{arch}: {len(peers)} peers trained online (val accuracy {peer_text}); "
+                       f"peer {best} is the student"}
+
 
 CALIBRATION_IMAGES = 512  # BatchNorm re-estimation after pruning: a few batches suffice
 
@@ -172,10 +324,13 @@ def _init_student(ctx: RunContext, student: torch.nn.Module, teacher: torch.nn.M
 
 
 def _teacher_source(ctx: RunContext, teacher: torch.nn.Module, objective: DistillObjective,
-                    rows: np.ndarray | None = None):
+                    files: list[str] = ("teacher.pt",), rows: np.ndarray | None = None):
     """No teacher when every loss is teacher-free (ce, tfkd); cached teacher logits when
     inputs repeat exactly every epoch and every loss reads logits only; else the live
     teacher (its hooks record what feature losses read).
+
+    files: the checkpoints that compute the logits (one teacher, an ensemble, or the
+    previous link of a chain); their content names the cache.
 
     rows: the training-split indices the student trains on (`data.train_fraction`); the
     trainer's batch indices point into them, the cache covers the whole split.
@@ -191,7 +346,7 @@ def _teacher_source(ctx: RunContext, teacher: torch.nn.Module, objective: Distil
     augment = ctx.config.data.augment
     to_split = (lambda idx: idx) if rows is None else _index_map(rows)
     if ctx.config.distill.teacher_cache and augment == "none" and not objective.needs_teacher_internals:
-        path = ctx.run_dir / "cache" / f"teacher_logits.{sha256_file(ctx.run_dir / 'teacher.pt')[:16]}.npy"
+        path = ctx.run_dir / "cache" / f"teacher_logits.{_cache_tag(ctx, list(files))}.npy"
         if not ctx.dist.broadcast_object(path.is_file()):  # one answer on every rank: all join, or none
             _write_teacher_cache(ctx, teacher, path)
         ctx.dist.barrier()  # the file is complete before any rank reads it
@@ -227,16 +382,28 @@ def _index_map(rows: np.ndarray):
     return lambda idx: rows_t[idx]
 
 
+def _cache_tag(ctx: RunContext, files: list[str]) -> str:
+    """Names the logit cache after what computes the logits: one checkpoint's content, or an
+    ensemble's checkpoints and weights."""
+    digests = [sha256_file(ctx.run_dir / f) for f in files]
+    if len(digests) == 1:
+        return digests[0][:16]
+    weights = [t.weight for t in ctx.config.teachers]
+    return hashlib.sha256(json.dumps([digests, weights]).encode()).hexdigest()[:16]
+
+
 # ---------------------------------------------------------------- shared
 
 
-def _fit(ctx: RunContext, model, name: str, cfg, loss_fn, teacher, train_xy=None) -> TrainResult:
+def _fit(ctx: RunContext, model, name: str, cfg, loss_fn, teacher, seed: int | None = None,
+         train_xy=None) -> TrainResult:
     data = ctx.data
     train_xy = train_xy or (torch.from_numpy(data.train_x), torch.from_numpy(data.train_y))
     val_xy = (torch.from_numpy(data.val_x), torch.from_numpy(data.val_y))
     work = ctx.run_dir / "work" / name
     with ctx.ui.progress(f"{name} epochs", cfg.epochs) as advance:
-        result = train(model, train_xy, val_xy, cfg, loss_fn, work, key=ctx.stage_key, seed=ctx.config.seed,
+        result = train(model, train_xy, val_xy, cfg, loss_fn, work, key=ctx.stage_key,
+                       seed=ctx.config.seed if seed is None else seed,
                        augment=ctx.config.data.augment, teacher=teacher, device=ctx.device, progress=advance,
                        dist=ctx.dist)
     if result.resumed_from_epoch:
@@ -266,5 +433,6 @@ def _val_accuracy(ctx: RunContext, model) -> float:
 def _save(ctx: RunContext, name: str, model, arch: str, kwargs: dict, config: dict, metrics: dict) -> None:
     if not ctx.dist.is_main:  # torchrun: rank 0 writes, the others hold the same weights
         return
+    (ctx.run_dir / name).parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(ctx.run_dir / name, model.cpu(), arch, kwargs, preprocess=ctx.data.preprocess.to_dict(),
                     classes=ctx.data.classes, config=config, metrics=metrics)
