@@ -46,7 +46,9 @@ def _params(ctx: RunContext) -> dict:
 def _inputs(ctx: RunContext) -> list[str]:
     if not qat_enabled(ctx):
         return []
-    return ["data/summary.json", "data/val.npz", "teacher.pt", "student.pt"] + (
+    from edgekd.pipeline.train_stages import teacher_files
+
+    return ["data/summary.json", "data/val.npz", *teacher_files(ctx.config), "student.pt"] + (
         ["data/calib.npz"] if ctx.config.quantize.enabled else [])
 
 
@@ -63,8 +65,8 @@ def run_qat(ctx: RunContext) -> dict:
         return {"outputs": [], "summary": "not requested (student.quantization: none)"}
     from edgekd.distill.losses import build_objective
     from edgekd.models.io import load_model, read_checkpoint
-    from edgekd.pipeline.train_stages import (_fit, _student_split, _teacher_source, _train_metrics, _val_accuracy,
-                                              student_train_xy)
+    from edgekd.pipeline.train_stages import (_fit, _load_teacher, _student_split, _teacher_source, _train_metrics,
+                                              _val_accuracy, student_train_xy, teacher_files)
     from edgekd.quantize.qat import prepare_qat
 
     c = ctx.config
@@ -74,12 +76,12 @@ def run_qat(ctx: RunContext) -> dict:
     setup = prepare_qat(student, calib_x)
     calibrated_accuracy = _val_accuracy(ctx, student)  # fake-quantized, before any QAT step: PTQ-like
     torch.manual_seed(c.seed)
-    teacher = load_model(ctx.run_dir / "teacher.pt").to(ctx.device)
+    teacher = _load_teacher(ctx)  # teacher.pt, or the weighted ensemble of `teachers:`
     loss = build_objective(c.distill.losses, student=student, teacher=teacher,
                            input_shape=tuple(ctx.data.train_x.shape[1:]), label_smoothing=c.distill.qat.label_smoothing)
     loss.hold_progress(1.0)  # QAT continues the distillation: scheduled kd terms keep their end values
     split = _student_split(ctx)  # the distillation's samples and withheld labels
-    teacher_fn, cache_note = _teacher_source(ctx, teacher, loss, split.rows)
+    teacher_fn, cache_note = _teacher_source(ctx, teacher, loss, teacher_files(c), rows=split.rows)
     try:
         result = _fit(ctx, student, "student-qat", c.distill.qat, loss, teacher=teacher_fn,
                       train_xy=student_train_xy(ctx, split))
