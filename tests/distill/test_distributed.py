@@ -49,7 +49,7 @@ def test_single_process_helpers_change_nothing():
     assert single.broadcast_object({"a": 1}) == {"a": 1} and single.all_reduce_sum([1.0, 2.0]) == [1.0, 2.0]
     single.barrier()
     single.sync_buffers(model)
-    assert single.gather_strided(order.numpy()) is not None and (single.gather_strided(order.numpy()) == order.numpy()).all()
+    assert (single.gather_strided(order.numpy()) == order.numpy()).all()
 
 
 def _one_process(batch: int, lr: float, tmp_path: Path) -> dict:
