@@ -60,29 +60,29 @@ def _check_modelopt() -> None:
 
 
 def _check_model_names(config: CompressConfig) -> None:
-    from edgekd.models.io import build
     from edgekd.config import assistant_student
-    from edgekd.models.student import student_spec
+    from edgekd.models.io import build
 
     build(config.teacher.model, {})  # raises ModelError with "did you mean" for unknown names
-    if config.student.model is not None:
-        build(config.student.model, {})
-    else:
-        try:
-            student_spec(config.student, config.teacher.model, {"num_classes": 2, "in_chans": config.data.channels})
-        except ModelError as exc:
-            raise ModelError(f"student: {exc.message}", exc.hint) from None
-    for i, assistant in enumerate(config.distill.assistants, 1):
-        if assistant.model is not None:
-            build(assistant.model, {})
-        else:
-            try:
-                student_spec(assistant_student(config, assistant), config.teacher.model,
-                             {"num_classes": 2, "in_chans": config.data.channels})
-            except ModelError as exc:
-                raise ModelError(f"distill.assistants[{i - 1}]: {exc.message}", exc.hint) from None
+    _check_student(config, config.student, "student")
+    for i, assistant in enumerate(config.distill.assistants):
+        _check_student(config, assistant_student(config, assistant), f"distill.assistants[{i}]")
     if config.student.init == "teacher":
         _check_prunable(config.teacher.model)
+
+
+def _check_student(config: CompressConfig, student, where: str) -> None:
+    """A named student (or assistant) must exist in timm; a derived one must be derivable from the teacher."""
+    from edgekd.models.io import build
+    from edgekd.models.student import student_spec
+
+    if student.model is not None:
+        build(student.model, {})
+        return
+    try:
+        student_spec(student, config.teacher.model, {"num_classes": 2, "in_chans": config.data.channels})
+    except ModelError as exc:
+        raise ModelError(f"{where}: {exc.message}", exc.hint) from None
 
 
 def _check_prunable(teacher: str) -> None:

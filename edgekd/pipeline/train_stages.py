@@ -194,10 +194,13 @@ def _link_file(link: Link, last: bool) -> str:
 def _run_chain(ctx: RunContext) -> dict:
     """teacher -> [assistants] -> student -> [born-again generations]; one link without those keys."""
     c = ctx.config
-    teacher_ckpt = read_checkpoint(ctx.run_dir / "teacher.pt")
-    assistants = [student_spec(assistant_student(c, a), teacher_ckpt["arch"], teacher_ckpt["arch_kwargs"])
-                  for a in c.distill.assistants]
-    links = plan_chain(_student_arch(ctx), assistants, c.distill.generations, c.seed)
+    teacher_ckpt = read_checkpoint(ctx.run_dir / "teacher.pt")  # read once: every link derives from it
+
+    def derived(student_cfg):
+        return student_spec(student_cfg, teacher_ckpt["arch"], teacher_ckpt["arch_kwargs"])
+
+    assistants = [derived(assistant_student(c, a)) for a in c.distill.assistants]
+    links = plan_chain(derived(c.student), assistants, c.distill.generations, c.seed)
     files = [_link_file(link, last=i == len(links) - 1) for i, link in enumerate(links)]
     # what each link's teacher is, as files: their content names the logit cache
     sources = [teacher_files(c)] + [[f] for f in files[:-1]]
@@ -239,7 +242,7 @@ def _distil_link(ctx: RunContext, link: Link, student, teacher, teacher_source: 
                                 input_shape=(pre.channels, pre.input_size, pre.input_size),
                                 label_smoothing=c.distill.train.label_smoothing)
     split = _student_split(ctx)
-    teacher_fn, cache_note = _teacher_source(ctx, teacher, objective, teacher_source, split.rows)
+    teacher_fn, cache_note = _teacher_source(ctx, teacher, objective, teacher_source, rows=split.rows)
     try:
         result = _fit(ctx, student, link.name, c.distill.train, objective, teacher=teacher_fn, seed=link.seed,
                       train_xy=student_train_xy(ctx, split))
