@@ -92,7 +92,7 @@ def test_store_format_round_trip_and_checks(tmp_path):
     raw = (tmp_path / "synthetic" / "images.u8").read_bytes()
     assert raw == b"".join(i.tobytes() for i in images)  # C-order records back to back
     assert np.load(tmp_path / "synthetic" / "labels.npy").tolist() == [2, -1, 0]
-    assert np.array_equal(U8Store(tmp_path / "synthetic").read(2), images[2])
+    assert np.array_equal(U8Store(tmp_path / "synthetic").read(2), images[2]) and len(store) == 3
     with open(tmp_path / "synthetic" / "images.u8", "ab") as fh:
         fh.write(b"x")
     with pytest.raises(DataError, match="inconsistent"):
