@@ -51,8 +51,10 @@ class FileList:
     def subset(self, rows: np.ndarray) -> "FileList":
         """The files at `rows` (in that order), packed into a new blob."""
         rows = np.asarray(rows, dtype=np.int64)
-        return _pack(self.root, self.classes, [self.relpath(int(i)) for i in rows],
-                     self.labels[rows], self.sizes[rows], self.mtimes[rows])
+        starts, lengths = self.offsets[rows], self.offsets[rows + 1] - self.offsets[rows]
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        blob = self.blob[np.arange(offsets[-1]) + np.repeat(starts - offsets[:-1], lengths)]
+        return FileList(self.root, self.classes, blob, offsets, self.labels[rows], self.sizes[rows], self.mtimes[rows])
 
 
 @dataclass(frozen=True)
@@ -88,21 +90,20 @@ def list_classes(root: Path, split: str | None, ui=None) -> FileList:
     classes = _subdirs(base)
     if not classes:
         raise DataError(f"{base} has no class folders.", LAYOUT_HINT)
-    rows, empty = [], []
+    parts, empty = [], []
     with _progress(ui, f"listing {base}", len(classes)) as advance:
         for label, name in enumerate(classes):
             found = sorted(_scan(base / name, prefix=f"{split}/{name}" if split else name))
             empty += [] if found else [name]
-            rows += [(rel, label, size, mtime) for rel, size, mtime in found]
-            advance(1, files=len(rows))
+            parts.append(_pack(root, classes, *zip(*found), [label] * len(found)) if found else None)
+            advance(1, files=sum(len(part) for part in parts if part is not None))
     if empty and len(empty) == len(classes):
         raise DataError(f"No images under {base} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}).",
                         "Check data.path; " + LAYOUT_HINT)
     if empty:
         raise DataError(f"{len(empty)} class folder(s) under {base} hold no images: {_names(empty)}.",
                         "Add images to them or remove the folders (each folder is a class).")
-    rel, labels, sizes, mtimes = zip(*rows)
-    return _pack(root, tuple(classes), list(rel), labels, sizes, mtimes)
+    return _concat(parts)
 
 
 def summarise(classes, splits: dict[str, np.ndarray]) -> dict:
@@ -148,20 +149,18 @@ def check_unchanged(files: FileList) -> None:
 
 def _scan(folder: Path, prefix: str):
     """(relative path, size, mtime_ns) of every image file below `folder`, hidden entries skipped."""
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            rel = f"{prefix}/{entry.name}"
-            if entry.is_dir():
-                yield from _scan(Path(entry.path), rel)
-            elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
-                try:
-                    st = entry.stat()
-                except OSError as exc:
-                    raise DataError(f"Cannot read {entry.path}: {exc.strerror}.",
-                                    "Fix its permissions or remove it.") from None
-                yield rel, st.st_size, st.st_mtime_ns
+    try:
+        with os.scandir(folder) as it:
+            entries = [(e.name, e.path, e.is_dir()) for e in it if not e.name.startswith(".")]
+        for name, path, is_dir in entries:
+            if is_dir:
+                yield from _scan(Path(path), f"{prefix}/{name}")
+            elif Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                st = os.stat(path)
+                yield f"{prefix}/{name}", st.st_size, st.st_mtime_ns
+    except OSError as exc:
+        raise DataError(f"Cannot read {exc.filename or folder}: {exc.strerror}.",
+                        "Fix its permissions or remove it from the dataset folder.") from None
 
 
 def _subdirs(folder: Path) -> list[str]:
@@ -184,7 +183,17 @@ def _check_same_classes(root: Path, folders: dict[str, FileList]) -> None:
                 "Give every split the same class folders (an empty split folder is an error too).")
 
 
-def _pack(root, classes, relpaths: list[str], labels, sizes, mtimes) -> FileList:
+def _concat(parts: list[FileList]) -> FileList:
+    """One FileList of per-class lists (listing keeps one class's Python strings at a time)."""
+    first = parts[0]
+    offsets = [parts[0].offsets] + [p.offsets[1:] + shift for p, shift in
+                                     zip(parts[1:], np.cumsum([len(p.blob) for p in parts[:-1]]))]
+    join = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
+    return FileList(first.root, first.classes, join("blob"), np.concatenate(offsets), join("labels"),
+                    join("sizes"), join("mtimes"))
+
+
+def _pack(root, classes, relpaths, sizes, mtimes, labels) -> FileList:
     encoded = [p.encode() for p in relpaths]
     offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
     np.cumsum([len(b) for b in encoded], out=offsets[1:])

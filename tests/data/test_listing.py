@@ -45,6 +45,7 @@ def test_split_layout_and_summary(tmp_path):
 
 @pytest.mark.parametrize("make, message", [
     (lambda root: (root / "empty_class").mkdir(), "hold no images: empty_class"),
+    (lambda root: (root / "dog" / "gone.jpg").symlink_to(root / "nowhere.jpg"), r"Cannot read .*dog/gone.jpg"),
     (lambda root: [os.remove(p) for p in root.rglob("*.jpg")], "No images under"),
 ])
 def test_bad_folders_are_named(tmp_path, make, message):
