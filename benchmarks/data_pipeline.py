@@ -261,6 +261,16 @@ def _tree_memory(pid: int) -> tuple[int, int]:
     return pss, rss
 
 
+def cpu_flags() -> list[str]:
+    """The SIMD flags that decoding and resizing can use (Linux /proc/cpuinfo)."""
+    try:
+        line = next(x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("flags"))
+    except (OSError, StopIteration):
+        return []
+    wanted = ("sse4_2", "avx", "avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni")
+    return [f for f in line.split(":", 1)[1].split() if f in wanted]
+
+
 def _self_peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
@@ -275,7 +285,7 @@ def render(r: dict) -> str:
     m = r["machine"]
     lines = ["# Streaming data layer: decode rate, memory, uint8 cache", "",
              f"Reproduce: `nice -n 10 python benchmarks/data_pipeline.py --sizes {' '.join(map(str, r['sizes']))}`. "
-             f"Machine: {m['cpu']}, {m['usable_cores']} usable cores, {m['memory_mb']} MB RAM, {m['os']}; "
+             f"Machine: {m['cpu']} ({' '.join(m.get('cpu_flags', []))}), {m['usable_cores']} usable cores, {m['memory_mb']} MB RAM, {m['os']}; "
              f"torch {m['versions'].get('torch')}. {r['note']}", "",
              "Datasets: " + "; ".join(f"N={n}: {d['bytes'] / MiB:.0f} MiB, {d['png']} PNG, {d['phone_photos']} "
                                      f"12 MP photos, short side {d['short_side_px']['min']}-{d['short_side_px']['max']} px"
@@ -341,7 +351,7 @@ def main() -> None:
     roots = {n: args.work / f"fmnist-{n}" for n in args.sizes}
     datasets = {n: write_imagefolder(root, n) for n, root in roots.items()}
     ctx = {"sizes": args.sizes, "roots": roots, "work": args.work}
-    result = {"machine": machine_info(), "sizes": args.sizes, "datasets": datasets, "note": args.note,
+    result = {"machine": {**machine_info(), "cpu_flags": cpu_flags()}, "sizes": args.sizes, "datasets": datasets, "note": args.note,
               "preprocess": PRE.to_dict(), "sections": {}}
     previous = args.out.with_suffix(".json")
     if args.merge and previous.is_file():
