@@ -33,6 +33,9 @@ class SplitIndices:
     val: np.ndarray
     test: np.ndarray
 
+    def __iter__(self):  # train, val, test = three_way_split(...)
+        return iter((self.train, self.val, self.test))
+
     def counts(self) -> dict[str, int]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
 

@@ -17,8 +17,8 @@ def test_three_way_is_disjoint_complete_and_stratified():
     assert np.bincount(LABELS[s.val]).tolist() == [10, 6, 4, 2]
     assert np.bincount(LABELS[s.test]).tolist() == [5, 3, 2, 1]
     assert s.counts() == {"train": 77, "val": 22, "test": 11}
-    again = three_way_split(LABELS, 0.2, 0.1, seed=3)
-    assert all(np.array_equal(getattr(s, k), getattr(again, k)) for k in ("train", "val", "test"))
+    train, val, test = three_way_split(LABELS, 0.2, 0.1, seed=3)  # unpacks; the same again
+    assert np.array_equal(train, s.train) and np.array_equal(val, s.val) and np.array_equal(test, s.test)
 
 
 def test_without_test_it_is_the_two_way_split_and_test_fraction_never_moves_val():
