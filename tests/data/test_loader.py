@@ -86,4 +86,6 @@ torch.save(_train_set(files, views=3)[(5, 7)][0], sys.argv[1])
 def test_batches_are_pinned_on_cuda_only(files):
     loader = make_loader(SampleDataset(FileSource(files, 3, None), eval_transform(PRE)), 8, train=False, workers=0)
     assert not loader.pin_memory and [len(b[0]) for b in loader] == [8, 8, 8]
+    cuda = make_loader(loader.dataset, 8, train=False, workers=2, device="cuda")  # built, not iterated, here
+    assert cuda.pin_memory and cuda.prefetch_factor == 2 and cuda.persistent_workers
     assert np.array_equal(torch.cat([b[2] for b in loader]).numpy(), np.arange(24))
