@@ -14,9 +14,10 @@ import hashlib
 import json
 import os
 import platform
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from edgekd import __version__
 
@@ -56,12 +57,36 @@ def partial_path(path: str | Path) -> Path:
     return path.with_name(path.name + ".partial")
 
 
-def write_json_atomic(path: str | Path, data: dict[str, Any]) -> Path:
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield the `.partial` name to write `path` under; rename it into place when the block
+    succeeds, remove it when anything fails (a full disk must not stay full of half a file)."""
     path = Path(path)
     tmp = partial_path(path)
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException as exc:
+        remove_quietly(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:  # writes through file objects name no file
+            exc.filename = str(path)
+        raise
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json_atomic(path: str | Path, data: dict[str, Any], sort_keys: bool = True) -> Path:
+    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=sort_keys, default=str) + "\n")
 
 
 def remove_quietly(*paths: str | Path) -> None:
