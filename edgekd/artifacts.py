@@ -23,6 +23,19 @@ from edgekd import __version__
 
 _PACKAGES = ("torch", "timm", "onnx", "onnxruntime", "onnxsim", "onnxscript", "numpy")
 
+# edgekd's own model checkpoints (edgekd.models.io): weights plus their record, one file each.
+CHECKPOINT_SUFFIX = ".safetensors"
+
+
+def checkpoint_file(stem: str) -> str:
+    """`student` -> `student.safetensors`: the run-directory name of an edgekd model checkpoint."""
+    return stem + CHECKPOINT_SUFFIX
+
+
+TEACHER_CHECKPOINT = checkpoint_file("teacher")
+STUDENT_CHECKPOINT = checkpoint_file("student")
+QAT_CHECKPOINT = checkpoint_file("student.qat")  # student.quantization: qat, fake quantizers in place
+
 
 def sha256_file(path: str | Path) -> str:
     digest = hashlib.sha256()

@@ -334,7 +334,7 @@ class CompressConfig(Strict):
     data: DataConfig = DataConfig()
     teacher: TeacherConfig = TeacherConfig()
     teachers: list[WeightedTeacherConfig] | None = Field(
-        None, min_length=1, description="multi-teacher distillation; the first is the primary teacher (teacher.pt)")
+        None, min_length=1, description="multi-teacher distillation; the first is the primary teacher (teacher.safetensors)")
     student: StudentConfig = StudentConfig()
     distill: DistillConfig = DistillConfig()
     export: ExportConfig = ExportConfig()

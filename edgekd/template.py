@@ -20,8 +20,8 @@ data:
   # std: [0.5]
 
 # teachers:                 # multi-teacher distillation, instead of `teacher:` (not both); same keys plus weight.
-#   - {model: resnet34, weight: 2.0}   # the first is the primary: teacher.pt, report rows, export, QAT
-#   - {model: resnet18, weight: 1.0}   # the others -> teachers/<i>.pt
+#   - {model: resnet34, weight: 2.0}   # the first is the primary: teacher.safetensors, report rows, export, QAT
+#   - {model: resnet18, weight: 1.0}   # the others -> teachers/<i>.safetensors
 #                           # soft targets: log of the weighted mean of probabilities; ce/kd/dkd losses only
 teacher:
   model: resnet18           # any timm model name

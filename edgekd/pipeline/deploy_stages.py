@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+from edgekd.artifacts import STUDENT_CHECKPOINT, TEACHER_CHECKPOINT, checkpoint_file
 from edgekd.config import config_dict
 from edgekd.pipeline.context import RunContext
 from edgekd.pipeline.engine import Stage
@@ -50,7 +51,7 @@ def run_export(ctx: RunContext) -> dict:
     staging = ctx.run_dir / "staging"
     results, outputs = {}, []
     for name in MODELS:
-        ckpt = read_checkpoint(ctx.run_dir / f"{name}.pt")
+        ckpt = read_checkpoint(ctx.run_dir / checkpoint_file(name))
         model = build(ckpt["arch"], ckpt["arch_kwargs"])
         model.load_state_dict(ckpt["state_dict"])
         model.eval()
@@ -80,7 +81,7 @@ def run_export(ctx: RunContext) -> dict:
 
 
 EXPORT = Stage("export", "fold BatchNorm, export ONNX, simplify, check parity", run_export, _export_params,
-               lambda ctx: ["teacher.pt", "student.pt", "data/val.npz"])
+               lambda ctx: [TEACHER_CHECKPOINT, STUDENT_CHECKPOINT, "data/val.npz"])
 
 # ---------------------------------------------------------------- quantize
 

@@ -79,7 +79,7 @@ def build_fake_run(run: Path) -> Path:
     nets = {}
     for role, (arch, kwargs) in models.items():
         nets[role] = timm.create_model(arch, **kwargs).eval()
-        save_checkpoint(run / f"{role}.pt", nets[role], arch, kwargs, preprocess=PREPROCESS, classes=CLASSES)
+        save_checkpoint(run / f"{role}.safetensors", nets[role], arch, kwargs, preprocess=PREPROCESS, classes=CLASSES)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((N_VAL, *SHAPE)).astype(np.float32)
     with torch.inference_mode():
@@ -126,7 +126,7 @@ def fake_report(run: Path | None = None, host: str = "workstation", device: str 
         "machine": {"hostname": host, "device": device, "cpu": "Test CPU", "cores": 2, "os": "Linux",
                     "versions": {"onnxruntime": "1.32.0"}},
         "artifacts": [
-            _artifact("teacher-pytorch", "teacher", "pytorch", "fp32", "teacher.pt", 9.0, 0.91, 180.0, False),
+            _artifact("teacher-pytorch", "teacher", "pytorch", "fp32", "teacher.safetensors", 9.0, 0.91, 180.0, False),
             _artifact("teacher-fp32", "teacher", "onnxruntime", "fp32", "teacher.onnx", 4.0, 0.91, 40.0, True),
             _artifact("student-fp32", "student", "onnxruntime", "fp32", "student.onnx", 1.2, 0.89, 12.0, True),
             _artifact("student-int8", "student", "onnxruntime", "int8", "student.int8.onnx", 0.6, 0.885, 9.0, True),
