@@ -181,7 +181,7 @@ def teacher_logits(dirs: Path, teacher, train_x) -> tuple[torch.Tensor, float]:
     """Logits of the whole training set, once (what edgekd's cache does for logit-only losses)."""
     path = dirs / "teacher_logits.pt"
     if path.is_file():
-        saved = torch.load(path)
+        saved = torch.load(path, weights_only=True)  # tensors and a float: nothing to unpickle
         return saved["logits"], saved["seconds"]
     started = time.perf_counter()
     logits = predict_logits(teacher, train_x)

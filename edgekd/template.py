@@ -26,7 +26,9 @@ data:
 teacher:
   model: resnet18           # any timm model name
   pretrained: false         # true downloads timm's weights (needs the model hub)
-  # checkpoint: teacher.pth # a state dict, timm checkpoint, .safetensors or edgekd .pt
+  # checkpoint: teacher.pth # a state dict, timm checkpoint, .safetensors or edgekd checkpoint
+  trust_checkpoint: false   # true unpickles a torch checkpoint fully: it can run code, use only for a file you
+                            # trust; false reads torch files weights-only (docs/security.md)
   # finetune: true          # default: train only when the weights are random or the head was reset
   train:
     epochs: 8

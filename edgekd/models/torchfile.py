@@ -92,8 +92,8 @@ def _refused(path: Path, what: str, message: str, fix: str, trust_hint: str | No
     trust = f"; or, only if you trust where this file came from, {trust_hint}" if trust_hint else ""
     found = _GLOBAL.search(message)
     if found:
-        return ModelError(f"{what} {path} holds a {found.group(1)!r} object, which edgekd does not unpickle: "
-                          "loading it could run code from the file.", f"{fix}{trust}.")
+        return ModelError(f"{what} {path} refers to the Python global {found.group(1)!r}, which edgekd does not "
+                          "unpickle: loading it could run code from the file.", f"{fix}{trust}.")
     opcode = _OPCODE.search(message)
     detail = f"pickle opcode {opcode.group(1)}" if opcode else "a pickle the weights-only loader refuses"
     return ModelError(f"Cannot read {what} {path}: it holds {detail}, so it is not a torch.save file edgekd "
