@@ -66,6 +66,12 @@ class FileSystemError(EdgekdError):
     exit_code = 8
 
 
+class BusyError(EdgekdError):
+    """Another edgekd command holds the run directory (edgekd.rundir's lock)."""
+
+    exit_code = 9
+
+
 # errno -> (what happened to PATH, how to fix it)
 _FS_FAULTS = {
     errno.ENOSPC: ("No space left on the device holding {path}.",
@@ -106,5 +112,6 @@ EXIT_CODES = {
     RuntimeBackendError.exit_code: "runtime missing or refused the artifact",
     VerifyError.exit_code: "bundle verification failed",
     FileSystemError.exit_code: "the file system refused (disk full, read-only, permission, not a directory)",
+    BusyError.exit_code: "the run directory is in use by another edgekd command (the message names its PID)",
     130: "interrupted (finished stages and epoch checkpoints are kept)",
 }

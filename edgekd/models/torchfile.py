@@ -72,20 +72,35 @@ def load_epoch_checkpoint(path: Path, key: str) -> dict | None:
 def save_atomic(obj: Any, path: str | Path) -> None:
     """torch.save under a .partial name, renamed when complete and removed on any failure.
 
-    Through a file object: torch.save to a path reports a full disk as an opaque
-    RuntimeError ("inline_container.cc ... unexpected pos"); a Python file raises OSError(ENOSPC).
+    torch's zip writer turns an OSError raised while writing (a full disk) into an opaque
+    RuntimeError ("inline_container.cc ... unexpected pos"); writing through `_Recorded` keeps
+    the OSError, which is raised instead, naming the file (edgekd.errors: exit 8).
     """
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(obj, f)
+        out = _Recorded(f)
+        try:
+            torch.save(obj, out)
+        except RuntimeError:
+            if out.error is not None:
+                raise out.error from None
+            raise
 
 
-def load_trusted(path: str | Path, what: str) -> Any:
-    """Full unpickle: only for a file the user declared trusted (`teacher.trust_checkpoint: true`)."""
-    try:
-        return torch.load(Path(path), map_location="cpu", weights_only=False)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-        raise ModelError(f"Cannot read {what} {path}: {_first_line(exc)}",
-                         "Is it a complete PyTorch (torch.save) file?") from None
+class _Recorded:
+    """A file object for torch.save that remembers the OSError its write raised."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def _refused(path: Path, what: str, message: str, fix: str, trust_hint: str | None) -> ModelError:

@@ -8,6 +8,7 @@ from edgekd.artifacts import STUDENT_CHECKPOINT, TEACHER_CHECKPOINT, checkpoint_
 from edgekd.config import config_dict
 from edgekd.pipeline.context import RunContext
 from edgekd.pipeline.engine import Stage
+from edgekd.rundir import scratch_dir
 from edgekd.targets import strictest_opset
 
 MODELS = ("teacher", "student")
@@ -48,7 +49,7 @@ def run_export(ctx: RunContext) -> dict:
 
     cfg, opset = ctx.config.export, export_opset(ctx)
     val_x, _ = ctx.val_arrays()
-    staging = ctx.run_dir / "staging"
+    staging = scratch_dir(ctx.run_dir) / "export"  # a killed export leaves it where the next run removes it
     results, outputs = {}, []
     for name in MODELS:
         ckpt = read_checkpoint(ctx.run_dir / checkpoint_file(name))

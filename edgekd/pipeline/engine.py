@@ -26,10 +26,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgekd import __version__
-from edgekd.artifacts import sha256_file
+from edgekd.artifacts import sha256_file, write_text_atomic
+from edgekd.rundir import RECORDS
 from edgekd.ui import UI
-
-RECORDS = ".edgekd"
 
 
 @dataclass
@@ -62,9 +61,7 @@ def _intact(run_dir: Path, record: dict) -> bool:
 def _write_record(run_dir: Path, name: str, record: dict) -> None:
     folder = run_dir / RECORDS
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f"{name}.json.partial"
-    tmp.write_text(json.dumps(record, indent=2, default=str))
-    tmp.replace(folder / f"{name}.json")
+    write_text_atomic(folder / f"{name}.json", json.dumps(record, indent=2, default=str))
 
 
 def run_stages(stages: list[Stage], ctx, ui: UI, force: bool = False) -> dict[str, dict]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edgekd.artifacts import TEACHER_CHECKPOINT, checkpoint_file
+from edgekd.artifacts import TEACHER_CHECKPOINT, checkpoint_file, write_text_atomic
 from edgekd.config import config_dict
 from edgekd.pipeline.context import RunContext
 from edgekd.pipeline.engine import Stage, read_record
@@ -52,7 +52,7 @@ def run_bench(ctx: RunContext) -> dict:
     rows = [_row(ctx, spec, measured[spec[0]]) for spec in artifacts]
     from edgekd.bench.sysinfo import machine_info
 
-    (ctx.run_dir / "bench.json").write_text(json.dumps({"machine": machine_info(), "rows": rows}, indent=2))
+    write_text_atomic(ctx.run_dir / "bench.json", json.dumps({"machine": machine_info(), "rows": rows}, indent=2))
     fastest = min(rows, key=lambda r: r["latency_ms"]["p50"])
     return {"outputs": ["bench.json"], "summary": f"{len(rows)} artifacts; fastest {fastest['name']} "
             f"p50 {fastest['latency_ms']['p50']:.3f} ms"}
