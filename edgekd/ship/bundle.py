@@ -100,7 +100,9 @@ def onnx_info(path: Path) -> dict:
     """Inputs, outputs, opset and metadata_props of an ONNX file (weights not loaded)."""
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    from edgekd.onnxtools.read import load_onnx
+
+    model = load_onnx(path)
     init = {i.name for i in model.graph.initializer}
     return {
         "inputs": [_value_info(v) for v in model.graph.input if v.name not in init],
