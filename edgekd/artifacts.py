@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import platform
+import stat
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -38,11 +39,40 @@ QAT_CHECKPOINT = checkpoint_file("student.qat")  # student.quantization: qat, fa
 
 
 def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+        return sha256_stream(f)
+
+
+def sha256_stream(f) -> str:
+    """SHA-256 of an open binary file, read in 1 MiB blocks (never whole into memory)."""
+    digest = hashlib.sha256()
+    for block in iter(lambda: f.read(1 << 20), b""):
+        digest.update(block)
     return digest.hexdigest()
+
+
+def contained(root: str | Path, rel) -> Path:
+    """The regular file `rel` names inside the folder `root`; ValueError (why not) otherwise.
+
+    `rel` must be a relative POSIX path without empty, `.` or `..` parts, and no part of it
+    may be a symlink. Every lstat made here is of a path inside `root`, so nothing outside it
+    is ever opened, followed or described (bundles, run directories: docs/security.md).
+    FileNotFoundError when a part is missing.
+    """
+    if not isinstance(rel, str) or not rel or "\\" in rel or "\x00" in rel:
+        raise ValueError("is not a plain relative path")
+    parts = rel.split("/")
+    if rel.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        raise ValueError("is absolute or leaves its folder ('..')")
+    path = Path(root)
+    for part in parts:
+        path = path / part
+        mode = path.lstat().st_mode
+        if stat.S_ISLNK(mode):
+            raise ValueError("goes through a symlink")
+    if not stat.S_ISREG(mode):
+        raise ValueError("is not a regular file")
+    return path
 
 
 def read_sidecar(path: str | Path) -> dict:

@@ -24,3 +24,10 @@ def load_onnx(path: str | Path, weights: bool = False):
             "the file is truncated, damaged or not ONNX.",
             "Copy it again (compare its SHA-256 with the sidecar's), or re-export it.",
         ) from None
+
+
+def uses_external_data(proto) -> bool:
+    """Does any tensor of the model (subgraphs and attributes included) live in an external file?"""
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data as external
+
+    return any(external(tensor) for tensor in _get_all_tensors(proto))

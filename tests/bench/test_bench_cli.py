@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from edgekd.bench.cli import bench_command, describe
 from edgekd.report.merge import load_report
+from tests.bench.fakerun import N_VAL
 
 QUICK_ARGS = ["--warmup", "0.05", "--iterations", "20", "--seconds", "0.2", "--rounds", "2",
               "--batch-sizes", "1,4", "--threads", "1"]
@@ -22,7 +23,7 @@ def test_bench_writes_a_device_report(fake_run, tmp_path):
     assert result.exit_code == 0, result.output
     report = load_report(out / "report.json")  # also checks schema_version
     assert report["target"]["name"] == "host-cpu"
-    assert report["dataset"]["samples"] == 24
+    assert report["dataset"]["samples"] == N_VAL
     assert report["machine"]["cpu"] and report["machine"]["versions"]["onnxruntime"]
     rows = {a["name"]: a for a in report["artifacts"]}
     assert list(rows) == ["teacher", "student", "student.int8"]
