@@ -18,7 +18,7 @@ from edgekd import __version__
 from edgekd.artifacts import read_sidecar, write_text_atomic
 from edgekd.bench.measure import ArtifactToMeasure, BenchSettings, measure_artifacts
 from edgekd.bench.runners import runtime_for_path
-from edgekd.errors import ConfigError, DataError
+from edgekd.errors import ConfigError, DataError, FileSystemError
 from edgekd.report.core import judge
 from edgekd.rundir import RECORDS
 
@@ -143,7 +143,7 @@ def _compare_to_teacher(rows: list[dict]) -> None:
 def claim_output(out_dir: Path, force: bool) -> None:
     """Refuse to overwrite an earlier report: `out_dir` must be new or empty, unless `force`."""
     if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--out {out_dir} is a file, not a folder.", "Choose a folder (it is created if missing).")
+        raise FileSystemError(f"--out {out_dir} is a file, not a folder.", "Choose a folder (it is created if missing).")
     earlier = sorted(p.name for p in out_dir.iterdir() if p.name != RECORDS) if out_dir.is_dir() else []
     if earlier and not force:
         raise ConfigError(f"--out {out_dir} already holds {', '.join(earlier[:4])}"
