@@ -103,6 +103,15 @@ class _Recorded:
         self.f.flush()
 
 
+def load_trusted(path: str | Path, what: str) -> Any:
+    """Full unpickle: only for a file the user declared trusted (`teacher.trust_checkpoint: true`)."""
+    try:
+        return torch.load(Path(path), map_location="cpu", weights_only=False)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        raise ModelError(f"Cannot read {what} {path}: {_first_line(exc)}",
+                         "Is it a complete PyTorch (torch.save) file?") from None
+
+
 def _refused(path: Path, what: str, message: str, fix: str, trust_hint: str | None) -> ModelError:
     trust = f"; or, only if you trust where this file came from, {trust_hint}" if trust_hint else ""
     found = _GLOBAL.search(message)
