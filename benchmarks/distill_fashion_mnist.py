@@ -172,7 +172,7 @@ def run_teacher(args, dirs, train_xy, monitor_xy, num_classes) -> tuple[torch.nn
     cfg = train_cfg(args.teacher_epochs, 2e-3, args.batch_size)
     result = train(model, train_xy, monitor_xy, cfg, cross_entropy(), dirs / "work" / "teacher", key=json.dumps(settings(args)),
                    progress=epoch_printer("teacher", cfg.epochs))
-    save_checkpoint(dirs / "teacher.pt", model, arch, kwargs)
+    save_checkpoint(dirs / "teacher.safetensors", model, arch, kwargs)
     return model.eval(), {"seconds_per_epoch": result.seconds_per_epoch, "epochs": result.epochs_run,
                           "losses": "ce", "init": "random"}
 
@@ -181,7 +181,7 @@ def teacher_logits(dirs: Path, teacher, train_x) -> tuple[torch.Tensor, float]:
     """Logits of the whole training set, once (what edgekd's cache does for logit-only losses)."""
     path = dirs / "teacher_logits.pt"
     if path.is_file():
-        saved = torch.load(path)
+        saved = torch.load(path, weights_only=True)  # tensors and a float: nothing to unpickle
         return saved["logits"], saved["seconds"]
     started = time.perf_counter()
     logits = predict_logits(teacher, train_x)
@@ -288,7 +288,7 @@ def main(argv=None) -> None:
     for i, row in enumerate(wanted):
         path = dirs / f"{slug(row.name)}.json"
         saved = json.loads(path.read_text()) if path.is_file() else None
-        if saved and saved["settings"] == settings(args) and (row.name != "teacher" or (dirs / "teacher.pt").is_file()):
+        if saved and saved["settings"] == settings(args) and (row.name != "teacher" or (dirs / "teacher.safetensors").is_file()):
             print(f"{row.name}: done earlier ({saved['seconds_per_epoch']:.1f} s/epoch), skipped", flush=True)
             rows[row.name] = saved
             continue
@@ -311,9 +311,9 @@ def main(argv=None) -> None:
 
 
 def _saved_teacher(dirs: Path):
-    if not (dirs / "teacher.pt").is_file():
+    if not (dirs / "teacher.safetensors").is_file():
         raise SystemExit("The teacher row has not run yet: run without --rows, or with --rows teacher first.")
-    return load_model(dirs / "teacher.pt")
+    return load_model(dirs / "teacher.safetensors")
 
 
 def result_row(args, row: Row, model, info: dict, test_xy) -> dict:

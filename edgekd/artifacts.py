@@ -14,21 +14,65 @@ import hashlib
 import json
 import os
 import platform
+import stat
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from edgekd import __version__
 
 _PACKAGES = ("torch", "timm", "onnx", "onnxruntime", "onnxsim", "onnxscript", "numpy")
 
+# edgekd's own model checkpoints (edgekd.models.io): weights plus their record, one file each.
+CHECKPOINT_SUFFIX = ".safetensors"
+
+
+def checkpoint_file(stem: str) -> str:
+    """`student` -> `student.safetensors`: the run-directory name of an edgekd model checkpoint."""
+    return stem + CHECKPOINT_SUFFIX
+
+
+TEACHER_CHECKPOINT = checkpoint_file("teacher")
+STUDENT_CHECKPOINT = checkpoint_file("student")
+QAT_CHECKPOINT = checkpoint_file("student.qat")  # student.quantization: qat, fake quantizers in place
+
 
 def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+        return sha256_stream(f)
+
+
+def sha256_stream(f) -> str:
+    """SHA-256 of an open binary file, read in 1 MiB blocks (never whole into memory)."""
+    digest = hashlib.sha256()
+    for block in iter(lambda: f.read(1 << 20), b""):
+        digest.update(block)
     return digest.hexdigest()
+
+
+def contained(root: str | Path, rel) -> Path:
+    """The regular file `rel` names inside the folder `root`; ValueError (why not) otherwise.
+
+    `rel` must be a relative POSIX path without empty, `.` or `..` parts, and no part of it
+    may be a symlink. Every lstat made here is of a path inside `root`, so nothing outside it
+    is ever opened, followed or described (bundles, run directories: docs/security.md).
+    FileNotFoundError when a part is missing.
+    """
+    if not isinstance(rel, str) or not rel or "\\" in rel or "\x00" in rel:
+        raise ValueError("is not a plain relative path")
+    parts = rel.split("/")
+    if rel.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        raise ValueError("is absolute or leaves its folder ('..')")
+    path = Path(root)
+    for part in parts:
+        path = path / part
+        mode = path.lstat().st_mode
+        if stat.S_ISLNK(mode):
+            raise ValueError("goes through a symlink")
+    if not stat.S_ISREG(mode):
+        raise ValueError("is not a regular file")
+    return path
 
 
 def read_sidecar(path: str | Path) -> dict:
@@ -56,12 +100,36 @@ def partial_path(path: str | Path) -> Path:
     return path.with_name(path.name + ".partial")
 
 
-def write_json_atomic(path: str | Path, data: dict[str, Any]) -> Path:
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield the `.partial` name to write `path` under; rename it into place when the block
+    succeeds, remove it when anything fails (a full disk must not stay full of half a file)."""
     path = Path(path)
     tmp = partial_path(path)
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException as exc:
+        remove_quietly(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:  # writes through file objects name no file
+            exc.filename = str(path)
+        raise
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json_atomic(path: str | Path, data: dict[str, Any], sort_keys: bool = True) -> Path:
+    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=sort_keys, default=str) + "\n")
 
 
 def remove_quietly(*paths: str | Path) -> None:

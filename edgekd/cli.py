@@ -13,29 +13,29 @@ from pathlib import Path
 import click
 
 from edgekd import __version__
-from edgekd.errors import EXIT_CODES, EdgekdError
+from edgekd.errors import EXIT_CODES, project_error
 
 
 class EdgekdGroup(click.Group):
-    """Turns project errors into one paragraph and an exit code."""
+    """Turns every failure of every command into one paragraph and its documented exit code
+    (`edgekd.errors.project_error` decides which)."""
 
     def invoke(self, ctx: click.Context):
         debug = ctx.params.get("debug", False)
         try:
             return super().invoke(ctx)
-        except EdgekdError as exc:
-            if debug:
-                traceback.print_exc()
-            click.secho(f"error: {exc}", fg="red", err=True)
-            ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.secho("interrupted: finished stages and epoch checkpoints are kept; re-run to resume.", err=True)
             ctx.exit(130)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
-        except Exception as exc:  # the CLI edge: anything else is a bug to report
+        except Exception as exc:  # the CLI edge: project errors and file-system faults, else a bug to report
             if debug:
                 traceback.print_exc()
+            error = project_error(exc)
+            if error is not None:
+                click.secho(f"error: {error}", fg="red", err=True)
+                ctx.exit(error.exit_code)
             click.secho(f"internal error: {type(exc).__name__}: {exc}\n"
                         "This is a bug in edgekd. Re-run with --debug for the traceback and report it.", fg="red", err=True)
             ctx.exit(1)

@@ -66,6 +66,9 @@ class TeacherConfig(Strict):
     model: str = Field("resnet18", description="a timm model name")
     pretrained: bool = Field(False, description="download timm's pretrained weights (needs the model hub)")
     checkpoint: Path | None = Field(None, description="a state dict, timm checkpoint, safetensors or edgekd checkpoint")
+    trust_checkpoint: bool = Field(
+        False, description="unpickle a torch checkpoint fully (it can run code: only for a file you trust); "
+        "off: torch files are read weights-only (docs/security.md)")
     train: TrainConfig = Field(
         default_factory=lambda: TrainConfig(epochs=8, lr=2e-3),
         description="how the teacher is trained or fine-tuned when no ready checkpoint is given",
@@ -76,6 +79,8 @@ class TeacherConfig(Strict):
     def _one_source(self) -> "TeacherConfig":
         if self.pretrained and self.checkpoint is not None:
             raise ValueError("give teacher.pretrained or teacher.checkpoint, not both")
+        if self.trust_checkpoint and self.checkpoint is None:
+            raise ValueError("trust_checkpoint applies to a teacher.checkpoint file, and none is given")
         return self
 
 
@@ -329,7 +334,7 @@ class CompressConfig(Strict):
     data: DataConfig = DataConfig()
     teacher: TeacherConfig = TeacherConfig()
     teachers: list[WeightedTeacherConfig] | None = Field(
-        None, min_length=1, description="multi-teacher distillation; the first is the primary teacher (teacher.pt)")
+        None, min_length=1, description="multi-teacher distillation; the first is the primary teacher (teacher.safetensors)")
     student: StudentConfig = StudentConfig()
     distill: DistillConfig = DistillConfig()
     export: ExportConfig = ExportConfig()

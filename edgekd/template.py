@@ -20,13 +20,15 @@ data:
   # std: [0.5]
 
 # teachers:                 # multi-teacher distillation, instead of `teacher:` (not both); same keys plus weight.
-#   - {model: resnet34, weight: 2.0}   # the first is the primary: teacher.pt, report rows, export, QAT
-#   - {model: resnet18, weight: 1.0}   # the others -> teachers/<i>.pt
+#   - {model: resnet34, weight: 2.0}   # the first is the primary: teacher.safetensors, report rows, export, QAT
+#   - {model: resnet18, weight: 1.0}   # the others -> teachers/<i>.safetensors
 #                           # soft targets: log of the weighted mean of probabilities; ce/kd/dkd losses only
 teacher:
   model: resnet18           # any timm model name
   pretrained: false         # true downloads timm's weights (needs the model hub)
-  # checkpoint: teacher.pth # a state dict, timm checkpoint, .safetensors or edgekd .pt
+  # checkpoint: teacher.pth # a state dict, timm checkpoint, .safetensors or edgekd checkpoint
+  trust_checkpoint: false   # true unpickles a torch checkpoint fully: it can run code, use only for a file you
+                            # trust; false reads torch files weights-only (docs/security.md)
   # finetune: true          # default: train only when the weights are random or the head was reset
   train:
     epochs: 8

@@ -19,6 +19,9 @@ DEVICE_MODULES = [
     "edgekd.trt.engine",
     "edgekd.report.core",
     "edgekd.report.merge",
+    "edgekd.rundir",
+    "edgekd.tolerances",
+    "edgekd.onnxtools.read",
 ]
 
 

@@ -131,7 +131,8 @@ BACKENDS: dict[str, Backend] = {
     "tensorrt": Backend("tensorrt", _import_trt, _load_trt),
 }
 
-_SUFFIXES = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt", ".pt": "pytorch", ".pth": "pytorch"}
+_SUFFIXES = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt", ".safetensors": "pytorch",
+             ".pt": "pytorch", ".pth": "pytorch"}  # .pt/.pth: edgekd checkpoints of earlier versions
 
 
 def backend(name: str) -> Backend:

@@ -217,7 +217,7 @@ def preprocess_image(path: Path, pre: Preprocess) -> np.ndarray:
     try:
         img = Image.open(path)
         img = img.convert("L" if pre.channels == 1 else "RGB")
-    except (OSError, UnidentifiedImageError) as exc:
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:  # bomb: > 2x PIL's pixel limit
         raise DataError(f"Cannot read image {path}: {exc}.", "Remove or replace the file.") from None
     scale = pre.input_size / pre.crop_pct
     w, h = img.size

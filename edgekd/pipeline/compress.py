@@ -1,17 +1,23 @@
 """`edgekd compress`: the whole loop as one plain function.
 
 Validation happens entirely in `preflight`, before the run directory is
-touched, so a bad config never damages an earlier run's results.
+touched, so a bad config never damages an earlier run's results. Then the run
+directory's lock (edgekd.rundir; rank 0 under torchrun): a second command on
+the same directory stops there. Only then is anything written: the previous
+command's scratch space and half files are removed, config.json is replaced
+atomically, and the stages run.
 """
 
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgekd.artifacts import write_text_atomic
 from edgekd.config import CompressConfig, load_config
-from edgekd.errors import ModelError
+from edgekd.errors import FileSystemError, ModelError
 from edgekd.ui import UI
 
 
@@ -96,24 +102,50 @@ def _check_prunable(teacher: str) -> None:
 
 
 def compress(config_path: str | Path, out: Path | None = None, force: bool = False, ui: UI | None = None) -> CompressResult:
+    config = preflight(config_path)  # before torch is imported or anything is written
     from edgekd.distill.distributed import init_from_env, shutdown
-    from edgekd.pipeline.context import RunContext
-    from edgekd.pipeline.engine import run_stages
-    from edgekd.pipeline.stages import STAGES
 
-    config = preflight(config_path)
     dist, _ = init_from_env(config.device)  # torchrun: join the process group; else single process
     ui = (ui or UI()) if dist.is_main else UI(quiet=True)
     run_dir = (out or Path("runs") / config.name).resolve()
     try:
-        if dist.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.json").write_text(config.model_dump_json(indent=2))
-        dist.barrier()
-        ctx = RunContext(config=config, run_dir=run_dir, ui=ui, dist=dist)
-        records = run_stages(STAGES, ctx, ui, force=force)
-    except BaseException:
+        with _held(run_dir, dist.is_main):
+            records = _run(config, run_dir, dist, ui, force)
+    except BaseException as exc:
+        if isinstance(exc, OSError) and exc.filename is None:  # e.g. np.savez on a full disk names no file
+            exc.filename = str(run_dir)
         shutdown(dist, failed=True)
         raise
     shutdown(dist)
     return CompressResult(run_dir, records, main=dist.is_main)
+
+
+@contextmanager
+def _held(run_dir: Path, main: bool):
+    """Rank 0 holds the run directory for the whole run; on failure its scratch and half files go."""
+    from edgekd import rundir
+
+    if not main:  # torchrun ranks > 0 write nothing; rank 0's lock covers them
+        yield
+        return
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FileSystemError(f"--out {run_dir} is a file, not a folder.", "Choose a folder (it is created if missing).")
+    with rundir.hold(run_dir, "edgekd compress"):
+        rundir.clean(run_dir)  # a killed earlier run's leftovers
+        try:
+            yield
+        except BaseException:
+            rundir.clean(run_dir)
+            raise
+
+
+def _run(config: CompressConfig, run_dir: Path, dist, ui: UI, force: bool) -> dict:
+    from edgekd.pipeline.context import RunContext
+    from edgekd.pipeline.engine import run_stages
+    from edgekd.pipeline.stages import STAGES
+
+    if dist.is_main:
+        write_text_atomic(run_dir / "config.json", config.model_dump_json(indent=2))
+    dist.barrier()
+    ctx = RunContext(config=config, run_dir=run_dir, ui=ui, dist=dist)
+    return run_stages(STAGES, ctx, ui, force=force)

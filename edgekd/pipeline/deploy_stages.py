@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import shutil
 
+from edgekd.artifacts import STUDENT_CHECKPOINT, TEACHER_CHECKPOINT, checkpoint_file
 from edgekd.config import config_dict
 from edgekd.pipeline.context import RunContext
 from edgekd.pipeline.engine import Stage
+from edgekd.rundir import scratch_dir
 from edgekd.targets import strictest_opset
 
 MODELS = ("teacher", "student")
@@ -47,10 +49,10 @@ def run_export(ctx: RunContext) -> dict:
 
     cfg, opset = ctx.config.export, export_opset(ctx)
     val_x, _ = ctx.val_arrays()
-    staging = ctx.run_dir / "staging"
+    staging = scratch_dir(ctx.run_dir) / "export"  # a killed export leaves it where the next run removes it
     results, outputs = {}, []
     for name in MODELS:
-        ckpt = read_checkpoint(ctx.run_dir / f"{name}.pt")
+        ckpt = read_checkpoint(ctx.run_dir / checkpoint_file(name))
         model = build(ckpt["arch"], ckpt["arch_kwargs"])
         model.load_state_dict(ckpt["state_dict"])
         model.eval()
@@ -80,7 +82,7 @@ def run_export(ctx: RunContext) -> dict:
 
 
 EXPORT = Stage("export", "fold BatchNorm, export ONNX, simplify, check parity", run_export, _export_params,
-               lambda ctx: ["teacher.pt", "student.pt", "data/val.npz"])
+               lambda ctx: [TEACHER_CHECKPOINT, STUDENT_CHECKPOINT, "data/val.npz"])
 
 # ---------------------------------------------------------------- quantize
 

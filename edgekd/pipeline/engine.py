@@ -26,10 +26,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgekd import __version__
-from edgekd.artifacts import sha256_file
+from edgekd.artifacts import sha256_file, write_text_atomic
+from edgekd.rundir import RECORDS
 from edgekd.ui import UI
-
-RECORDS = ".edgekd"
 
 
 @dataclass
@@ -42,8 +41,14 @@ class Stage:
     distributed: bool = False  # under torchrun every rank runs it (data-parallel training)
 
 
-def stage_key(stage: Stage, ctx) -> str:
-    inputs = {rel: sha256_file(ctx.run_dir / rel) for rel in sorted(stage.inputs(ctx)) if (ctx.run_dir / rel).is_file()}
+def input_hashes(stage: Stage, ctx) -> dict[str, str]:
+    """SHA-256 of each run-directory file the stage reads (recorded too: `edgekd ship` checks that
+    report.json was made from the records as they are now)."""
+    return {rel: sha256_file(ctx.run_dir / rel) for rel in sorted(stage.inputs(ctx)) if (ctx.run_dir / rel).is_file()}
+
+
+def stage_key(stage: Stage, ctx, inputs: dict[str, str] | None = None) -> str:
+    inputs = input_hashes(stage, ctx) if inputs is None else inputs
     blob = json.dumps({"stage": stage.name, "params": stage.params(ctx), "inputs": inputs, "edgekd": __version__},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -62,9 +67,7 @@ def _intact(run_dir: Path, record: dict) -> bool:
 def _write_record(run_dir: Path, name: str, record: dict) -> None:
     folder = run_dir / RECORDS
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f"{name}.json.partial"
-    tmp.write_text(json.dumps(record, indent=2, default=str))
-    tmp.replace(folder / f"{name}.json")
+    write_text_atomic(folder / f"{name}.json", json.dumps(record, indent=2, default=str))
 
 
 def run_stages(stages: list[Stage], ctx, ui: UI, force: bool = False) -> dict[str, dict]:
@@ -74,7 +77,8 @@ def run_stages(stages: list[Stage], ctx, ui: UI, force: bool = False) -> dict[st
         return _follow_rank0(stages, ctx)
     records = {}
     for stage in stages:
-        key = stage_key(stage, ctx)
+        inputs = input_hashes(stage, ctx)
+        key = stage_key(stage, ctx, inputs)
         record = read_record(ctx.run_dir, stage.name)
         reuse = not force and record and record["key"] == key and _intact(ctx.run_dir, record)
         if stage.distributed and dist is not None:
@@ -87,8 +91,8 @@ def run_stages(stages: list[Stage], ctx, ui: UI, force: bool = False) -> dict[st
         ctx.stage_key = key  # trainers key their epoch checkpoints on it (resume only the same work)
         result = stage.run(ctx)
         outputs = {rel: sha256_file(ctx.run_dir / rel) for rel in result.pop("outputs")}
-        record = {"key": key, "outputs": outputs, "result": result, "seconds": round(time.perf_counter() - started, 3),
-                  "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+        record = {"key": key, "inputs": inputs, "outputs": outputs, "result": result,
+                  "seconds": round(time.perf_counter() - started, 3), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
         _write_record(ctx.run_dir, stage.name, record)
         ui.stage_done(stage.name, started, result.get("summary", ""))
         records[stage.name] = record

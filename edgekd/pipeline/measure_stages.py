@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from edgekd.artifacts import TEACHER_CHECKPOINT, checkpoint_file, write_text_atomic
 from edgekd.config import config_dict
 from edgekd.pipeline.context import RunContext
 from edgekd.pipeline.engine import Stage, read_record
 
 # (name, model, runtime, precision, file) of every artifact a compress run can make.
 ARTIFACTS = (
-    ("teacher-pytorch", "teacher", "pytorch", "fp32", "teacher.pt"),
+    ("teacher-pytorch", "teacher", "pytorch", "fp32", TEACHER_CHECKPOINT),
     ("teacher-fp32", "teacher", "onnxruntime", "fp32", "teacher.onnx"),
     ("student-fp32", "student", "onnxruntime", "fp32", "student.onnx"),
     ("student-int8", "student", "onnxruntime", "int8", "student.int8.onnx"),
@@ -51,7 +52,7 @@ def run_bench(ctx: RunContext) -> dict:
     rows = [_row(ctx, spec, measured[spec[0]]) for spec in artifacts]
     from edgekd.bench.sysinfo import machine_info
 
-    (ctx.run_dir / "bench.json").write_text(json.dumps({"machine": machine_info(), "rows": rows}, indent=2))
+    write_text_atomic(ctx.run_dir / "bench.json", json.dumps({"machine": machine_info(), "rows": rows}, indent=2))
     fastest = min(rows, key=lambda r: r["latency_ms"]["p50"])
     return {"outputs": ["bench.json"], "summary": f"{len(rows)} artifacts; fastest {fastest['name']} "
             f"p50 {fastest['latency_ms']['p50']:.3f} ms"}
@@ -69,7 +70,7 @@ def _model_cost(ctx: RunContext, model: str) -> dict:
     from edgekd.models.io import load_model
     from edgekd.models.stats import count_flops, count_params
 
-    net = load_model(ctx.run_dir / f"{model}.pt")
+    net = load_model(ctx.run_dir / checkpoint_file(model))
     val_x, _ = ctx.val_arrays()
     return {"params": count_params(net), "flops": count_flops(net, val_x.shape[1:])}
 

@@ -1,4 +1,4 @@
-"""Quantization-aware distillation (`student: {quantization: qat}`): student.pt -> student.qat.onnx.
+"""Quantization-aware distillation (`student: {quantization: qat}`): student.safetensors -> student.qat.onnx.
 
 Starts from the distilled float student (QAT fine-tunes a trained network; from
 random weights the frozen ranges would be meaningless), folds BatchNorm, inserts
@@ -14,11 +14,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from edgekd.artifacts import QAT_CHECKPOINT, STUDENT_CHECKPOINT
 from edgekd.config import config_dict, distill_params
 from edgekd.pipeline.context import RunContext
 from edgekd.pipeline.engine import Stage
 
-QAT_FILES = ["student.qat.pt", "student.qat.onnx", "student.qat.onnx.json"]
+QAT_FILES = [QAT_CHECKPOINT, "student.qat.onnx", "student.qat.onnx.json"]
 FALLBACK_CALIB_SAMPLES = 512
 
 
@@ -48,7 +49,7 @@ def _inputs(ctx: RunContext) -> list[str]:
         return []
     from edgekd.pipeline.train_stages import teacher_files
 
-    return ["data/summary.json", "data/val.npz", *teacher_files(ctx.config), "student.pt"] + (
+    return ["data/summary.json", "data/val.npz", *teacher_files(ctx.config), STUDENT_CHECKPOINT] + (
         ["data/calib.npz"] if ctx.config.quantize.enabled else [])
 
 
@@ -70,13 +71,13 @@ def run_qat(ctx: RunContext) -> dict:
     from edgekd.quantize.qat import prepare_qat
 
     c = ctx.config
-    ckpt = read_checkpoint(ctx.run_dir / "student.pt")
-    student = load_model(ctx.run_dir / "student.pt").to(ctx.device)
+    ckpt = read_checkpoint(ctx.run_dir / STUDENT_CHECKPOINT)
+    student = load_model(ctx.run_dir / STUDENT_CHECKPOINT).to(ctx.device)
     calib_x, calib_note = calibration_samples(ctx)
     setup = prepare_qat(student, calib_x)
     calibrated_accuracy = _val_accuracy(ctx, student)  # fake-quantized, before any QAT step: PTQ-like
     torch.manual_seed(c.seed)
-    teacher = _load_teacher(ctx)  # teacher.pt, or the weighted ensemble of `teachers:`
+    teacher = _load_teacher(ctx)  # teacher.safetensors, or the weighted ensemble of `teachers:`
     loss = build_objective(c.distill.losses, student=student, teacher=teacher,
                            input_shape=tuple(ctx.data.train_x.shape[1:]), label_smoothing=c.distill.qat.label_smoothing)
     loss.hold_progress(1.0)  # QAT continues the distillation: scheduled kd terms keep their end values
@@ -103,12 +104,12 @@ def run_qat(ctx: RunContext) -> dict:
 
 
 def _save_qat(ctx: RunContext, student, float_ckpt: dict, setup, metrics: dict) -> None:
-    """student.qat.pt: the float student's record plus modelopt's quantizer state (load_model rebuilds it)."""
+    """student.qat.safetensors: the float student's record plus modelopt's quantizer state (load_model rebuilds it)."""
     from edgekd.models.io import save_checkpoint
     from edgekd.quantize.qat import qat_checkpoint_extra
 
     c = ctx.config
-    save_checkpoint(ctx.run_dir / "student.qat.pt", student.cpu(), float_ckpt["arch"], float_ckpt["arch_kwargs"],
+    save_checkpoint(ctx.run_dir / QAT_CHECKPOINT, student.cpu(), float_ckpt["arch"], float_ckpt["arch_kwargs"],
                     preprocess=float_ckpt["preprocess"], classes=float_ckpt["classes"],
                     config={"student": config_dict(c.student), "distill": config_dict(c.distill)}, metrics=metrics,
                     **qat_checkpoint_extra(student, setup))

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import torch
 
-from edgekd.artifacts import sha256_file
+from edgekd.artifacts import STUDENT_CHECKPOINT, TEACHER_CHECKPOINT, checkpoint_file, sha256_file
 from edgekd.config import FEATURE_LOSS_KINDS, assistant_student, check_single_process, config_dict, distill_params
 from edgekd.data import StudentSplit, student_split
 from edgekd.data.calib import load_manifest, select
@@ -76,10 +76,11 @@ def _teacher_inputs(ctx: RunContext) -> list[str]:
 
 
 def _teacher_entries(config) -> list[tuple]:
-    """(config, checkpoint file, training name) per teacher: the primary is teacher.pt, the others teachers/<i>.pt."""
+    """(config, checkpoint file, training name) per teacher: the primary is teacher.safetensors, the others
+    teachers/<i>.safetensors."""
     if not config.teachers:
-        return [(config.teacher, "teacher.pt", "teacher")]
-    return [(cfg, "teacher.pt", "teacher") if i == 0 else (cfg, f"teachers/{i}.pt", f"teacher.{i}")
+        return [(config.teacher, TEACHER_CHECKPOINT, "teacher")]
+    return [(cfg, TEACHER_CHECKPOINT, "teacher") if i == 0 else (cfg, checkpoint_file(f"teachers/{i}"), f"teacher.{i}")
             for i, cfg in enumerate(config.teachers)]
 
 
@@ -172,12 +173,12 @@ STUDENT = Stage("student", "distil the student from the teacher", run_student, _
 
 def _student_arch(ctx: RunContext) -> tuple[str, dict]:
     """The student's (arch, kwargs): named, or derived from the primary teacher's checkpoint."""
-    teacher_ckpt = read_checkpoint(ctx.run_dir / "teacher.pt")
+    teacher_ckpt = read_checkpoint(ctx.run_dir / TEACHER_CHECKPOINT)
     return student_spec(ctx.config.student, teacher_ckpt["arch"], teacher_ckpt["arch_kwargs"])
 
 
 def _load_teacher(ctx: RunContext) -> torch.nn.Module:
-    """teacher.pt, or with several `teachers:` their weighted ensemble (edgekd.distill.schemes)."""
+    """teacher.safetensors, or with several `teachers:` their weighted ensemble (edgekd.distill.schemes)."""
     c = ctx.config
     models = [load_model(ctx.run_dir / path) for path in teacher_files(c)]
     if len(models) == 1:
@@ -187,14 +188,14 @@ def _load_teacher(ctx: RunContext) -> torch.nn.Module:
 
 def _link_file(link: Link, last: bool) -> str:
     if last:
-        return "student.pt"
-    return f"assistants/{link.index}.pt" if link.role == "assistant" else f"generations/{link.index}.pt"
+        return STUDENT_CHECKPOINT
+    return checkpoint_file(f"assistants/{link.index}" if link.role == "assistant" else f"generations/{link.index}")
 
 
 def _run_chain(ctx: RunContext) -> dict:
     """teacher -> [assistants] -> student -> [born-again generations]; one link without those keys."""
     c = ctx.config
-    teacher_ckpt = read_checkpoint(ctx.run_dir / "teacher.pt")  # read once: every link derives from it
+    teacher_ckpt = read_checkpoint(ctx.run_dir / TEACHER_CHECKPOINT)  # read once: every link derives from it
 
     def derived(student_cfg):
         return student_spec(student_cfg, teacher_ckpt["arch"], teacher_ckpt["arch_kwargs"])
@@ -219,7 +220,7 @@ def _run_chain(ctx: RunContext) -> dict:
     if len(results) > 1:
         metrics["chain"] = chain_summary(results)
         summary += "; chain " + " -> ".join(f"{r.link.name} {r.val_accuracy:.4f}" for r in results)
-    _save(ctx, "student.pt", final.model, final.link.arch, final.link.kwargs,
+    _save(ctx, STUDENT_CHECKPOINT, final.model, final.link.arch, final.link.kwargs,
           {"student": config_dict(c.student), "distill": config_dict(c.distill)}, metrics)
     return {"outputs": files, "arch": final.link.arch, "arch_kwargs": final.link.kwargs, "summary": summary, **metrics}
 
@@ -232,7 +233,7 @@ def _distil_link(ctx: RunContext, link: Link, student, teacher, teacher_source: 
     later link reuses them instead of retraining (the trainer resumes the link it was in).
     """
     c, pre = ctx.config, ctx.data.preprocess
-    if out != "student.pt" and (done := _finished_link(ctx, out)) is not None:
+    if out != STUDENT_CHECKPOINT and (done := _finished_link(ctx, out)) is not None:
         student.load_state_dict(done["state_dict"])
         ctx.ui.info(f"{link.name}: reused {out} (finished earlier in this stage)")
         return done["metrics"]["val_accuracy"], done["metrics"]
@@ -254,7 +255,7 @@ def _distil_link(ctx: RunContext, link: Link, student, teacher, teacher_source: 
                "teacher_cache": cache_note, **init, "losses": objective.describe(),
                "loss_params": sum(p.numel() for p in objective.parameters()), "student_data": split.summary(),
                **_train_metrics(result)}
-    if out != "student.pt":
+    if out != STUDENT_CHECKPOINT:
         _save(ctx, out, student, link.arch, link.kwargs, {"link": link.name, "distill": config_dict(c.distill)},
               {**metrics, "stage_key": ctx.stage_key})
     return accuracy, metrics
@@ -271,7 +272,7 @@ def _finished_link(ctx: RunContext, out: str) -> dict | None:
 def _run_online(ctx: RunContext) -> dict:
     """Deep mutual learning: `peers` students trained together; the best by val accuracy is the student.
 
-    No teacher is used: teacher.pt only gives a derived student its architecture.
+    No teacher is used: teacher.safetensors only gives a derived student its architecture.
     """
     c, data = ctx.config, ctx.data
     arch, kwargs = _student_arch(ctx)
@@ -303,10 +304,10 @@ def _run_online(ctx: RunContext) -> dict:
                          for k, (a, e) in enumerate(zip(accuracies, result.best_epochs))],
                "best_peer": best, "epochs": result.epochs_run, "best_epoch": result.best_epochs[best],
                "seconds_per_epoch": round(result.seconds_per_epoch, 3), "resumed_from_epoch": result.resumed_from_epoch}
-    _save(ctx, "student.pt", peers[best], arch, kwargs,
+    _save(ctx, STUDENT_CHECKPOINT, peers[best], arch, kwargs,
           {"student": config_dict(c.student), "distill": config_dict(c.distill)}, metrics)
     peer_text = ", ".join(f"{a:.4f}" for a in accuracies)
-    return {"outputs": ["student.pt"], "arch": arch, "arch_kwargs": kwargs, **metrics,
+    return {"outputs": [STUDENT_CHECKPOINT], "arch": arch, "arch_kwargs": kwargs, **metrics,
             "summary": f"{arch}: {len(peers)} peers trained online (val accuracy {peer_text}); "
                        f"peer {best} is the student"}
 
@@ -327,7 +328,7 @@ def _init_student(ctx: RunContext, student: torch.nn.Module, teacher: torch.nn.M
 
 
 def _teacher_source(ctx: RunContext, teacher: torch.nn.Module, objective: DistillObjective,
-                    files: list[str] = ("teacher.pt",), rows: np.ndarray | None = None):
+                    files: list[str] = (TEACHER_CHECKPOINT,), rows: np.ndarray | None = None):
     """No teacher when every loss is teacher-free (ce, tfkd); cached teacher logits when
     inputs repeat exactly every epoch and every loss reads logits only; else the live
     teacher (its hooks record what feature losses read).

@@ -5,6 +5,9 @@ student), exported with torch.onnx (dynamic batch, opset 17), the student
 also quantized to a QDQ int8 ONNX with ONNX Runtime's static quantizer.
 Validation labels are the teacher's own predictions, so the teacher scores
 1.0 and accuracy numbers can be checked against a direct computation.
+The files are written by stages run through the real engine
+(edgekd.pipeline.engine.run_stages), so `.edgekd/<stage>.json` records say
+which stage wrote what, from what (ship checks report.json against them).
 Workstation-side only (imports torch); shared by tests/bench and tests/ship.
 """
 
@@ -20,7 +23,7 @@ import numpy as np
 SHAPE = (3, 32, 32)
 CLASSES = ["ant", "bee", "cat", "dog"]
 PREPROCESS = {"size": [32, 32], "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "interpolation": "bilinear"}
-N_VAL = 24
+N_VAL = 160  # above the 128 golden samples a bundle carries
 
 
 def _export(model, path: Path, metadata: dict) -> None:
@@ -76,26 +79,58 @@ def build_fake_run(run: Path) -> Path:
         "teacher": ("test_resnet", {"num_classes": 4}),
         "student": ("test_byobnet", {"num_classes": 4}),
     }
-    nets = {}
-    for role, (arch, kwargs) in models.items():
-        nets[role] = timm.create_model(arch, **kwargs).eval()
-        save_checkpoint(run / f"{role}.pt", nets[role], arch, kwargs, preprocess=PREPROCESS, classes=CLASSES)
+    nets = {role: timm.create_model(arch, **kwargs).eval() for role, (arch, kwargs) in models.items()}
     rng = np.random.default_rng(0)
     x = rng.standard_normal((N_VAL, *SHAPE)).astype(np.float32)
     with torch.inference_mode():
         y = nets["teacher"](torch.from_numpy(x)).argmax(1).numpy().astype(np.int64)
-    np.savez(run / "data" / "val.npz", x=x, y=y, classes=np.array(CLASSES))
-    # Labels travel in the ONNX metadata, preprocessing in the sidecar: ship must find both.
-    meta = {"edgekd.classes": json.dumps(CLASSES)}
-    _export(nets["teacher"], run / "teacher.onnx", meta)
-    _export(nets["student"], run / "student.onnx", meta)
-    _quantize(run / "student.onnx", run / "student.int8.onnx", x[:8])
-    for name, role, precision in [("teacher", "teacher", "fp32"), ("student", "student", "fp32"),
-                                  ("student.int8", "student", "int8")]:
-        _sidecar(run / f"{name}.onnx", model=role, precision=precision, preprocess=PREPROCESS, opset=17)
-    (run / "report.json").write_text(json.dumps(fake_report(run), indent=1))
-    (run / "report.md").write_text("# fake report\n")
+
+    def data(_):
+        np.savez(run / "data" / "val.npz", x=x, y=y, classes=np.array(CLASSES))
+        return {"outputs": ["data/val.npz"]}
+
+    def checkpoints(_):
+        for role, (arch, kwargs) in models.items():
+            save_checkpoint(run / f"{role}.safetensors", nets[role], arch, kwargs, preprocess=PREPROCESS,
+                            classes=CLASSES)
+        return {"outputs": ["teacher.safetensors", "student.safetensors"]}
+
+    def export(_):
+        # Labels travel in the ONNX metadata, preprocessing in the sidecar: ship must find both.
+        meta = {"edgekd.classes": json.dumps(CLASSES)}
+        for role in models:
+            _export(nets[role], run / f"{role}.onnx", meta)
+            _sidecar(run / f"{role}.onnx", model=role, precision="fp32", preprocess=PREPROCESS, opset=17)
+        return {"outputs": ["teacher.onnx", "teacher.onnx.json", "student.onnx", "student.onnx.json"]}
+
+    def quantize(_):
+        _quantize(run / "student.onnx", run / "student.int8.onnx", x[:8])
+        _sidecar(run / "student.int8.onnx", model="student", precision="int8", preprocess=PREPROCESS, opset=17)
+        return {"outputs": ["student.int8.onnx", "student.int8.onnx.json"]}
+
+    def report(_):
+        (run / "report.json").write_text(json.dumps(fake_report(run), indent=1))
+        (run / "report.md").write_text("# fake report\n")
+        return {"outputs": ["report.json", "report.md"]}
+
+    run_fake_stages(run, [("data", data, []), ("models", checkpoints, []),
+                          ("export", export, ["teacher.safetensors", "student.safetensors"]),
+                          ("quantize", quantize, ["student.onnx"]),
+                          ("report", report, [".edgekd/export.json", ".edgekd/quantize.json"])])
     return run
+
+
+def run_fake_stages(run: Path, stages: list, force: bool = False) -> None:
+    """(name, run(ctx) -> {"outputs": [...]}, inputs) stages through the real engine, which writes the records
+    (force: run them even where the engine would reuse them, as after a change of their code)."""
+    from types import SimpleNamespace
+
+    from edgekd.pipeline.engine import Stage, run_stages
+    from edgekd.ui import UI
+
+    ctx = SimpleNamespace(run_dir=run, stage_key="", dist=None)
+    run_stages([Stage(name, name, fn, lambda ctx: {}, lambda ctx, files=files: files) for name, fn, files in stages],
+               ctx, UI(quiet=True), force=force)
 
 
 def _artifact(name, model, runtime, precision, path, p50, acc, peak, passed) -> dict:
@@ -126,7 +161,7 @@ def fake_report(run: Path | None = None, host: str = "workstation", device: str 
         "machine": {"hostname": host, "device": device, "cpu": "Test CPU", "cores": 2, "os": "Linux",
                     "versions": {"onnxruntime": "1.32.0"}},
         "artifacts": [
-            _artifact("teacher-pytorch", "teacher", "pytorch", "fp32", "teacher.pt", 9.0, 0.91, 180.0, False),
+            _artifact("teacher-pytorch", "teacher", "pytorch", "fp32", "teacher.safetensors", 9.0, 0.91, 180.0, False),
             _artifact("teacher-fp32", "teacher", "onnxruntime", "fp32", "teacher.onnx", 4.0, 0.91, 40.0, True),
             _artifact("student-fp32", "student", "onnxruntime", "fp32", "student.onnx", 1.2, 0.89, 12.0, True),
             _artifact("student-int8", "student", "onnxruntime", "int8", "student.int8.onnx", 0.6, 0.885, 9.0, True),

@@ -16,7 +16,7 @@ from tests.bench.fakerun import SHAPE
 @pytest.fixture(scope="module")
 def measured(fake_run):
     arts = [
-        ArtifactToMeasure("teacher-pytorch", "pytorch", fake_run / "teacher.pt"),
+        ArtifactToMeasure("teacher-pytorch", "pytorch", fake_run / "teacher.safetensors"),
         ArtifactToMeasure("teacher-fp32", "onnxruntime", fake_run / "teacher.onnx"),
         ArtifactToMeasure("student-int8", "onnxruntime", fake_run / "student.int8.onnx"),
     ]

@@ -1,5 +1,6 @@
 import gzip
 import struct
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -77,3 +78,28 @@ def test_imagefolder_reads_class_folders(tmp_path):
 def test_imagefolder_without_classes_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="class folders"):
         load_data(DataConfig(kind="imagefolder", path=tmp_path))
+
+
+def test_idx_reading_is_bounded_by_the_header_and_a_limit(tmp_path):
+    from edgekd.data.sources import MAX_IDX_BYTES, _read_idx
+
+    _write_idx(tmp_path / "ok.gz", np.arange(24).reshape(2, 3, 4))
+    assert _read_idx(tmp_path / "ok.gz").shape == (2, 3, 4)
+    (tmp_path / "short").write_bytes(struct.pack(">HBB", 0, 0x08, 1) + struct.pack(">I", 100) + b"\0" * 10)
+    with pytest.raises(DataError, match="truncated"):
+        _read_idx(tmp_path / "short")
+    (tmp_path / "huge").write_bytes(struct.pack(">HBB", 0, 0x08, 2) + struct.pack(">2I", 2**31 - 1, 2**31 - 1))
+    with pytest.raises(DataError, match=f"up to {MAX_IDX_BYTES / 2**30:.0f} GiB"):
+        _read_idx(tmp_path / "huge")
+
+
+def test_a_decompression_bomb_image_is_a_data_error(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from edgekd.data import preprocess_image
+
+    Image.new("L", (64, 64)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 64x64 is then > 2x the limit: PIL's bomb error
+    pre = SimpleNamespace(channels=1, input_size=32, crop_pct=1.0, interpolation="bilinear")
+    with pytest.raises(DataError, match="Cannot read image"):
+        preprocess_image(tmp_path / "big.png", pre)

@@ -44,7 +44,7 @@ def run(tmp_path_factory):
 
 def test_run_directory_holds_every_artifact(run):
     _, run_dir = run
-    for name in ("teacher.pt", "student.pt", "teacher.onnx", "student.onnx", "student.int8.onnx",
+    for name in ("teacher.safetensors", "student.safetensors", "teacher.onnx", "student.onnx", "student.int8.onnx",
                  "student.onnx.json", "student.int8.onnx.json", "report.json", "report.md", "report.html",
                  "data/val.npz", "data/calib.npz", "student.int8.trt.onnx"):
         assert (run_dir / name).is_file(), name
@@ -134,7 +134,7 @@ def test_interrupted_distillation_resumes(tmp_path, monkeypatch):
     monkeypatch.setattr(train_stages, "train", train_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         compress(config, out=tmp_path / "run", ui=UI(quiet=True))
-    assert not (tmp_path / "run" / "student.pt").exists()
+    assert not (tmp_path / "run" / "student.safetensors").exists()
     monkeypatch.setattr(train_stages, "train", real_train)
     result = compress(config, out=tmp_path / "run", ui=UI(quiet=True))
     assert result.records["student"]["result"]["resumed_from_epoch"] == 1

@@ -39,7 +39,7 @@ def first(tmp_path_factory):
 def test_two_teachers_and_an_assistant_run_end_to_end(first):
     _, result = first
     run_dir = result.run_dir
-    for name in ("teacher.pt", "teachers/1.pt", "assistants/1.pt", "student.pt", "student.onnx", "report.json"):
+    for name in ("teacher.safetensors", "teachers/1.safetensors", "assistants/1.safetensors", "student.safetensors", "student.onnx", "report.json"):
         assert (run_dir / name).is_file(), name
     teacher = result.records["teacher"]["result"]
     assert [t["weight"] for t in teacher["teachers"]] == [2.0, 1.0]

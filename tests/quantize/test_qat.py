@@ -124,9 +124,9 @@ def test_qat_checkpoint_rebuilds_through_load_model(trained, tmp_path):
     from edgekd.models.io import load_model, save_checkpoint
 
     pre = {"input_size": 16, "channels": 1}
-    save_checkpoint(tmp_path / "student.qat.pt", trained["model"], ARCH, KWARGS, preprocess=pre,
+    save_checkpoint(tmp_path / "student.qat.safetensors", trained["model"], ARCH, KWARGS, preprocess=pre,
                     **qat.qat_checkpoint_extra(trained["model"], trained["setup"]))
-    rebuilt = load_model(tmp_path / "student.qat.pt")
+    rebuilt = load_model(tmp_path / "student.qat.safetensors")
     assert len(qat.quantizers(rebuilt)) == len(qat.quantizers(trained["model"]))
     x = torch.from_numpy(trained["data"].val_x[:32])
     with torch.no_grad():
@@ -136,8 +136,8 @@ def test_qat_checkpoint_rebuilds_through_load_model(trained, tmp_path):
 
     float_model = build(ARCH, KWARGS)
     float_model.load_state_dict(trained["float_state"])
-    save_checkpoint(tmp_path / "student.pt", float_model, ARCH, KWARGS, preprocess=pre)
-    assert not qat.quantizers(load_model(tmp_path / "student.pt"))
+    save_checkpoint(tmp_path / "student.safetensors", float_model, ARCH, KWARGS, preprocess=pre)
+    assert not qat.quantizers(load_model(tmp_path / "student.safetensors"))
 
 
 def test_opset_choice_and_limits():
