@@ -176,16 +176,6 @@ def test_scheme_combinations_that_are_refused(tmp_path, text, message):
         load_config(write(tmp_path, text))
 
 
-def test_default_scheme_keys_leave_the_student_key_as_before():
-    from edgekd.config import DistillConfig, config_dict, distill_params
-
-    before = {k: v for k, v in config_dict(DistillConfig()).items()
-              if k not in ("scheme", "peers", "peer_temperature", "assistants", "generations", "unlabeled_fraction")}
-    assert distill_params(DistillConfig()) == before
-    assert distill_params(DistillConfig(generations=2))["generations"] == 2
-    assert distill_params(DistillConfig(unlabeled_fraction=0.5))["unlabeled_fraction"] == 0.5
-
-
 def test_schemes_are_refused_under_torchrun_before_any_work(tmp_path, monkeypatch):
     from edgekd.pipeline.compress import preflight
 

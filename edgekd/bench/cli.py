@@ -16,10 +16,10 @@ import numpy as np
 
 from edgekd import __version__
 from edgekd.artifacts import read_sidecar
-from edgekd.bench.measure import ArtifactToMeasure, BenchSettings, measure_artifacts
+from edgekd.bench.measure import ArtifactToMeasure, BenchSettings, measure_artifacts, measurement_context
 from edgekd.bench.runners import runtime_for_path
 from edgekd.errors import ConfigError, DataError
-from edgekd.report.core import judge
+from edgekd.report.core import SCHEMA_VERSION, judge
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgekd.targets import TargetProfile
@@ -83,16 +83,18 @@ def bench_artifacts(
     names = _unique([i["name"] for i in info])
     todo = [ArtifactToMeasure(n, runtime_for_path(p), p) for n, p in zip(names, paths)]
     measured = measure_artifacts(todo, input_shape or data_shape, target, settings, data)
-    rows = [_row(p, n, i, measured[n], target) for p, n, i in zip(paths, names, info)]
+    measurement = measurement_context(target, settings)
+    rows = [_row(p, n, i, measured[n], target, measurement) for p, n, i in zip(paths, names, info)]
     _compare_to_teacher(rows)
     return {
-        "schema_version": 1,
+        "schema_version": SCHEMA_VERSION,
         "edgekd_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "kind": "device",
         "target": target.model_dump() if target is not None else None,
         "dataset": dataset,
         "machine": machine_info(),
+        "measurement": measurement,
         "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(settings).items()},
         "artifacts": rows,
     }
@@ -107,7 +109,7 @@ def _unique(names: list[str]) -> list[str]:
     return out
 
 
-def _row(path: Path, name: str, info: dict, m, target) -> dict:
+def _row(path: Path, name: str, info: dict, m, target, measurement: dict) -> dict:
     row = {
         "name": name,
         "model": info["model"],
@@ -120,8 +122,10 @@ def _row(path: Path, name: str, info: dict, m, target) -> dict:
         "flops": None,
         **m.report_fields(),
     }
-    # No teacher measured here: only latency and memory are judged on a device report.
-    row["budget"] = judge(row, target.budgets.model_dump(), teacher_accuracy=None) if target else None
+    # No teacher measured here: only latency and memory are judged on a device report, and only
+    # when this machine is the target (its CPU architecture and runtime).
+    row["budget"] = judge(row, target.model_dump(), None, measurement) if target else None
+    row["budgets"] = {target.name: row["budget"]} if target else {}
     return row
 
 

@@ -17,27 +17,15 @@ so `load_model(path)` rebuilds the network without the YAML that made it.
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from edgekd import __version__
+from edgekd.artifacts import versions
 from edgekd.errors import ModelError
 
 FORMAT = "edgekd.checkpoint/1"
-
-
-def versions() -> dict[str, str]:
-    import timm
-
-    return {
-        "edgekd": __version__,
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def build(arch: str, arch_kwargs: dict[str, Any]) -> torch.nn.Module:
@@ -65,7 +53,7 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, arch: str, arch_kw
         "arch": arch,
         "arch_kwargs": dict(arch_kwargs),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "versions": versions(),
+        "versions": versions(),  # edgekd, python, torch, timm, onnx, ...
         **extra,
     }
     tmp = path.with_name(path.name + ".partial")

@@ -14,36 +14,31 @@ events as GPU compute (enqueue to end of execution) and as end-to-end latency
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
+from edgekd.artifacts import read_sidecar, sha256_file
+from edgekd.bench.stats import summarize
 from edgekd.errors import DataError, ModelError, RuntimeBackendError
-from edgekd.artifacts import sha256_file, sidecar_path
 from edgekd.trt.build import SIDECAR_FORMAT, import_tensorrt
 
 REBUILD_HINT = "Rebuild on this device: `edgekd build ARTIFACT.onnx --target <your target>`."
 
 
-def read_sidecar(engine_path: str | Path) -> dict:
-    path = sidecar_path(engine_path)
+def engine_sidecar(engine_path: str | Path) -> dict:
+    """The engine's sidecar (edgekd.artifacts.read_sidecar, required here: without it the engine's
+    TensorRT version and GPU are unknown), checked to be an edgekd engine sidecar."""
     if not Path(engine_path).is_file():
         raise RuntimeBackendError(f"Engine file {str(engine_path)!r} does not exist.", "Check the path.")
-    if not path.is_file():
-        raise RuntimeBackendError(
-            f"{Path(engine_path).name} has no sidecar {path.name}, "
-            "so its TensorRT version and GPU are unknown.",
-            REBUILD_HINT,
-        )
     try:
-        sidecar = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise RuntimeBackendError(f"Cannot read {path.name}: {exc}.", REBUILD_HINT) from None
-    if not isinstance(sidecar, dict) or sidecar.get("format") != SIDECAR_FORMAT:
+        sidecar = read_sidecar(engine_path, required=True)
+    except DataError as exc:
+        raise RuntimeBackendError(f"{exc.message} Its TensorRT version and GPU are unknown.", REBUILD_HINT) from None
+    if sidecar.get("format") != SIDECAR_FORMAT:
         raise RuntimeBackendError(
-            f"{path.name} is not an edgekd engine sidecar ({SIDECAR_FORMAT}).", REBUILD_HINT
+            f"{Path(engine_path).name}'s sidecar is not an edgekd engine sidecar ({SIDECAR_FORMAT}).", REBUILD_HINT
         )
     return sidecar
 
@@ -99,7 +94,7 @@ class EngineRunner:
 
         self._cuda = _cuda
         self.path = Path(engine_path)
-        self.sidecar = read_sidecar(self.path)
+        self.sidecar = engine_sidecar(self.path)
         trt = self._trt = import_tensorrt()
         self._runtime, self.engine = load_engine(trt, self.path, self.sidecar)
         self.context = self.engine.create_execution_context()
@@ -255,24 +250,6 @@ def _loop(runner: EngineRunner, buffers: dict, events: list, seconds: float, min
         wall = time.perf_counter() - start
         if wall >= seconds and len(compute) >= min_iterations:
             return compute, latency, wall
-
-
-def summarize(samples_ms) -> dict:
-    """Mean, spread and percentiles (numpy's linear interpolation) of timings in ms."""
-    a = np.asarray(samples_ms, dtype=np.float64)
-    if a.size == 0:
-        raise ValueError("no timing samples")
-    p50, p90, p95, p99 = np.percentile(a, [50, 90, 95, 99])
-    return {
-        "mean": float(a.mean()),
-        "std": float(a.std()),
-        "min": float(a.min()),
-        "max": float(a.max()),
-        "p50": float(p50),
-        "p90": float(p90),
-        "p95": float(p95),
-        "p99": float(p99),
-    }
 
 
 def load_val(npz_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
