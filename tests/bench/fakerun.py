@@ -3,9 +3,12 @@
 Two untrained timm `test_resnet` networks at 3x32x32 (teacher wider than
 student), exported with torch.onnx (dynamic batch, opset 17), the student
 also quantized to a QDQ int8 ONNX with ONNX Runtime's static quantizer.
-Validation labels are the teacher's own predictions, so the teacher scores
-1.0 and accuracy numbers can be checked against a direct computation.
-Workstation-side only (imports torch); shared by tests/bench and tests/ship.
+Labels are the teacher's own predictions, so the teacher scores 1.0 and
+accuracy numbers can be checked against a direct computation. The same
+samples stand for the val and test splits. Preprocessing is the pipeline's own
+record (`edgekd.data.Preprocess`), and stage records list the artifacts as
+the pipeline's do. Workstation-side only (imports torch); shared by
+tests/bench and tests/ship.
 """
 
 from __future__ import annotations
@@ -17,10 +20,20 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekd.data import Preprocess
+from edgekd.pipeline.records import RECORDS, TEST_FILE, VAL_FILE, Artifact
+
 SHAPE = (3, 32, 32)
 CLASSES = ["ant", "bee", "cat", "dog"]
-PREPROCESS = {"size": [32, 32], "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "interpolation": "bilinear"}
+PREPROCESS = Preprocess(input_size=32, channels=3, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)).to_dict()
 N_VAL = 24
+# stage -> the artifacts its record lists, as `edgekd compress` records them
+RECORDED = {
+    "teacher": [Artifact("teacher-pytorch", "teacher", "pytorch", "fp32", "teacher.pt")],
+    "export": [Artifact("teacher-fp32", "teacher", "onnxruntime", "fp32", "teacher.onnx", ("host-cpu",)),
+               Artifact("student-fp32", "student", "onnxruntime", "fp32", "student.onnx", ("host-cpu",))],
+    "quantize": [Artifact("student-int8", "student", "onnxruntime", "int8", "student.int8.onnx", ("host-cpu",))],
+}
 
 
 def _export(model, path: Path, metadata: dict) -> None:
@@ -84,7 +97,8 @@ def build_fake_run(run: Path) -> Path:
     x = rng.standard_normal((N_VAL, *SHAPE)).astype(np.float32)
     with torch.inference_mode():
         y = nets["teacher"](torch.from_numpy(x)).argmax(1).numpy().astype(np.int64)
-    np.savez(run / "data" / "val.npz", x=x, y=y, classes=np.array(CLASSES))
+    for split_file in (VAL_FILE, TEST_FILE):
+        np.savez(run / split_file, x=x, y=y, classes=np.array(CLASSES))
     # Labels travel in the ONNX metadata, preprocessing in the sidecar: ship must find both.
     meta = {"edgekd.classes": json.dumps(CLASSES)}
     _export(nets["teacher"], run / "teacher.onnx", meta)
@@ -93,9 +107,21 @@ def build_fake_run(run: Path) -> Path:
     for name, role, precision in [("teacher", "teacher", "fp32"), ("student", "student", "fp32"),
                                   ("student.int8", "student", "int8")]:
         _sidecar(run / f"{name}.onnx", model=role, precision=precision, preprocess=PREPROCESS, opset=17)
+    _records(run)
     (run / "report.json").write_text(json.dumps(fake_report(run), indent=1))
     (run / "report.md").write_text("# fake report\n")
     return run
+
+
+def _records(run: Path) -> None:
+    from edgekd.artifacts import sha256_file
+
+    (run / RECORDS).mkdir()
+    for stage, artifacts in RECORDED.items():
+        files = [f for a in artifacts for f in (a.path, a.path + ".json") if (run / f).is_file()]
+        record = {"key": stage, "outputs": {f: sha256_file(run / f) for f in files},
+                  "result": {"artifacts": [a.to_dict() for a in artifacts]}, "finished": "2025-01-01 00:00:00"}
+        (run / RECORDS / f"{stage}.json").write_text(json.dumps(record))
 
 
 def _artifact(name, model, runtime, precision, path, p50, acc, peak, passed) -> dict:
@@ -106,7 +132,7 @@ def _artifact(name, model, runtime, precision, path, p50, acc, peak, passed) -> 
         "latency_ms": {"p50": p50, "p90": p50 * 1.2, "p99": p50 * 1.6, "mean": p50 * 1.05, "std": p50 * 0.1,
                        "min": p50 * 0.8, "max": p50 * 2.0},
         "throughput_ips": 1000.0 / p50, "peak_rss_mb": peak, "load_s": 0.05, "size_mb": 1.0, "params": 100000,
-        "flops": 1000000, "budget": {"latency_ms": 5.0, "memory_mb": 1024.0, "pass": passed},
+        "flops": 1000000, "budget": _verdict(passed), "budgets": {"host-cpu": _verdict(passed)},
         "speedup_vs_teacher": 4.0 / p50, "memory_ratio_vs_teacher": peak / 40.0,
         "batch_sweep": {"1": {"latency_ms": {"p50": p50}, "throughput_ips": 1000.0 / p50},
                         "8": {"latency_ms": {"p50": p50 * 5}, "throughput_ips": 8000.0 / (p50 * 5)}},
@@ -114,15 +140,26 @@ def _artifact(name, model, runtime, precision, path, p50, acc, peak, passed) -> 
     }
 
 
+def _verdict(passed: bool) -> dict:
+    checks = {"latency": passed, "memory": True}
+    return {"target": "host-cpu", "latency_ms": 5.0, "memory_mb": 1024.0, "max_accuracy_drop": 0.02,
+            "measured_on_target": True, "checks": checks, "pass": passed}
+
+
 def fake_report(run: Path | None = None, host: str = "workstation", device: str | None = None) -> dict:
     """A report.json as the pipeline writes it (numbers invented, shapes real)."""
+    from edgekd.report.core import SCHEMA_VERSION
+
     target = {"name": "host-cpu", "runtime": "onnxruntime", "arch": "x86_64", "threads": 2,
               "precisions": ["fp32", "int8"], "max_opset": 21,
-              "budgets": {"latency_ms": 5.0, "memory_mb": 1024.0, "max_accuracy_drop": 0.02}}
+              "budgets": {"latency_ms": 5.0, "memory_mb": 1024.0, "max_accuracy_drop": 0.02, "max_int8_drop": 0.02}}
     return {
-        "schema_version": 1, "edgekd_version": "0.1.0", "created": "2025-01-01T00:00:00+00:00",
-        "target": target,
-        "dataset": {"name": "fake", "val_samples": N_VAL},
+        "schema_version": SCHEMA_VERSION, "edgekd_version": "0.1.0", "created": "2025-01-01T00:00:00+00:00",
+        "target": target, "targets": [target],
+        "dataset": {"source": "fake", "splits": {"train": 0, "val": N_VAL, "test": N_VAL}, "classes": CLASSES},
+        "measurement": {"arch": "x86_64", "cores": 2, "session_target": "host-cpu", "threads": 2,
+                        "graph_optimization_level": "all", "notes": []},
+        "recommended": {"name": "student-int8", "path": "student.int8.onnx", "why": "fastest student passing"},
         "machine": {"hostname": host, "device": device, "cpu": "Test CPU", "cores": 2, "os": "Linux",
                     "versions": {"onnxruntime": "1.32.0"}},
         "artifacts": [
