@@ -52,7 +52,7 @@ def _data_outputs(ctx: RunContext) -> list[str]:
     return [VAL_FILE, TEST_FILE, SUMMARY_FILE] + ([CALIB_FILE] if needs_calibration(ctx.config, ctx.targets) else [])
 
 
-def test_file_rows(labels: np.ndarray, sample_bytes: int, seed: int) -> np.ndarray:
+def rows_for_test_file(labels: np.ndarray, sample_bytes: int, seed: int) -> np.ndarray:
     """The test split's rows data/test.npz keeps: all, or a stratified subset within the caps."""
     cap = min(TEST_FILE_MAX_SAMPLES, max(1, TEST_FILE_MAX_BYTES // max(1, sample_bytes)))
     return stratified_subsample(labels, cap, seed)
@@ -63,7 +63,7 @@ def run_data(ctx: RunContext) -> dict:
     (out / VAL_FILE).parent.mkdir(parents=True, exist_ok=True)
     classes = np.array(data.classes)
     np.savez(out / VAL_FILE, x=data.val_x, y=data.val_y, classes=classes)
-    rows = test_file_rows(data.test_y, data.test_x[:1].nbytes, ctx.config.data.seed)
+    rows = rows_for_test_file(data.test_y, data.test_x[:1].nbytes, ctx.config.data.seed)
     np.savez(out / TEST_FILE, x=data.test_x[rows], y=data.test_y[rows], classes=classes)
     outputs = [VAL_FILE, TEST_FILE, SUMMARY_FILE]
     summary = {**data.summary(), "test_file": {"path": TEST_FILE, "samples": int(len(rows)), "of": int(len(data.test_y))},
