@@ -63,7 +63,7 @@ def _onnx_facts(path: Path) -> tuple[str | None, int | None]:
 def _read_val(data: Path) -> tuple[dict, tuple[int, ...]]:
     with np.load(data, allow_pickle=False) as npz:
         if "x" not in npz.files or "y" not in npz.files:
-            raise DataError(f"{data} must hold arrays `x` (N, C, H, W) and `y` (N,).", "Use a run's data/val.npz.")
+            raise DataError(f"{data} must hold arrays `x` (N, C, H, W) and `y` (N,).", "Use a run's data/test.npz.")
         shape, n = tuple(npz["x"].shape[1:]), len(npz["y"])
     return {"path": str(data), "samples": n}, shape
 
@@ -179,7 +179,7 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--target", "-t", "target_name", default=None, help="Target profile (threads, budgets).")
 @click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="A val.npz (x, y) to measure accuracy on.")
+              help="A run's data/test.npz (x, y: the test split its report's accuracy is on) to measure accuracy on.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-report"),
               show_default=True, help="Directory for report.json and report.md.")
 @click.option("--input-shape", default=None, help="C,H,W when the artifact does not fix it and no --data is given.")

@@ -120,7 +120,8 @@ def measure_artifacts(
     settings: BenchSettings = BenchSettings(),
     data: str | Path | None = None,
 ) -> dict[str, Measurement]:
-    """Benchmark every artifact in its own worker; accuracy too when `data` (a val.npz) is given."""
+    """Benchmark every artifact in its own worker; accuracy too when `data` (an (x, y) .npz: a run's
+    data/test.npz) is given."""
     settings.check()
     names = [a.name for a in artifacts]
     if len(set(names)) != len(names):
@@ -133,7 +134,7 @@ def measure_artifacts(
             workers[-1].load(threads, target, input_shape)
         for batch in sorted({int(b) for b in settings.batch_sizes}):
             _measure_batch(workers, batch, settings)
-        if data is not None:  # after the timed rounds: loading val.npz must not count as model memory
+        if data is not None:  # after the timed rounds: loading the data must not count as model memory
             for w in workers:
                 w.accuracy = w.call("accuracy", data=str(data))
         return {w.artifact.name: w.result(threads, [note] if note else []) for w in workers}

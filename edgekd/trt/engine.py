@@ -113,7 +113,7 @@ class EngineRunner:
             raise DataError(
                 f"Input of shape {list(x.shape)} does not fit {self.path.name}, which takes "
                 f"(N, {', '.join(map(str, self.sample_shape))}).",
-                "Preprocess the data as the bundle's val.npz was.",
+                "Preprocess the data as the bundle's data/test.npz was.",
             )
         outputs = []
         for start in range(0, len(x), self.max_batch):
@@ -257,31 +257,31 @@ def load_val(npz_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     path = Path(npz_path)
     if not path.is_file():
         raise DataError(
-            f"Validation file {str(path)!r} does not exist.", "It ships in the bundle as val.npz."
+            f"Evaluation file {str(path)!r} does not exist.", "It ships in the bundle as data/test.npz."
         )
     with np.load(path, allow_pickle=False) as data:
         missing = {"x", "y"} - set(data.files)
         if missing:
             raise DataError(
                 f"{path.name} lacks key(s) {sorted(missing)}; it has {sorted(data.files)}.",
-                "val.npz holds `x` (float32 NCHW) and `y` (int64 labels).",
+                "A run's data/test.npz holds `x` (float32 NCHW) and `y` (int64 labels).",
             )
         x, y = data["x"], data["y"]
     if x.ndim != 4 or x.dtype != np.float32:
         raise DataError(
             f"{path.name}: `x` must be float32 (N, C, H, W), got {x.dtype} {list(x.shape)}.",
-            "Re-create the bundle's val.npz.",
+            "Re-create the bundle's data/test.npz.",
         )
     if y.ndim != 1 or y.dtype.kind not in "iu" or len(y) != len(x):
         raise DataError(
             f"{path.name}: `y` must be {len(x)} integer labels, got {y.dtype} {list(y.shape)}.",
-            "Re-create the bundle's val.npz.",
+            "Re-create the bundle's data/test.npz.",
         )
     return x, y.astype(np.int64)
 
 
 def evaluate(runner, npz_path: str | Path) -> dict:
-    """Top-1 accuracy of `runner` (anything with .run(x) -> logits) on a val.npz."""
+    """Top-1 accuracy of `runner` (anything with .run(x) -> logits) on an (x, y) .npz such as data/test.npz."""
     x, y = load_val(npz_path)
     logits = np.asarray(runner.run(x))
     logits = logits.reshape(len(x), -1)
@@ -301,7 +301,7 @@ def benchmark_engine(
     duration_s: float = 3.0,
     val: str | Path | None = None,
 ) -> dict:
-    """Load, benchmark and (with a val.npz) score one engine; a JSON-ready dict."""
+    """Load, benchmark and (with a data/test.npz) score one engine; a JSON-ready dict."""
     with load_runner(engine_path) as runner:
         result = runner.benchmark(batch, warmup_s=warmup_s, duration_s=duration_s)
         if val is not None:

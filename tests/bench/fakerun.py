@@ -25,7 +25,8 @@ from edgekd.pipeline.records import RECORDS, TEST_FILE, VAL_FILE, Artifact
 
 SHAPE = (3, 32, 32)
 CLASSES = ["ant", "bee", "cat", "dog"]
-PREPROCESS = Preprocess(input_size=32, channels=3, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)).to_dict()
+# as JSON holds it (sidecars, manifests): lists, not tuples
+PREPROCESS = json.loads(json.dumps(Preprocess(32, 3, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)).to_dict()))
 N_VAL = 24
 # stage -> the artifacts its record lists, as `edgekd compress` records them
 RECORDED = {
