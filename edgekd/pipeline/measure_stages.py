@@ -23,9 +23,15 @@ UPSTREAM = STAGE_ORDER[: STAGE_ORDER.index("bench")]
 RESULT_STAGES = ("teacher", "student", "export", "quantize", "qat", "tensorrt")  # whose results the report shows
 
 
+PRECISION_ORDER = {"fp32": 0, "fp16": 1, "int8": 2}
+
+
 def to_measure(ctx: RunContext) -> list[Artifact]:
-    """The current artifacts this host can run, in pipeline order."""
-    return [a for a in current_artifacts(ctx.run_dir, stages=UPSTREAM) if a.runtime in HOST_RUNTIMES]
+    """The current artifacts this host can run, in the report's order: the teacher (PyTorch first),
+    then the students by precision and name."""
+    found = [a for a in current_artifacts(ctx.run_dir, stages=UPSTREAM) if a.runtime in HOST_RUNTIMES]
+    return sorted(found, key=lambda a: (a.model != "teacher", a.runtime != "pytorch",
+                                        PRECISION_ORDER.get(a.precision, 3), a.name))
 
 
 def measuring_target(ctx: RunContext):
