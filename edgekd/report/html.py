@@ -139,7 +139,8 @@ def _cards(report: dict) -> str:
             ("threads", target.get("threads")),
             ("latency budget", f"{budgets['latency_ms']:g} ms p50" if budgets.get("latency_ms") else None),
             ("memory budget", f"{budgets['memory_mb']:g} MB" if budgets.get("memory_mb") else None),
-            ("max accuracy drop", budgets.get("max_accuracy_drop")),
+            ("max accuracy drop", budgets.get("max_accuracy_drop")),  # student vs teacher
+            ("max INT8 drop", budgets.get("max_int8_drop")),  # INT8 file vs FP32 student (the gate)
         ]),
         _card("Measured on", [
             ("device", _device(report)),
