@@ -22,7 +22,18 @@ from typing import Any, Iterator
 
 from edgekd import __version__
 
-_PACKAGES = ("torch", "timm", "onnx", "onnxruntime", "onnxsim", "onnxscript", "numpy")
+# What shapes an artifact or a measurement, by the name reported -> the distributions that provide it
+# (Jetsons ship TensorRT and ONNX Runtime under several names).
+_PACKAGES = {
+    "numpy": ("numpy",),
+    "torch": ("torch",),
+    "timm": ("timm",),
+    "onnx": ("onnx",),
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"),
+    "onnxsim": ("onnxsim",),
+    "onnxscript": ("onnxscript",),
+    "tensorrt": ("tensorrt", "tensorrt-cu12", "tensorrt-cu11", "tensorrt_lean"),
+}
 
 # edgekd's own model checkpoints (edgekd.models.io): weights plus their record, one file each.
 CHECKPOINT_SUFFIX = ".safetensors"
@@ -75,17 +86,23 @@ def contained(root: str | Path, rel) -> Path:
     return path
 
 
-def read_sidecar(path: str | Path) -> dict:
-    """The artifact's sidecar JSON as a dict ({} when it has none)."""
+def read_sidecar(path: str | Path, required: bool = False) -> dict:
+    """The artifact's sidecar JSON as a dict. Without one: {} , or a DataError when `required`
+    (an engine's sidecar is: it says which TensorRT and GPU the engine runs on)."""
     from edgekd.errors import DataError
 
     side = sidecar_path(path)
     if not side.is_file():
+        if required:
+            raise DataError(f"{Path(path).name} has no sidecar {side.name}.", "Re-create the artifact with edgekd.")
         return {}
     try:
-        return json.loads(side.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"Sidecar {side} is not valid JSON ({exc.msg}).", "Re-export the artifact or delete the sidecar.") from None
+        data = json.loads(side.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"Sidecar {side} is not readable JSON ({exc}).", "Re-export the artifact or delete the sidecar.") from None
+    if not isinstance(data, dict):
+        raise DataError(f"Sidecar {side} holds a {type(data).__name__}, not an object.", "Re-export the artifact.")
+    return data
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -137,12 +154,16 @@ def remove_quietly(*paths: str | Path) -> None:
         Path(path).unlink(missing_ok=True)
 
 
-def versions(packages: tuple[str, ...] = _PACKAGES) -> dict[str, str]:
-    """Installed versions of the packages that shape an artifact (absent ones are skipped)."""
+def versions(packages: tuple[str, ...] | None = None) -> dict[str, str]:
+    """edgekd's, Python's and the installed versions of `packages` (default: everything that shapes an
+    artifact or a measurement); absent ones are skipped. Read from package metadata, so asking for
+    torch's or tensorrt's version never imports them (the device side stays torch-free)."""
     found = {"edgekd": __version__, "python": platform.python_version()}
-    for name in packages:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
+    for name in packages or tuple(_PACKAGES):
+        for dist in _PACKAGES.get(name, (name,)):
+            try:
+                found[name] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                continue
     return found

@@ -51,7 +51,9 @@ def main(debug: bool) -> None:
 @main.command()
 @click.argument("config", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory (default: runs/<config name>/).")
-@click.option("--force", is_flag=True, help="Redo every stage, even those whose inputs are unchanged.")
+@click.option("--force", is_flag=True, help="Redo every stage from scratch, even those whose inputs are unchanged: "
+              "stage records, epoch checkpoints (work/**/last.pt), finished chain links and the teacher-output "
+              "cache (cache/) are ignored or removed. Files a stage writes are replaced when it reruns.")
 @click.option("--quiet", is_flag=True, help="Only errors and the final summary.")
 def compress(config: Path, out: Path | None, force: bool, quiet: bool) -> None:
     """Teacher -> student -> ONNX -> INT8 -> benchmark -> report, from CONFIG (model.yaml)."""
@@ -69,8 +71,12 @@ def validate(config: Path) -> None:
     """Check CONFIG without running anything (types, keys, paths, targets, model names)."""
     from edgekd.pipeline.compress import preflight
 
+    from edgekd.config import config_warnings
+
     cfg = preflight(config)
     click.echo(f"{config}: valid — run name {cfg.name!r}, targets {', '.join(cfg.targets)}.")
+    for warning in config_warnings(cfg):
+        click.secho(f"warning: {warning}", fg="yellow", err=True)
 
 
 @main.command()

@@ -11,14 +11,16 @@ import errno
 
 
 class EdgekdError(Exception):
-    """Base class: a problem the user can fix. `hint` says how."""
+    """Base class: a problem the user can fix. `hint` says how; `details` carries what was computed
+    on the way (e.g. every INT8 attempt a failed gate tried), so a caller can still report it."""
 
     exit_code = 1
 
-    def __init__(self, message: str, hint: str | None = None):
+    def __init__(self, message: str, hint: str | None = None, details: list | dict | None = None):
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.details = details
 
     def __str__(self) -> str:
         return f"{self.message} {self.hint}" if self.hint else self.message

@@ -16,10 +16,10 @@ import numpy as np
 
 from edgekd import __version__
 from edgekd.artifacts import read_sidecar, write_text_atomic
-from edgekd.bench.measure import ArtifactToMeasure, BenchSettings, measure_artifacts
+from edgekd.bench.measure import ArtifactToMeasure, BenchSettings, measure_artifacts, measurement_context
 from edgekd.bench.runners import runtime_for_path
 from edgekd.errors import ConfigError, DataError, FileSystemError
-from edgekd.report.core import judge
+from edgekd.report.core import SCHEMA_VERSION, judge
 from edgekd.rundir import RECORDS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -66,7 +66,7 @@ def _onnx_facts(path: Path) -> tuple[str | None, int | None]:
 def _read_val(data: Path) -> tuple[dict, tuple[int, ...]]:
     with np.load(data, allow_pickle=False) as npz:
         if "x" not in npz.files or "y" not in npz.files:
-            raise DataError(f"{data} must hold arrays `x` (N, C, H, W) and `y` (N,).", "Use a run's data/val.npz.")
+            raise DataError(f"{data} must hold arrays `x` (N, C, H, W) and `y` (N,).", "Use a run's data/test.npz.")
         shape, n = tuple(npz["x"].shape[1:]), len(npz["y"])
     return {"path": str(data), "samples": n}, shape
 
@@ -86,16 +86,18 @@ def bench_artifacts(
     names = _unique([i["name"] for i in info])
     todo = [ArtifactToMeasure(n, runtime_for_path(p), p) for n, p in zip(names, paths)]
     measured = measure_artifacts(todo, input_shape or data_shape, target, settings, data)
-    rows = [_row(p, n, i, measured[n], target) for p, n, i in zip(paths, names, info)]
+    measurement = measurement_context(target, settings)
+    rows = [_row(p, n, i, measured[n], target, measurement) for p, n, i in zip(paths, names, info)]
     _compare_to_teacher(rows)
     return {
-        "schema_version": 1,
+        "schema_version": SCHEMA_VERSION,
         "edgekd_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "kind": "device",
         "target": target.model_dump() if target is not None else None,
         "dataset": dataset,
         "machine": machine_info(),
+        "measurement": measurement,
         "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(settings).items()},
         "artifacts": rows,
     }
@@ -110,7 +112,7 @@ def _unique(names: list[str]) -> list[str]:
     return out
 
 
-def _row(path: Path, name: str, info: dict, m, target) -> dict:
+def _row(path: Path, name: str, info: dict, m, target, measurement: dict) -> dict:
     row = {
         "name": name,
         "model": info["model"],
@@ -123,8 +125,10 @@ def _row(path: Path, name: str, info: dict, m, target) -> dict:
         "flops": None,
         **m.report_fields(),
     }
-    # No teacher measured here: only latency and memory are judged on a device report.
-    row["budget"] = judge(row, target.budgets.model_dump(), teacher_accuracy=None) if target else None
+    # No teacher measured here: only latency and memory are judged on a device report, and only
+    # when this machine is the target (its CPU architecture and runtime).
+    row["budget"] = judge(row, target.model_dump(), None, measurement) if target else None
+    row["budgets"] = {target.name: row["budget"]} if target else {}
     return row
 
 
@@ -189,7 +193,7 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--target", "-t", "target_name", default=None, help="Target profile (threads, budgets).")
 @click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="A val.npz (x, y) to measure accuracy on.")
+              help="A run's data/test.npz (x, y: the test split its report's accuracy is on) to measure accuracy on.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-report"), show_default=True,
               help="Directory for report.json and report.md; must be new or empty unless --force.")
 @click.option("--force", is_flag=True, help="Replace the report files of an earlier bench in --out.")

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgekd.data.listing import FileList, Listing
-from edgekd.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -42,19 +41,19 @@ class SplitIndices:
 
 def three_way_split(labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> SplitIndices:
     """Per class: `val` = the first max(1, round(n * val_fraction)) of a seeded shuffle, `test` = the last
-    max(1, round(n * test_fraction)) (none when test_fraction is 0); the rest is `train`."""
+    max(1, round(n * test_fraction)) (none when a fraction is 0); the rest is `train`.
+
+    A class too small for all three keeps one training sample, then gives test its share, then val what
+    is left (a class of two: one train, one test, no val): a rare class never stops a run, and the
+    report's test split still covers it."""
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
     for cls in np.unique(labels):
         idx = np.flatnonzero(labels == cls)
         rng.shuffle(idx)
-        n_val = _take(len(idx), val_fraction)
-        n_test = _take(len(idx), test_fraction)
-        if n_val + n_test >= len(idx):
-            raise DataError(
-                f"Class {cls} has {len(idx)} sample(s): too few for {n_val} validation + {n_test} test + 1 training.",
-                "Add samples to that class, lower data.val_fraction/test_fraction, or provide split folders.")
+        n_test = min(_take(len(idx), test_fraction), len(idx) - 1)
+        n_val = min(_take(len(idx), val_fraction), len(idx) - 1 - n_test)
         parts["val"].append(idx[:n_val])
         parts["test"].append(idx[len(idx) - n_test :])
         parts["train"].append(idx[n_val : len(idx) - n_test])

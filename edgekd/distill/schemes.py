@@ -179,6 +179,8 @@ def train_peers(peers: list[nn.Module], train_xy, val_xy, cfg: TrainConfig, work
                      Amp(cfg.amp, device), device, memory_format, augment, seed, temperature)
     state = _resume_peers(work_dir / "last.pt", key, loop)
     start_epoch = state["epoch"]
+    if start_epoch == 0:  # a fresh training: rows of an earlier one must not be read as this one's
+        (work_dir / "metrics.jsonl").unlink(missing_ok=True)
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
         loss = _peers_epoch(loop, x, y, epoch)

@@ -99,6 +99,8 @@ def train(
     key = key if not dist.enabled else f"{key}+world{dist.world_size}"
     state = _resume(work_dir / "last.pt", key, loop)
     start_epoch = state["epoch"]
+    if start_epoch == 0 and dist.is_main:  # a fresh training: rows of an earlier one must not be read as this one's
+        (work_dir / "metrics.jsonl").unlink(missing_ok=True)
     writer, notes = _tensorboard(cfg, work_dir) if dist.is_main else (None, [])
     try:
         for epoch in range(start_epoch, cfg.epochs):

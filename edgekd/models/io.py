@@ -29,30 +29,17 @@ torch.save dict) are still read, through the weights-only unpickler
 from __future__ import annotations
 
 import json
-import platform
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from edgekd import __version__
-from edgekd.artifacts import write_bytes_atomic
+from edgekd.artifacts import versions, write_bytes_atomic
 from edgekd.errors import ModelError
 
 FORMAT = "edgekd.checkpoint/2"
 LEGACY_FORMAT = "edgekd.checkpoint/1"  # torch.save dicts written by edgekd 0.1 (teacher.pt, student.pt)
 RECORD_KEY = "edgekd"  # safetensors metadata key holding the record's JSON
-
-
-def versions() -> dict[str, str]:
-    import timm
-
-    return {
-        "edgekd": __version__,
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def build(arch: str, arch_kwargs: dict[str, Any]) -> torch.nn.Module:

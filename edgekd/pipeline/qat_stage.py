@@ -14,12 +14,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from edgekd.artifacts import QAT_CHECKPOINT, STUDENT_CHECKPOINT
-from edgekd.config import config_dict, distill_params
+from edgekd.artifacts import QAT_CHECKPOINT
+from edgekd.config import config_dict
 from edgekd.pipeline.context import RunContext
 from edgekd.pipeline.engine import Stage
+from edgekd.pipeline.records import CALIB_FILE, STUDENT_CHECKPOINT, SUMMARY_FILE, VAL_FILE, Artifact
 
-QAT_FILES = [QAT_CHECKPOINT, "student.qat.onnx", "student.qat.onnx.json"]
+QAT_ONNX = "student.qat.onnx"
+QAT_FILES = [QAT_CHECKPOINT, QAT_ONNX, QAT_ONNX + ".json"]
 FALLBACK_CALIB_SAMPLES = 512
 
 
@@ -35,13 +37,17 @@ def qat_opset(ctx: RunContext) -> tuple[int, str]:
     return choose(ctx.config.export.opset, strictest_opset(ctx.targets))
 
 
-def _params(ctx: RunContext) -> dict:
+def _reads(ctx: RunContext) -> list[str]:
     c = ctx.config
     if not qat_enabled(ctx):
-        return {"quantization": "none"}
-    return {"student": config_dict(c.student), "distill": distill_params(c.distill), "seed": c.seed,
-            "augment": c.data.augment, "export": config_dict(c.export), "opset": qat_opset(ctx)[0],
-            "calibration": "data/calib.npz" if c.quantize.enabled else f"train[{FALLBACK_CALIB_SAMPLES}]"}
+        return ["student.quantization"]
+    reads = ["name", "seed", "device", "data.augment", "data.seed", "data.train_fraction", "student.quantization",
+             "distill.qat", "distill.losses", "distill.unlabeled_fraction", "distill.teacher_cache",
+             "export.opset", "export.dynamic_batch", "export.simplify", "export.parity.samples", "targets",
+             "quantize.enabled"]  # calibration: data/calib.npz when quantize is on, else training samples
+    if c.teachers:
+        reads.append("teachers[*].weight")
+    return reads
 
 
 def _inputs(ctx: RunContext) -> list[str]:
@@ -49,8 +55,8 @@ def _inputs(ctx: RunContext) -> list[str]:
         return []
     from edgekd.pipeline.train_stages import teacher_files
 
-    return ["data/summary.json", "data/val.npz", *teacher_files(ctx.config), STUDENT_CHECKPOINT] + (
-        ["data/calib.npz"] if ctx.config.quantize.enabled else [])
+    return [SUMMARY_FILE, VAL_FILE, *teacher_files(ctx.config), STUDENT_CHECKPOINT] + (
+        [CALIB_FILE] if ctx.config.quantize.enabled else [])
 
 
 def calibration_samples(ctx: RunContext) -> tuple[np.ndarray, str]:
@@ -97,7 +103,9 @@ def run_qat(ctx: RunContext) -> dict:
                **_train_metrics(result)}
     _save_qat(ctx, student, ckpt, setup, metrics)
     exported = _export(ctx, student, ckpt)
-    return {"outputs": QAT_FILES, **metrics, "export": exported,
+    serves = ctx.targets_for("onnxruntime", "int8") + ctx.targets_for("tensorrt", "int8")
+    artifact = Artifact("student-qat-int8", "student", "onnxruntime", "int8", QAT_ONNX, serves)
+    return {"outputs": QAT_FILES, **metrics, "export": exported, "artifacts": [artifact.to_dict()],
             "summary": f"fake-quant val accuracy {accuracy:.4f} after {result.epochs_run} QAT epoch(s) "
                        f"(calibrated only {calibrated_accuracy:.4f}, float {metrics['float_accuracy']:.4f}); "
                        f"ONNX parity max|Δ| {exported['parity']['max_abs_diff']:.2g}"}
@@ -124,12 +132,12 @@ def _export(ctx: RunContext, student, ckpt: dict) -> dict:
     cfg = ctx.config.export
     opset, why = qat_opset(ctx)
     val_x, _ = ctx.val_arrays()
-    result = export_qat_onnx(student.cpu().eval(), ctx.run_dir / "student.qat.onnx", input_shape=(1, *val_x.shape[1:]),
+    result = export_qat_onnx(student.cpu().eval(), ctx.run_dir / QAT_ONNX, input_shape=(1, *val_x.shape[1:]),
                              opset=opset, metadata=onnx_metadata(ctx, ckpt), dynamic_batch=cfg.dynamic_batch,
                              simplify=cfg.simplify, verify_with=val_x[: cfg.parity.samples],
                              session_target=ctx.primary_target, sidecar_extra={"opset_reason": why})
     return {**asdict(result), "opset_reason": why}
 
 
-QAT = Stage("qat", "quantization-aware distillation (modelopt INT8) and QDQ export", run_qat, _params, _inputs,
-            distributed=True)
+QAT = Stage("qat", "quantization-aware distillation (modelopt INT8) and QDQ export", run_qat, _reads, _inputs,
+            lambda ctx: QAT_FILES if qat_enabled(ctx) else [], distributed=True)

@@ -153,7 +153,8 @@ def quantize_with_gate(
         f"{reference_accuracy:.4f}, max drop {max_accuracy_drop:g}); tried:\n  "
         + "\n  ".join(a.describe() for a in search.attempts),
         "Ship FP32 for this target (the FP32 model is unchanged), calibrate on more representative "
-        "samples, allow a larger `budgets.max_accuracy_drop`, or raise `max_excluded_nodes`.",
+        "samples, allow a larger `quantize.max_int8_drop`, or raise `max_excluded_nodes`.",
+        details=[asdict(a) for a in search.attempts],
     )
 
 

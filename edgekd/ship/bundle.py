@@ -6,12 +6,12 @@ A bundle is a directory:
     SHA256SUMS               the same hashes, `sha256sum -c` format (manifest.json included)
     student.int8.onnx        the model files for the target's runtime ...
     student.int8.onnx.json   ... each with its sidecar, when the run has one
-    golden/inputs.npy        first N validation samples, preprocessed, float32 (N, C, H, W)
+    golden/inputs.npy        the first N test samples, preprocessed, float32 (N, C, H, W)
     golden/labels.npy        their labels
     golden/<name>.npy        each model's outputs on them through ONNX Runtime here
-    data/val.npz             the whole preprocessed validation split, so the device can
-                             measure accuracy (`edgekd bench MODEL --data data/val.npz`)
-                             with no dataset tooling
+    data/test.npz            the run's preprocessed test split (what its report's accuracy is
+                             on), so the device measures accuracy on the same samples
+                             (`edgekd bench MODEL --data data/test.npz`) with no dataset tooling
 
 `edgekd verify` on the device recomputes the outputs and compares them.
 Needs numpy, onnx and onnxruntime (the `ort` extra), never torch.
@@ -39,6 +39,7 @@ import numpy as np
 from edgekd import __version__
 from edgekd.artifacts import contained, sha256_file, sidecar_path
 from edgekd.errors import ConfigError, DataError
+from edgekd.pipeline.records import TEST_FILE, current_artifacts
 from edgekd.rundir import RECORDS
 from edgekd.ship.verify import BUNDLE_FORMAT, CHECKSUMS, DEVICE, MANIFEST
 
@@ -52,21 +53,30 @@ _PREPROCESS_KEYS = ("edgekd.preprocess", "preprocess")
 _LABEL_KEYS = ("edgekd.classes", "classes", "labels")
 
 
-def select_artifacts(report: dict, target: "TargetProfile", names: list[str] | None = None) -> list[dict]:
-    """The report's artifacts to ship to `target`.
+def select_artifacts(report: dict, target: "TargetProfile", names: list[str] | None = None,
+                     recorded: list[dict] | None = None) -> list[dict]:
+    """The artifacts to ship to `target`, each with what the report says of it.
 
-    By name when `names` is given; otherwise the student ONNX files meant for
-    the target's runtime: runtime == target.runtime for an onnxruntime
-    target; for a tensorrt target, the TensorRT-ready ONNX variants the
-    report's `tensorrt.builds` prepared for it (engines are built on the
-    device, from ONNX).
+    `recorded`: the run's current artifacts as its stage records list them
+    (edgekd.pipeline.records.current_artifacts), never a listing of the folder.
+    By name when `names` is given; otherwise the student ONNX files the records
+    say serve the target: for an onnxruntime target its FP32/INT8 files, for a
+    tensorrt target the TensorRT-ready ONNX variants prepared for its engine
+    builds (engines are built on the device, from ONNX). Without `recorded`
+    (a report alone), the report's own entries are used the same way.
     """
-    artifacts = (report.get("artifacts") or []) + tensorrt_artifacts(report, target)
+    reported = {a["name"]: a for a in (report.get("artifacts") or []) + tensorrt_artifacts(report, target)}
+    if recorded is None:
+        artifacts = list(reported.values())
+        serves = lambda a: _default_pick(a, target)  # noqa: E731
+    else:
+        artifacts = [{**reported.get(a["name"], {}), **a} for a in recorded]
+        serves = lambda a: target.name in a["targets"] and a["model"] == "student"  # noqa: E731
     if names:
         by_name = {a["name"]: a for a in artifacts}
         chosen = [_by_name(by_name, n) for n in names]
     else:
-        chosen = [a for a in artifacts if _default_pick(a, target)]
+        chosen = [a for a in artifacts if serves(a)]
     if not chosen:
         raise ConfigError(
             f"The report lists no student ONNX artifact for target {target.name!r} "
@@ -194,7 +204,7 @@ def current_report(run_dir: Path) -> tuple[dict, dict[str, str]]:
                             "before writing its report).", stale)
         if rel.startswith(f"{RECORDS}/"):
             produced.update(_record(run_dir, Path(rel).stem)["outputs"])
-    produced.update(_record(run_dir, "data")["outputs"])  # data/val.npz
+    produced.update(_record(run_dir, "data")["outputs"])  # data/test.npz
     return load_report(report_path), produced
 
 
@@ -223,7 +233,7 @@ def _check_names(chosen: list[dict]) -> None:
 
 
 def golden_count(chosen: list[dict], asked: int | None, available: int) -> int:
-    """How many golden samples travel: `asked` (default GOLDEN_SAMPLES), at most what val.npz holds,
+    """How many golden samples travel: `asked` (default GOLDEN_SAMPLES), at most what test.npz holds,
     and never fewer than the device check of the chosen precisions needs."""
     need = max(DEVICE.get(a.get("precision") or "fp32", DEVICE["fp32"]).min_samples for a in chosen)
     n = min(GOLDEN_SAMPLES if asked is None else asked, available)
@@ -231,16 +241,16 @@ def golden_count(chosen: list[dict], asked: int | None, available: int) -> int:
         raise ConfigError(f"--golden {asked} is too few: the device check of an int8 model needs at least {need} "
                           "samples to tell a broken file from rounding.", f"Use --golden {max(need, GOLDEN_SAMPLES)}.")
     if n < need:
-        raise DataError(f"data/val.npz holds {available} samples; the device check of an int8 model needs at least "
-                        f"{need}.", "Use a validation split with more samples.")
+        raise DataError(f"{TEST_FILE} holds {available} samples; the device check of an int8 model needs at least "
+                        f"{need}.", "Use a larger test split (data.test_fraction).")
     return n
 
 
-def _golden_inputs(val: Path, n: int | None, chosen: list[dict]) -> tuple[np.ndarray, np.ndarray, list | None]:
-    with np.load(val, allow_pickle=False) as npz:
+def _golden_inputs(test: Path, n: int | None, chosen: list[dict]) -> tuple[np.ndarray, np.ndarray, list | None]:
+    with np.load(test, allow_pickle=False) as npz:
         available = len(npz["y"])
         if available == 0:
-            raise DataError(f"{val} holds no samples.", "Re-run `edgekd compress`.")
+            raise DataError(f"{test} holds no samples.", "Re-run `edgekd compress`.")
         n = golden_count(chosen, n, available)
         x = np.ascontiguousarray(npz["x"][:n], dtype=np.float32)
         y = np.asarray(npz["y"][:n], dtype=np.int64)
@@ -260,15 +270,16 @@ def build_bundle(
 
     run_dir, out = Path(run_dir), Path(out_dir)
     report, produced = current_report(run_dir)
-    chosen = select_artifacts(report, target, artifacts)
+    recorded = [a.to_dict() for a in current_artifacts(run_dir, present=False)]
+    chosen = select_artifacts(report, target, artifacts, recorded=recorded)
     _check_names(chosen)
-    val = _shipped_file(run_dir, "data/val.npz", "the validation split", produced)
-    x, y, classes = _golden_inputs(val, golden_samples, chosen)
+    test = _shipped_file(run_dir, TEST_FILE, "the test split", produced)
+    x, y, classes = _golden_inputs(test, golden_samples, chosen)
     (out / "golden").mkdir(parents=True)
     np.save(out / "golden" / "inputs.npy", x)
     np.save(out / "golden" / "labels.npy", y)
     (out / "data").mkdir()
-    shutil.copyfile(val, out / "data" / "val.npz")
+    shutil.copyfile(test, out / TEST_FILE)
     models, sources = [], []
     for artifact in chosen:
         entry, found = _add_model(run_dir, out, artifact, x, target.threads, produced)
@@ -284,7 +295,7 @@ def build_bundle(
         "preprocess": _first(sources, _PREPROCESS_KEYS),
         "labels": _first(sources, _LABEL_KEYS) or classes,
         "golden": {"inputs": "golden/inputs.npy", "labels": "golden/labels.npy", "samples": int(len(x))},
-        "validation": "data/val.npz",
+        "test": TEST_FILE,
         "models": models,
         "versions": versions(),
     })

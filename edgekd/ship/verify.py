@@ -202,7 +202,7 @@ def _cannot_run(manifest: dict) -> str | None:
                                       "installed here.", 'pip install "edgekd[ort]", or pass --hashes-only.') from None
         return ("onnxruntime is not installed here, so the ONNX files' golden outputs were not run; the hashes "
                 "match. Build the engine on this device (`edgekd build MODEL.onnx --target T`) and check it with "
-                "`edgekd bench-engine ENGINE --val data/val.npz`.")
+                "`edgekd bench-engine ENGINE --val data/test.npz`.")
     return None
 
 

@@ -116,7 +116,7 @@ def build_command(
     "--val",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    help="The bundle's val.npz (x float32 NCHW, y int64) to measure accuracy.",
+    help="The bundle's data/test.npz (x float32 NCHW, y int64) to measure accuracy on.",
 )
 @click.option(
     "--json",
@@ -126,7 +126,7 @@ def build_command(
     help="Also write the results here as JSON.",
 )
 def bench_engine_command(engine, batch, warmup_ms, duration, val, json_out):
-    """Time ENGINE like trtexec (GPU compute and end-to-end latency) and score it on a val.npz."""
+    """Time ENGINE like trtexec (GPU compute and end-to-end latency) and score it on a test.npz."""
     from edgekd.trt.engine import benchmark_engine
 
     result = benchmark_engine(engine, batch=batch, warmup_s=warmup_ms / 1000, duration_s=duration, val=val)

@@ -12,7 +12,7 @@ from edgekd.report.merge import load_report
 from tests.bench.fakerun import N_VAL
 
 QUICK_ARGS = ["--warmup", "0.05", "--iterations", "20", "--seconds", "0.2", "--rounds", "2",
-              "--batch-sizes", "1,4", "--threads", "1"]
+              "--batch-sizes", "1,4"]  # threads: the target's (host-cpu: 2, this machine's cores)
 
 
 def test_bench_writes_a_device_report(fake_run, tmp_path):
@@ -38,10 +38,26 @@ def test_bench_writes_a_device_report(fake_run, tmp_path):
             assert row[key] is not None, key
         assert row["budget"]["latency_ms"] == 50.0
         assert row["budget"]["pass"] == (row["latency_ms"]["p50"] <= 50.0 and row["peak_rss_mb"] <= 1024.0)
+        assert row["budget"]["measured_on_target"] is True  # host-cpu is this x86_64 machine
     md = (out / "report.md").read_text()
     assert "| student.int8 |" in md and "host-cpu" in md
     assert (out / "report.html").stat().st_size > 10_000
     json.dumps(report)  # stays plain JSON
+
+
+def test_a_target_this_machine_is_not_gets_no_latency_verdict(fake_run, tmp_path):
+    out = tmp_path / "device"
+    args = [str(fake_run / "student.onnx"), "--target", "rpi5", "--out", str(out)] + QUICK_ARGS
+    result = CliRunner().invoke(bench_command, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = load_report(out / "report.json")
+    budget = report["artifacts"][0]["budget"]
+    assert budget["measured_on_target"] is False and budget["pass"] is None and budget["checks"] == {}
+    assert "rpi5 is aarch64" in budget["not_measured_on_target"]
+    # rpi5 asks for 4 threads; more than this machine's cores would time contention, not the model
+    assert report["measurement"]["threads"] <= report["measurement"]["cores"]
+    if report["measurement"]["cores"] < 4:
+        assert "asks for 4 threads" in report["measurement"]["notes"][0]
 
 
 def test_describe_falls_back_to_graph_and_name(fake_run, tmp_path):

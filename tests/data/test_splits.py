@@ -4,7 +4,6 @@ import pytest
 from edgekd.data import stratified_split
 from edgekd.data.listing import list_imagefolder
 from edgekd.data.splits import folder_splits, idx_splits, imagefolder_splits, three_way_split
-from edgekd.errors import DataError
 from tests.data.imagefolders import write_folder
 
 LABELS = np.repeat(np.arange(4), [50, 30, 20, 10])
@@ -29,9 +28,10 @@ def test_without_test_it_is_the_two_way_split_and_test_fraction_never_moves_val(
     assert not np.array_equal(three_way_split(LABELS, 0.2, 0.0, seed=6).val, val)
 
 
-def test_a_class_too_small_for_three_splits_is_an_error():
-    with pytest.raises(DataError, match="Class 1 has 2 sample"):
-        three_way_split(np.array([0, 0, 0, 0, 1, 1]), 0.2, 0.2, seed=0)
+def test_a_class_too_small_for_three_splits_keeps_training_then_test():
+    tiny = three_way_split(np.array([0, 0, 0, 0, 0, 1, 1]), 0.2, 0.2, seed=0)  # class 1: one train, one test
+    assert [np.bincount(np.array([0, 0, 0, 0, 0, 1, 1])[rows], minlength=2).tolist() for rows in tiny] == [
+        [3, 1], [1, 0], [1, 1]]
 
 
 def test_idx_rule_carves_val_from_the_training_file():

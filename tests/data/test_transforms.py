@@ -4,8 +4,9 @@ import torch
 from PIL import Image
 
 from edgekd.config import DataConfig
-from edgekd.data import Preprocess, load_data, preprocess_image, stratified_split
+from edgekd.data import Preprocess, load_data, preprocess_image
 from edgekd.data.datasets import ArraySource, SampleDataset, channel_stats
+from edgekd.data.splits import three_way_split
 from edgekd.data.decode import load_image
 from edgekd.data.mixing import make_mixup, mix_batch
 from edgekd.data.transforms import (TrainTransformConfig, array_eval_transform, array_train_transform,
@@ -57,7 +58,7 @@ def test_array_transforms_match_the_in_memory_layer_and_refuse_image_only_keys()
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    train_rows, val_rows = stratified_split(bunch.target, 0.2, 0)
+    train_rows, val_rows, _ = three_way_split(bunch.target, 0.2, 0.2, 0)  # the digits rule: val and test carved
     source = lambda rows: ArraySource(bunch.images, bunch.target, pixel_max=16.0, channels=1,  # noqa: E731
                                       input_size=32, rows=rows)
     mean, std = channel_stats(source(train_rows), chunk=500)

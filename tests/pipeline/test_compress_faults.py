@@ -25,7 +25,6 @@ REPO = Path(__file__).resolve().parents[2]
 SLOW = f"""
 data: {{kind: digits, input_size: 16}}
 teacher: {{model: resnet10t, train: {{epochs: 50, batch_size: 128}}}}
-quantize: {{calibration: {REPO}/calib/digits.yaml}}
 seed: {{seed}}
 """
 

@@ -25,8 +25,7 @@ distill:
   train: {{epochs: 3, batch_size: 64, lr: 0.01}}
   qat: {{epochs: 1, batch_size: 64, lr: 0.001, warmup_epochs: 0}}
 quantize:
-  calibration: {REPO}/calib/digits.yaml
-  max_accuracy_drop: 0.3
+  max_int8_drop: 0.3
 targets: [host-cpu, jetson-orin-nano]
 bench: {{warmup_s: 0.02, min_iterations: 3, min_seconds: 0.02, batch_sizes: [1], rounds: 1}}
 """

@@ -101,4 +101,4 @@ def test_student_trains_on_its_share_with_withheld_labels(tmp_path, monkeypatch,
     # the teacher stage trains on everything except the withheld labels
     teacher_x, teacher_y = train_stages._teacher_train_xy(ctx)
     assert len(teacher_y) == n - used["unlabeled"] and (teacher_y >= 0).all()
-    assert "labels_withheld" in train_stages._teacher_params(ctx)
+    assert {"data.train_fraction", "distill.unlabeled_fraction"} <= set(train_stages._teacher_reads(ctx))

@@ -49,7 +49,7 @@ def test_hashes_cover_every_file(bundle):
 
 
 def test_golden_data_are_the_first_samples_through_ort(bundle, fake_run):
-    with np.load(fake_run / "data" / "val.npz") as npz:
+    with np.load(fake_run / "data" / "test.npz") as npz:
         x, y = npz["x"][:64], npz["y"][:64]
     np.testing.assert_array_equal(np.load(bundle / "golden" / "inputs.npy"), x)
     np.testing.assert_array_equal(np.load(bundle / "golden" / "labels.npy"), y)
@@ -87,10 +87,10 @@ def test_selection_rules():
 def test_missing_pieces_are_data_errors(fake_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(fake_run, run)
-    (run / "data" / "val.npz").unlink()
-    with pytest.raises(DataError, match="val.npz"):
+    (run / "data" / "test.npz").unlink()
+    with pytest.raises(DataError, match="test.npz"):
         build_bundle(run, load_target("host-cpu"), tmp_path / "b1")
-    shutil.copy(fake_run / "data" / "val.npz", run / "data" / "val.npz")
+    shutil.copy(fake_run / "data" / "test.npz", run / "data" / "test.npz")
     (run / "student.int8.onnx").unlink()
     with pytest.raises(DataError, match="student-int8"):
         build_bundle(run, load_target("host-cpu"), tmp_path / "b2")
@@ -125,6 +125,31 @@ def _path(report, name, path):
     next(a for a in report["artifacts"] if a["name"] == name)["path"] = path
 
 
+def _recorded(run, change):
+    """Re-record the export stage with change(its artifact list) applied, then the report, through the
+    engine: records and report.json agree, as if `edgekd compress` had written them (ship takes the
+    artifacts from the records, so that is where a crafted path or name would have to be)."""
+    from edgekd.artifacts import STUDENT_CHECKPOINT, TEACHER_CHECKPOINT
+    from tests.bench.fakerun import RECORDED, fake_report, run_fake_stages
+
+    def export(_):
+        listed = [a.to_dict() for a in RECORDED["export"]]
+        change(listed)
+        return {"outputs": ["teacher.onnx", "teacher.onnx.json", "student.onnx", "student.onnx.json"],
+                "artifacts": listed}
+
+    def report(_):
+        (run / "report.json").write_text(json.dumps(fake_report(run)))
+        return {"outputs": ["report.json", "report.md"]}
+
+    run_fake_stages(run, [("export", export, [TEACHER_CHECKPOINT, STUDENT_CHECKPOINT]),
+                          ("report", report, [".edgekd/export.json", ".edgekd/quantize.json"])], force=True)
+
+
+def _artifact_named(listed, name):
+    return next(a for a in listed if a["name"] == name)
+
+
 @pytest.fixture
 def outside(tmp_path, fake_run):
     """A secret next to the run directory: a real ONNX file and a JSON one."""
@@ -136,9 +161,9 @@ def outside(tmp_path, fake_run):
 
 
 @pytest.mark.parametrize("how", ["dotdot", "absolute"])
-def test_report_paths_outside_the_run_directory_are_not_shipped(run, outside, tmp_path, how):
+def test_recorded_paths_outside_the_run_directory_are_not_shipped(run, outside, tmp_path, how):
     path = "../private/secret.onnx" if how == "dotdot" else str(outside / "secret.onnx")
-    _report_stage(run, lambda r: _path(r, "student-fp32", path))
+    _recorded(run, lambda listed: _artifact_named(listed, "student-fp32").update(path=path))
     with pytest.raises(DataError, match="absolute or leaves its folder"):
         ship(run, load_target("host-cpu"), str(tmp_path / "bundle"))
     assert not (tmp_path / "bundle").exists()
@@ -153,18 +178,24 @@ def test_symlinked_artifacts_and_sidecars_are_not_shipped(run, outside, tmp_path
     assert not (tmp_path / "bundle").exists()
 
 
-def test_two_artifacts_with_one_file_name_are_refused(run, tmp_path):
-    def twin(report):
-        twin = dict(next(a for a in report["artifacts"] if a["name"] == "student-fp32"))
-        report["artifacts"].append({**twin, "name": "student-fp32-b", "path": "b/student.onnx"})
+def test_report_paths_are_not_what_ships(run, outside, tmp_path):
+    """report.json's paths are descriptions: the files shipped are the ones the stage records list."""
+    _report_stage(run, lambda r: _path(r, "student-fp32", "../private/secret.onnx"))
+    ship(run, load_target("host-cpu"), str(tmp_path / "bundle"))
+    assert sha256_file(tmp_path / "bundle" / "student.onnx") == sha256_file(run / "student.onnx")
 
-    _report_stage(run, twin)
+
+def test_two_artifacts_with_one_file_name_are_refused(run, tmp_path):
+    def twin(listed):
+        listed.append({**_artifact_named(listed, "student-fp32"), "name": "student-fp32-b", "path": "b/student.onnx"})
+
+    _recorded(run, twin)
     with pytest.raises(ConfigError, match="same file name 'student.onnx'"):
         ship(run, load_target("host-cpu"), str(tmp_path / "bundle"))
 
 
 def test_an_artifact_name_that_is_a_path_is_refused(run, tmp_path):
-    _report_stage(run, lambda r: next(a for a in r["artifacts"] if a["name"] == "student-int8").update(name="../x"))
+    _recorded(run, lambda listed: _artifact_named(listed, "student-fp32").update(name="../x"))
     with pytest.raises(DataError, match="not a plain name"):
         ship(run, load_target("host-cpu"), str(tmp_path / "bundle"))
 

@@ -34,7 +34,7 @@ def copy(shipped, tmp_path):
 
 def test_a_good_bundle_verifies(shipped):
     result = verify_bundle(shipped)
-    # 2 models + 2 sidecars + golden inputs, labels and 2 outputs + data/val.npz
+    # 2 models + 2 sidecars + golden inputs, labels and 2 outputs + data/test.npz
     assert result.files_checked == 9 and result.unlisted_files == []
     assert [(m.file, m.precision) for m in result.models] == [("student.onnx", "fp32"), ("student.int8.onnx", "int8")]
     for m in result.models:
@@ -252,6 +252,7 @@ def digits_int8(tmp_path_factory):
     """A trained digits CNN (~94%), its static INT8 QDQ file, shipped as a bundle with 128 golden samples."""
     pytest.importorskip("torch")
     from edgekd.export import export_onnx
+    from edgekd.pipeline.records import Artifact
     from tests.bench.fakerun import _artifact, _quantize, fake_report, run_fake_stages
     from tests.quantize.conftest import digits32, train
 
@@ -261,13 +262,14 @@ def digits_int8(tmp_path_factory):
     (run / "data").mkdir(parents=True)
 
     def data(_):
-        np.savez(run / "data" / "val.npz", x=x[1400:], y=y[1400:], classes=np.array(list("0123456789")))
-        return {"outputs": ["data/val.npz"]}
+        np.savez(run / "data" / "test.npz", x=x[1400:], y=y[1400:], classes=np.array(list("0123456789")))
+        return {"outputs": ["data/test.npz"]}
 
     def export(_):
         export_onnx(model, run / "student.onnx", input_shape=(1, 1, 32, 32), opset=17)
         _quantize(run / "student.onnx", run / "student.int8.onnx", x[:64])
-        return {"outputs": ["student.onnx", "student.int8.onnx"]}
+        int8 = Artifact("student-int8", "student", "onnxruntime", "int8", "student.int8.onnx", ("host-cpu",))
+        return {"outputs": ["student.onnx", "student.int8.onnx"], "artifacts": [int8.to_dict()]}
 
     def report(_):
         rep = fake_report()
