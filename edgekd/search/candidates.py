@@ -174,6 +174,9 @@ def prepare_candidates(
     checks); INT8 is `edgekd.quantize.quantize_int8` with its defaults. A file is reused when its
     record (`<arch_name>.json`) shows the same architecture, opset, exporter and file hashes.
     """
+    if calib_x is None and any(c.precision == "int8" for c in candidates):
+        raise DataError("student.search measures INT8 candidates, which need calibration samples, and none were "
+                        "given.", "Pass the run's calibration split (data/calib.npz `x`).")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     settings = {"opset": opset, "exporter": exporter, "dynamic_batch": dynamic_batch}
@@ -239,13 +242,11 @@ def file_metadata(info: Architecture) -> dict:
     return {"arch_name": info.arch_name, "arch_id": info.arch_id, "input_size": info.input_size}
 
 
-def _quantize(fp32: Path, out: Path, calib_x: np.ndarray | None, info: Architecture) -> None:
+def _quantize(fp32: Path, out: Path, calib_x: np.ndarray, info: Architecture) -> None:
     from edgekd.quantize import quantize_int8
 
-    if calib_x is None:
-        raise DataError(f"student.search candidate {info.arch_name} is measured in INT8, which needs calibration "
-                        "samples, and none were given.", "Pass the run's calibration split (data/calib.npz `x`).")
-    quantize_int8(fp32, out, resize_samples(calib_x[:CALIB_SAMPLES], info.channels, info.input_size))
+    samples = resize_samples(calib_x[:CALIB_SAMPLES], info.channels, info.input_size)
+    quantize_int8(fp32, out, samples, batch_size=min(16, len(samples)))  # its batches are whole: none dropped
 
 
 def resize_samples(x: np.ndarray, channels: int, size: int) -> np.ndarray:
