@@ -221,7 +221,7 @@ def _reusable(record_path: Path, expected_id: str, settings: dict, paths: dict[s
         return None
     files = record.get("files", {})
     if (record.get("format") != RECORD_FORMAT or record.get("settings") != settings
-            or record["architecture"]["arch_id"] != expected_id):
+            or (record.get("architecture") or {}).get("arch_id") != expected_id):
         return None
     for precision, path in paths.items():
         if precision not in files or not path.is_file() or sha256_file(path) != files[precision]["sha256"]:

@@ -5,9 +5,10 @@
 
 Each file runs in its own worker process (`edgekd.bench.measure`, as `edgekd
 bench` does), `group` files at a time with rounds interleaved across them, batch 1
-only. The table is rewritten atomically after every group, and a re-run with the
-same `-o` keeps what an earlier, interrupted run measured with the same runtime,
-machine and settings (an entry is matched by the file's SHA-256).
+only. The table is rewritten atomically after every group. A table grows: a run
+with an existing `-o` measured with the same runtime, machine and settings keeps
+its entries and measures only files it does not hold (matched by SHA-256), so an
+interrupted run continues and a new bundle adds to an old table.
 
 A table says what it was measured with (runtime name and version, arch, CPU,
 threads, input sizes); `edgekd.search.backends.table` refuses one that does not
@@ -194,32 +195,34 @@ def profile(
     """Measure `items` into the latency table at `out`, continuing an earlier table made alike."""
     settings = replace(settings, batch_sizes=(1,))
     header = table_header(threads, settings, target)
-    kept = _earlier_entries(Path(out), header)
-    todo = [i for i in items if i.sha256 not in kept]
-    entries = [kept[i.sha256] for i in items if i.sha256 in kept]
-    if kept and len(todo) < len(items):
+    earlier = _earlier_entries(Path(out), header)
+    done = {e["sha256"] for e in earlier}
+    todo = [i for i in items if i.sha256 not in done]
+    renamed = {i.name for i in todo}  # a file measured again under a name replaces that name's old entry
+    entries = [e for e in earlier if e["name"] not in renamed]
+    if len(todo) < len(items):
         log(f"{len(items) - len(todo)} of {len(items)} files already in {out}; measuring {len(todo)}")
 
-    def save(done: list[dict]) -> None:
-        entries.extend(done)
+    def save(measured: list[dict]) -> None:
+        entries.extend(measured)
         _write_table(Path(out), header, entries)
-        log(f"measured {len(entries)}/{len(items)}: " + ", ".join(f"{e['name']} {e['latency_ms']['p50']:.3f} ms"
-                                                              for e in done))
+        log(f"measured {len(measured)} more: " + ", ".join(f"{e['name']} {e['latency_ms']['p50']:.3f} ms"
+                                                        for e in measured))
 
     _write_table(Path(out), header, entries)
     measure_items(todo, threads, settings, group, target, on_entries=save)
     return json.loads(Path(out).read_text())
 
 
-def _earlier_entries(out: Path, header: dict) -> dict[str, dict]:
-    """Entries of an existing table at `out` measured under the same conditions, by file hash."""
+def _earlier_entries(out: Path, header: dict) -> list[dict]:
+    """Entries of an existing table at `out` measured under the same conditions (none otherwise)."""
     try:
         earlier = json.loads(out.read_text())
     except (OSError, json.JSONDecodeError):
-        return {}
+        return []
     if not isinstance(earlier, dict) or any(earlier.get(k) != header[k] for k in _SAME_CONDITIONS):
-        return {}
-    return {e["sha256"]: e for e in earlier.get("entries", [])}
+        return []
+    return list(earlier.get("entries", []))
 
 
 def _write_table(out: Path, header: dict, entries: list[dict]) -> None:

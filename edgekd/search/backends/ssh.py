@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from edgekd.artifacts import sha256_file
 from edgekd.errors import ConfigError, RuntimeBackendError
 from edgekd.search.cache import RuntimeInfo
 from edgekd.search.candidates import PreparedCandidate
@@ -92,12 +93,13 @@ class SshBackend:
                  f"--warmup {s.warmup_s} --iterations {s.min_iterations} --seconds {s.min_seconds} "
                  f"--rounds {s.rounds} --group {self.options.group}", f"timing {len(todo)} candidates")
         pulled = self.ssh(f"cat {q(table)}", "reading the latency table").stdout
-        by_name = {e["name"]: e for e in json.loads(pulled)["entries"]}
+        by_file = {(e["name"], e["sha256"]): e for e in json.loads(pulled)["entries"]}
         for p in todo:
-            if p.name not in by_name:
+            entry = by_file.get((p.name, sha256_file(p.path)))
+            if entry is None:
                 raise RuntimeBackendError(f"The latency table on {self.host} has no entry for {p.name}.",
                                           f"Inspect {self.host}:{table}; re-run the search to continue.")
-            save(p, measurement_of(by_name[p.name], self.plan.where))
+            save(p, measurement_of(entry, self.plan.where))
 
 
 def _tail(text: str, limit: int = 1500) -> str:

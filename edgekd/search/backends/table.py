@@ -83,7 +83,7 @@ class TableBackend:
 
     def _entry_for(self, p: PreparedCandidate) -> dict | None:
         c = p.candidate
-        for e in self.table["entries"]:
+        for e in reversed(self.table["entries"]):  # the latest entry for a candidate wins
             same_arch = e.get("arch_id") == p.architecture.arch_id if e.get("arch_id") else e["name"] == p.name
             if same_arch and e["precision"] == c.precision and e["input_size"] == c.input_size:
                 return e
