@@ -27,13 +27,14 @@ def board(host: str, command: str = DEVICE_EDGEKD):
                                                       "edgekd_command": command})
 
 
-def options(opts, device: Path) -> MeasureOptions:
-    return MeasureOptions(settings=QUICK, ssh_options=tuple(opts), remote_dir=str(device / "{target}"))
+def options(opts, device: Path, log=lambda _: None) -> MeasureOptions:
+    return MeasureOptions(settings=QUICK, ssh_options=tuple(opts), remote_dir=str(device / "{target}"), log=log)
 
 
 def test_candidates_are_measured_on_the_device_and_cached(sshd, prepared, tmp_path):
     host, opts, device = sshd
-    backends = open_backends(plan_targets(GRID, [board(host)], 32), options(opts, device))
+    said = []
+    backends = open_backends(plan_targets(GRID, [board(host)], 32), options(opts, device, said.append))
     runtime = backends["board"].runtime
     assert (runtime.name, runtime.version) == ("onnxruntime", onnxruntime.__version__)
     first = measure_candidates(prepared[:2], backends, tmp_path)
@@ -41,6 +42,7 @@ def test_candidates_are_measured_on_the_device_and_cached(sshd, prepared, tmp_pa
     assert [r.candidate.name for r in first.rows] == [p.name for p in prepared[:2]]
     assert all(r.p50_ms > 0 and r.where == f"{host} over ssh" for r in first.rows)
     assert (device / "board" / "bundle" / "manifest.json").is_file() and (device / "board" / "table.json").is_file()
+    assert any(line.startswith(f"{host}: measured 2 more: ") for line in said)  # the device's progress, streamed
     # A re-run measures nothing; a new candidate alone is shipped and timed.
     again = measure_candidates(prepared[:3], backends, tmp_path)
     assert (again.measured, again.reused) == (1, 2)

@@ -53,10 +53,11 @@ class SshBackend:
             raise RuntimeBackendError(f"`{self.command} profile --probe` on {self.host} printed {reply.strip()!r}, "
                                       "not a JSON probe.", "Update edgekd on the device to this version.") from None
 
-    def ssh(self, remote_command: str, doing: str) -> subprocess.CompletedProcess:
+    def ssh(self, remote_command: str, doing: str, stream: bool = False) -> subprocess.CompletedProcess:
+        """Run `remote_command` on the device; `stream`: pass its stderr lines (progress) to the log as they come."""
         cmd = ["ssh", *self.ssh_options, self.host, remote_command]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+            proc = _run(cmd, self.options.log if stream else None)
         except FileNotFoundError:
             raise ConfigError("`ssh` is not installed here.", "Install openssh-client (and rsync).") from None
         if proc.returncode == 0:
@@ -91,7 +92,7 @@ class SshBackend:
         s = self.options.settings
         self.ssh(f"{self.command} profile {q(bundle)} -o {q(table)} --threads {self.plan.target.threads} "
                  f"--warmup {s.warmup_s} --iterations {s.min_iterations} --seconds {s.min_seconds} "
-                 f"--rounds {s.rounds} --group {self.options.group}", f"timing {len(todo)} candidates")
+                 f"--rounds {s.rounds} --group {self.options.group}", f"timing {len(todo)} candidates", stream=True)
         pulled = self.ssh(f"cat {q(table)}", "reading the latency table").stdout
         by_file = {(e["name"], e["sha256"]): e for e in json.loads(pulled)["entries"]}
         for p in todo:
@@ -100,6 +101,19 @@ class SshBackend:
                 raise RuntimeBackendError(f"The latency table on {self.host} has no entry for {p.name}.",
                                           f"Inspect {self.host}:{table}; re-run the search to continue.")
             save(p, measurement_of(entry, self.plan.where))
+
+
+def _run(cmd: list[str], log: Callable[[str], None] | None) -> subprocess.CompletedProcess:
+    if log is None:
+        return subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                          text=True) as proc:
+        lines = []
+        for line in proc.stderr:  # the device's progress; its stdout is one summary line
+            lines.append(line)
+            log(f"{cmd[-2]}: {line.rstrip()}")
+        stdout = proc.stdout.read()
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, "".join(lines))
 
 
 def _tail(text: str, limit: int = 1500) -> str:
