@@ -109,11 +109,12 @@ def _register_subsystem_commands() -> None:
     """Device-side commands live with their subsystem; their modules import no torch."""
     from edgekd.bench.cli import bench_command
     from edgekd.report.merge import merge_command
+    from edgekd.search.profile import profile_command
     from edgekd.ship.cli import ship_command, verify_command
     from edgekd.trt.cli import register as register_trt
 
     register_trt(main)
-    for command in (bench_command, ship_command, verify_command):
+    for command in (bench_command, profile_command, ship_command, verify_command):
         main.add_command(command)
     report_group.add_command(merge_command)
 

@@ -58,6 +58,16 @@ class TargetProfile(Strict):
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
     budgets: Budgets = Budgets()
     tensorrt: TensorRTInfo | None = None
+    # Where the device is, for measuring on it (`student.search`); all optional.
+    host: str | None = Field(
+        None, pattern=r"^([^@/:\s]+@)?[^@/:\s]+$",
+        description="user@name of the device over ssh (keys or ssh-agent, no password prompt)")
+    edgekd_command: str = Field(
+        "python3 -m edgekd", min_length=1,
+        description="how edgekd starts on the device over ssh, e.g. ~/venv/bin/edgekd")
+    runtime_version: str | None = Field(
+        None, pattern=r"^\d+(\.\d+)*$",
+        description="the runtime version on the device, e.g. '1.18'; a latency table from another version is refused")
 
     @model_validator(mode="after")
     def _runtime_fields_agree(self) -> "TargetProfile":
