@@ -74,7 +74,10 @@ def test_a_second_run_on_the_same_directory_stops_at_the_lock_naming_the_holder(
     finally:
         first.send_signal(signal.SIGINT)
         first.communicate(timeout=120)
-    assert first.returncode == 130
+    # 130 from edgekd's handler; CPython may instead end the process by SIGINT itself (-2) when the
+    # interrupt lands inside a module import (here: scipy, while the data stage loads). A shell
+    # reports both as 130, and both mean the same thing to the user.
+    assert first.returncode in (130, -signal.SIGINT)
     assert not _half_files(run_dir) and not (run_dir / rundir.SCRATCH).exists()
 
 
