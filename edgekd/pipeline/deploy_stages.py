@@ -85,36 +85,73 @@ EXPORT = Stage("export", "fold BatchNorm, export ONNX, simplify, check parity", 
 # ---------------------------------------------------------------- quantize
 
 
-def max_int8_drop(ctx: RunContext) -> float:
+def int8_bound(ctx: RunContext, targets: list) -> float:
+    """The INT8 gate's allowed accuracy drop vs the FP32 student for a file serving `targets`:
+    quantize.max_accuracy_drop, else the strictest of their budgets."""
     configured = ctx.config.quantize.max_accuracy_drop
-    return configured if configured is not None else ctx.primary_target.budgets.max_accuracy_drop
+    return configured if configured is not None else min(t.budgets.max_accuracy_drop for t in targets)
+
+
+def int8_file(scheme) -> str:
+    """student.int8.x86.onnx, student.int8.arm64.onnx, student.int8.trt.onnx: which target it is for."""
+    return f"student.int8.{scheme.key}.onnx"
+
+
+def ort_int8_plan(ctx: RunContext) -> list[tuple]:
+    """(scheme, targets) per INT8 file for the ONNX Runtime targets that take int8 (edgekd.quantize.schemes)."""
+    from edgekd.quantize.schemes import plan_schemes
+
+    return [(scheme, targets) for scheme, targets in plan_schemes(ctx.targets) if scheme.runtime == "onnxruntime"]
+
+
+def calib_source(ctx: RunContext):
+    """data/calib.npz's samples, memory-mapped: calibration reads one batch at a time."""
+    from edgekd.quantize.ort_int8 import npz_array
+
+    return npz_array(ctx.run_dir / "data" / "calib.npz", "x")
 
 
 def _quantize_params(ctx: RunContext) -> dict:
-    return {"quantize": config_dict(ctx.config.quantize), "max_drop": max_int8_drop(ctx),
-            "target": ctx.primary_target.model_dump(mode="json")}
+    # the schemes carry what the host decides (7-bit weights on x86 CPUs without VNNI)
+    return {"quantize": config_dict(ctx.config.quantize),
+            "files": [{"file": int8_file(scheme), "scheme": scheme.as_dict(), "bound": int8_bound(ctx, targets),
+                       "targets": [t.model_dump(mode="json") for t in targets]} for scheme, targets in ort_int8_plan(ctx)]}
 
 
 def run_quantize(ctx: RunContext) -> dict:
     if not ctx.config.quantize.enabled:
         return {"outputs": [], "summary": "disabled in config"}
-    from edgekd.quantize.gate import quantize_with_gate
+    plan = ort_int8_plan(ctx)
+    if not plan:
+        return {"outputs": [], "files": [], "summary": "no ONNX Runtime target takes int8"}
     from edgekd.runtime.ort import accuracy, make_session, predict
 
-    q = ctx.config.quantize
     val_x, val_y = ctx.val_arrays()
     fp32 = ctx.run_dir / "student.onnx"
     reference = accuracy(predict(make_session(fp32, ctx.primary_target), val_x), val_y)
-    gate = quantize_with_gate(fp32, ctx.run_dir / "student.int8.onnx", ctx.calib_array(), val_x, val_y,
-                              reference_accuracy=reference, max_accuracy_drop=max_int8_drop(ctx), method=q.method,
-                              per_channel=q.per_channel, fallbacks=q.fallbacks, target=ctx.primary_target)
-    chosen = gate.chosen
-    record_sessions(ctx, ctx.run_dir / "student.int8.onnx")
-    return {"outputs": ["student.int8.onnx", "student.int8.onnx.json"], "reference_accuracy": reference,
-            "max_accuracy_drop": max_int8_drop(ctx), "attempts": [vars(a) if hasattr(a, "__dict__") else a for a in gate.attempts],
-            "summary": f"{chosen.method}, per-channel {chosen.per_channel}: accuracy {chosen.accuracy:.4f} "
-                       f"(FP32 {reference:.4f}, {len(gate.attempts)} attempt(s))"}
+    files = [_quantize_for(ctx, scheme, targets, reference, val_x, val_y) for scheme, targets in plan]
+    outputs = [name for f in files for name in (f["file"], f["file"] + ".json")]
+    return {"outputs": outputs, "reference_accuracy": reference, "files": files,
+            "summary": "; ".join(f"{f['file']} {f['scheme']['types']} for {', '.join(f['targets'])}: accuracy "
+                                 f"{f['accuracy']:.4f} (FP32 {reference:.4f}), {f['speed'].get('verdict', 'not timed here')}"
+                                 for f in files)}
 
 
-QUANTIZE = Stage("quantize", "ONNX Runtime static INT8 (QDQ) with an accuracy gate", run_quantize, _quantize_params,
-                 lambda ctx: ["student.onnx", "data/calib.npz", "data/val.npz"])
+def _quantize_for(ctx: RunContext, scheme, targets: list, reference: float, val_x, val_y) -> dict:
+    """One INT8 file through the gate: accuracy within the targets' bound first, then the fastest."""
+    from dataclasses import asdict
+
+    from edgekd.quantize.gate import quantize_with_gate
+
+    q, name, bound = ctx.config.quantize, int8_file(scheme), int8_bound(ctx, targets)
+    gate = quantize_with_gate(ctx.run_dir / "student.onnx", ctx.run_dir / name, calib_source(ctx), val_x, val_y,
+                              reference_accuracy=reference, max_accuracy_drop=bound, method=q.method,
+                              per_channel=q.per_channel, fallbacks=q.fallbacks, target=targets[0], scheme=scheme)
+    record_sessions(ctx, ctx.run_dir / name)
+    return {"file": name, "targets": [t.name for t in targets], "scheme": gate.scheme, "max_accuracy_drop": bound,
+            "accuracy": gate.chosen.accuracy, "attempts": [asdict(a) for a in gate.attempts],
+            "chosen": gate.attempts.index(gate.chosen), "speed": gate.speed}
+
+
+QUANTIZE = Stage("quantize", "ONNX Runtime static INT8 per target scheme, accuracy gate then fastest", run_quantize,
+                 _quantize_params, lambda ctx: ["student.onnx", "data/calib.npz", "data/val.npz"])

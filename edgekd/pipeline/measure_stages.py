@@ -9,18 +9,24 @@ from edgekd.config import config_dict
 from edgekd.pipeline.context import RunContext
 from edgekd.pipeline.engine import Stage, read_record
 
-# (name, model, runtime, precision, file) of every artifact a compress run can make.
+# (name, model, runtime, precision, file) of every artifact a compress run can make; the
+# post-training INT8 files (one per target scheme) come from the quantize stage's record.
 ARTIFACTS = (
     ("teacher-pytorch", "teacher", "pytorch", "fp32", "teacher.pt"),
     ("teacher-fp32", "teacher", "onnxruntime", "fp32", "teacher.onnx"),
     ("student-fp32", "student", "onnxruntime", "fp32", "student.onnx"),
-    ("student-int8", "student", "onnxruntime", "int8", "student.int8.onnx"),
     ("student-qat-int8", "student", "onnxruntime", "int8", "student.qat.onnx"),  # student.quantization: qat
 )
 
 
+def int8_files(run_dir: Path) -> list[dict]:
+    """The quantize stage's INT8 files: {file, targets, scheme, speed, ...} each."""
+    return ((read_record(run_dir, "quantize") or {}).get("result") or {}).get("files") or []
+
+
 def present_artifacts(run_dir: Path) -> list[tuple[str, str, str, str, str]]:
-    return [a for a in ARTIFACTS if (run_dir / a[4]).is_file()]
+    int8 = [(f"student-int8-{f['scheme']['key']}", "student", "onnxruntime", "int8", f["file"]) for f in int8_files(run_dir)]
+    return [a for a in [*ARTIFACTS[:3], *int8, *ARTIFACTS[3:]] if (run_dir / a[4]).is_file()]
 
 
 # ---------------------------------------------------------------- bench
@@ -60,7 +66,9 @@ def run_bench(ctx: RunContext) -> dict:
 def _row(ctx: RunContext, spec, measurement) -> dict:
     name, model, runtime, precision, file = spec
     path = ctx.run_dir / file
+    served = {f["file"]: f["targets"] for f in int8_files(ctx.run_dir)}  # an INT8 file is made for its targets
     return {"name": name, "model": model, "runtime": runtime, "precision": precision, "path": file,
+            **({"targets": served[file]} if file in served else {}),
             "size_mb": path.stat().st_size / 2**20, **_model_cost(ctx, model), **measurement.report_fields()}
 
 
@@ -94,7 +102,7 @@ def run_report(ctx: RunContext) -> dict:
                                         "export": results["export"].get("models"),
                                         "quantization": _public(results["quantize"]),
                                         **({"qat": _public(results["qat"])} if results["qat"].get("export") else {})})
-    report["recommended"] = recommend(report["artifacts"])
+    report["recommended"] = recommend(report["artifacts"], ctx.primary_target.name)
     if results["tensorrt"].get("builds"):
         report["tensorrt"] = {"builds": results["tensorrt"]["builds"], "variants": results["tensorrt"]["variants"]}
     report["notes"] = notes(report, results)
@@ -110,9 +118,10 @@ def _public(result: dict) -> dict:
     return {k: v for k, v in result.items() if k not in ("summary",)}
 
 
-def recommend(rows: list[dict]) -> dict | None:
-    """The fastest student artifact that passes every budget check — measured, never assumed."""
-    passing = [r for r in rows if r["model"] == "student" and r["budget"]["pass"]]
+def recommend(rows: list[dict], target: str | None = None) -> dict | None:
+    """The fastest student artifact for `target` that passes every budget check — measured, never assumed."""
+    passing = [r for r in rows if r["model"] == "student" and r["budget"]["pass"]
+               and (target is None or target in r.get("targets", [target]))]
     if not passing:
         return None
     best = min(passing, key=lambda r: r["latency_ms"]["p50"])
@@ -144,16 +153,15 @@ def notes(report: dict, results: dict) -> list[str]:
         if exp.get("simplify_note") and not exp.get("simplified"):
             out.append(f"{name} ONNX kept unsimplified: {exp['simplify_note']}")
     rows = {r["name"]: r for r in report["artifacts"]}
-    if "student-int8" in rows and "student-fp32" in rows:
-        fp32, int8 = rows["student-fp32"]["latency_ms"]["p50"], rows["student-int8"]["latency_ms"]["p50"]
-        if int8 < fp32:
-            out.append(f"The INT8 student is {fp32 / int8:.2f}× faster than the FP32 student at batch 1.")
-        else:
-            out.append(f"The INT8 student is {int8 / fp32:.2f}× SLOWER than the FP32 student at batch 1: at this "
-                       "model size the quantize/dequantize overhead outweighs the integer kernels, so the FP32 "
-                       "student is recommended if it fits the budgets.")
-    if "student-qat-int8" in rows and "student-int8" in rows:
-        qat, ptq = rows["student-qat-int8"]["accuracy"], rows["student-int8"]["accuracy"]
+    from edgekd.quantize.explain import int8_speed_note
+
+    for file in (results.get("quantize") or {}).get("files") or []:
+        row = next((r for r in report["artifacts"] if r["path"] == file["file"]), None)
+        if row is not None and "student-fp32" in rows:
+            out.append(int8_speed_note(file, row["latency_ms"]["p50"], rows["student-fp32"]["latency_ms"]["p50"]))
+    ptq_row = next((r for r in report["artifacts"] if r["name"].startswith("student-int8")), None)
+    if "student-qat-int8" in rows and ptq_row is not None:
+        qat, ptq = rows["student-qat-int8"]["accuracy"], ptq_row["accuracy"]
         out.append(f"Quantization-aware INT8 student: accuracy {qat:.4f} vs {ptq:.4f} for post-training INT8 "
                    f"({qat - ptq:+.4f}).")
     return out

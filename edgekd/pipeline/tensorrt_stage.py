@@ -30,9 +30,22 @@ def plans(ctx: RunContext) -> list[tuple]:
     return [(t, p, plan_for_target(t, p)) for t in tensorrt_targets(ctx) for p in t.precisions]
 
 
+def int8_targets(ctx: RunContext) -> list:
+    """The Jetson targets that build an INT8 engine: their budgets bound the INT8 file's accuracy drop."""
+    return [t for t in tensorrt_targets(ctx) if "int8" in t.precisions]
+
+
 def _params(ctx: RunContext) -> dict:
+    # everything that decides the PTQ file: the user's quantize settings, the Jetson profiles'
+    # bound and the TensorRT scheme (never a host CPU workaround, so no host facts)
+    from edgekd.pipeline.deploy_stages import int8_bound
+    from edgekd.quantize.schemes import choose_scheme
+
+    jetsons = int8_targets(ctx)
     return {"targets": [t.model_dump(mode="json") for t in tensorrt_targets(ctx)],
-            "quantize": config_dict(ctx.config.quantize), "student_quantization": ctx.config.student.quantization}
+            "quantize": config_dict(ctx.config.quantize), "student_quantization": ctx.config.student.quantization,
+            "int8": {"scheme": choose_scheme("tensorrt", "aarch64").as_dict(),
+                     "bound": int8_bound(ctx, jetsons)} if jetsons else None}
 
 
 def run_tensorrt(ctx: RunContext) -> dict:
@@ -105,21 +118,29 @@ def _check_trt_rules(path, remove: bool) -> None:
 
 
 def _ptq_variant(ctx: RunContext) -> dict:
-    """Post-training: symmetric int8, no int32 bias, dedicated QDQ pairs."""
-    from edgekd.pipeline.deploy_stages import max_int8_drop
+    """Post-training, TensorRT's scheme (symmetric S8, no int32 bias, dedicated QDQ pairs, 8-bit weights
+    whatever this workstation's CPU): the user's quantize settings (method, fallbacks, max_accuracy_drop),
+    else the Jetson profiles' accuracy bound."""
+    from dataclasses import asdict
+
+    from edgekd.pipeline.deploy_stages import calib_source, int8_bound
     from edgekd.quantize.gate import quantize_with_gate
+    from edgekd.quantize.schemes import choose_scheme
     from edgekd.runtime.ort import accuracy, make_session, predict
 
     q = ctx.config.quantize
     out = ctx.run_dir / VARIANT_FILES["qdq"]
     val_x, val_y = ctx.val_arrays()
     reference = accuracy(predict(make_session(ctx.run_dir / "student.onnx"), val_x), val_y)
-    gate = quantize_with_gate(ctx.run_dir / "student.onnx", out, ctx.calib_array(), val_x, val_y,
-                              reference_accuracy=reference, max_accuracy_drop=max_int8_drop(ctx), method=q.method,
-                              per_channel=True, trt_ready=True, target=None)
+    bound = int8_bound(ctx, int8_targets(ctx))
+    gate = quantize_with_gate(ctx.run_dir / "student.onnx", out, calib_source(ctx), val_x, val_y,
+                              reference_accuracy=reference, max_accuracy_drop=bound, method=q.method,
+                              per_channel=True, fallbacks=q.fallbacks, target=None,
+                              scheme=choose_scheme("tensorrt", "aarch64"))
     _check_trt_rules(out, remove=True)
     return {"file": out.name, "files": [out.name, out.name + ".json"], "source": "post-training quantization",
-            "accuracy_onnxruntime": gate.chosen.accuracy, "attempts": [vars(a) for a in gate.attempts]}
+            "accuracy_onnxruntime": gate.chosen.accuracy, "max_accuracy_drop": bound, "scheme": gate.scheme,
+            "attempts": [asdict(a) for a in gate.attempts]}
 
 
 def _build_row(target, precision: str, plan, variant: dict) -> dict:

@@ -105,14 +105,8 @@ def _sections(report: dict) -> list[str]:
         out.append(f"- {note}")
     if out:
         out = ["## Notes", "", *out, ""]
-    q = report.get("quantization")
-    if q and q.get("attempts"):
-        out += ["## INT8 calibration attempts", "", "| # | method | per-channel | float layers | accuracy | p50 ms | gate |",
-                "|---:|---|---|---:|---:|---:|---|"]
-        for i, att in enumerate(q["attempts"], 1):
-            out.append(f"| {i} | {att['method']} | {att['per_channel']} | {len(att.get('excluded_nodes', []))} | "
-                       f"{att['accuracy']:.4f} | {_num(att.get('latency_ms_p50'), 3)} | {'pass' if att['passed'] else 'fail'} |")
-        out.append("")
+    for file in (report.get("quantization") or {}).get("files") or []:
+        out += _int8_section(file)
     out += _tensorrt_section(report.get("tensorrt"))
     out += ["## How to read this", "",
             "- Latency: batch 1, after a timed warm-up, each artifact in its own fresh process, rounds interleaved "
@@ -123,6 +117,23 @@ def _sections(report: dict) -> list[str]:
             "- INT8 is not assumed faster: every precision is measured; the `recommended` artifact is the fastest one that passes.",
             ""]
     return out
+
+
+def _int8_section(file: dict) -> list[str]:
+    """One INT8 file: its types and why, then every gate attempt and why it lost (accuracy first, then speed)."""
+    s = file["scheme"]
+    out = [f"## INT8 file `{file['file']}` for {', '.join(file['targets'])}", "",
+           f"Types {s['types']} ({s['activations']} activations, {s['weights']} weights"
+           + (", 7-bit" if s.get("reduce_range") else "") + f"): {s['reason']}. Accuracy bound: drop ≤ "
+           f"{file['max_accuracy_drop']:g} vs the FP32 student. "
+           + (file["speed"].get("verdict") or file["speed"].get("why", "")) + ".", "",
+           "| # | step | method | per-channel | form | float nodes | accuracy | p50 ms | outcome |",
+           "|---:|---|---|---|---|---:|---:|---:|---|"]
+    for i, att in enumerate(file["attempts"], 1):
+        out.append(f"| {i} | {att.get('purpose', '')} | {att['method']} | {att['per_channel']} | "
+                   f"{att.get('quant_format', 'qdq').upper()} | {len(att.get('excluded_nodes', []))} | "
+                   f"{att['accuracy']:.4f} | {_num(att.get('latency_ms_p50'), 3)} | {att.get('outcome') or '—'} |")
+    return out + [""]
 
 
 def _tensorrt_section(trt: dict | None) -> list[str]:

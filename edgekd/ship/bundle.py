@@ -91,6 +91,8 @@ def _by_name(by_name: dict, name: str) -> dict:
 def _default_pick(a: dict, target: "TargetProfile") -> bool:
     if a.get("model") != "student" or not str(a.get("path", "")).endswith(".onnx"):
         return False
+    if "targets" in a and target.name not in a["targets"]:  # an INT8 file typed for other targets' CPUs
+        return False
     if target.runtime == "onnxruntime":
         return a.get("runtime") == "onnxruntime" and a.get("precision") in target.precisions
     return a.get("runtime") == "tensorrt"

@@ -44,8 +44,8 @@ def run(tmp_path_factory):
 
 def test_run_directory_holds_every_artifact(run):
     _, run_dir = run
-    for name in ("teacher.pt", "student.pt", "teacher.onnx", "student.onnx", "student.int8.onnx",
-                 "student.onnx.json", "student.int8.onnx.json", "report.json", "report.md", "report.html",
+    for name in ("teacher.pt", "student.pt", "teacher.onnx", "student.onnx", "student.int8.x86.onnx",
+                 "student.onnx.json", "student.int8.x86.onnx.json", "report.json", "report.md", "report.html",
                  "data/val.npz", "data/calib.npz", "student.int8.trt.onnx"):
         assert (run_dir / name).is_file(), name
     assert not (run_dir / "staging").exists()
@@ -56,7 +56,7 @@ def test_report_json_keeps_its_contract(run):
     for key in ("artifacts", "target", "dataset", "edgekd_version", "created"):
         assert key in report
     names = [a["name"] for a in report["artifacts"]]
-    assert names == ["teacher-pytorch", "teacher-fp32", "student-fp32", "student-int8"]
+    assert names == ["teacher-pytorch", "teacher-fp32", "student-fp32", "student-int8-x86"]
     for a in report["artifacts"]:
         assert {"name", "model", "runtime", "precision", "path", "accuracy", "peak_rss_mb", "size_mb"} <= set(a)
         assert set(a["latency_ms"]) >= {"p50", "p90", "p99"} and a["latency_ms"]["p50"] > 0
@@ -73,7 +73,7 @@ def test_onnx_carries_preprocessing_and_the_jetson_opset(run):
 
 
 def test_sidecars_carry_the_targets_session_options(run):
-    for name in ("student.onnx.json", "student.int8.onnx.json"):
+    for name in ("student.onnx.json", "student.int8.x86.onnx.json"):
         side = json.loads((run[1] / name).read_text())
         assert side["onnxruntime_sessions"]["host-cpu"]["intra_op_num_threads"] == 2
         assert side["onnxruntime_sessions"]["host-cpu"]["graph_optimization_level"] == "all"

@@ -47,7 +47,7 @@ def run(tmp_path_factory):
 def test_report_has_a_measured_qat_row(run):
     report = json.loads((run[1] / "report.json").read_text())
     rows = {a["name"]: a for a in report["artifacts"]}
-    assert list(rows) == ["teacher-pytorch", "teacher-fp32", "student-fp32", "student-int8", "student-qat-int8"]
+    assert list(rows) == ["teacher-pytorch", "teacher-fp32", "student-fp32", "student-int8-x86", "student-qat-int8"]
     row = rows["student-qat-int8"]
     assert (row["runtime"], row["precision"], row["path"]) == ("onnxruntime", "int8", "student.qat.onnx")
     assert row["latency_ms"]["p50"] > 0 and row["accuracy"] > 0.8  # 10 classes: chance is 0.1

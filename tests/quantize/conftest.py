@@ -113,3 +113,36 @@ def digits(tmp_path_factory) -> Digits:
 @pytest.fixture(scope="session")
 def outlier_model(digits) -> nn.Module:
     return with_outlier(digits.model)
+
+
+class HardSwishNet(nn.Module):
+    """Two plain Conv+Relu layers (INT8 pays for them on x86), then MobileNetV3's costly patterns
+    at digits size: a depthwise Conv+HardSwish, squeeze-excite (tiny 1x1 convs, HardSigmoid,
+    Mul) and a residual Add. Untrained: only speed is looked at."""
+
+    def __init__(self, width: int = 64):
+        super().__init__()
+        self.conv_a, self.conv_b = nn.Conv2d(1, width // 2, 3, padding=1), nn.Conv2d(width // 2, width, 3, padding=1)
+        self.dw = nn.Conv2d(width, width, 3, padding=1, groups=width)
+        self.se_reduce, self.se_expand = nn.Conv2d(width, 4, 1), nn.Conv2d(4, width, 1)
+        self.pw = nn.Conv2d(width, width, 1)
+        self.fc = nn.Linear(width, 10)
+
+    def forward(self, x):
+        x = F.relu(self.conv_b(F.relu(self.conv_a(x))))
+        y = F.hardswish(self.dw(x))
+        gate = F.hardsigmoid(self.se_expand(F.relu(self.se_reduce(y.mean((2, 3), keepdim=True)))))
+        x = x + self.pw(y * gate)
+        return self.fc(x.mean((2, 3)))  # (N, 10)
+
+
+@pytest.fixture(scope="session")
+def hardswish_onnx(tmp_path_factory) -> Path:
+    from edgekd.export import export_onnx
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = HardSwishNet().eval()
+    path = tmp_path_factory.mktemp("hardswish") / "hardswish.onnx"
+    export_onnx(model, path, input_shape=(1, 1, 32, 32), opset=18, dynamic_batch=True)
+    return path
