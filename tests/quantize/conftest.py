@@ -6,6 +6,7 @@ accuracy drop means something.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,3 +147,30 @@ def hardswish_onnx(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("hardswish") / "hardswish.onnx"
     export_onnx(model, path, input_shape=(1, 1, 32, 32), opset=18, dynamic_batch=True)
     return path
+
+
+def assert_tensorrt_form(path) -> None:
+    """TensorRT explicit quantization, checked on the ONNX itself (and by trt_rules)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgekd.onnxtools.trt_rules import check_qdq_for_tensorrt
+
+    assert check_qdq_for_tensorrt(path) == []
+    graph = onnx.load(str(path)).graph
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    readers = Counter([*(name for node in graph.node for name in node.input), *(o.name for o in graph.output)])
+    for node in graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        assert len(node.input) > 2 and inits[node.input[2]].dtype == np.int8, node.name  # signed int8
+        assert not inits[node.input[2]].any(), node.name  # zero point 0
+        assert readers[node.output[0]] == 1, node.name  # no Q/DQ pair shared between consumers
+        if node.op_type == "DequantizeLinear" and node.input[0] in inits:
+            weight = inits[node.input[0]]
+            assert weight.dtype != np.int32, node.name  # bias stays float
+            if weight.ndim == 4:
+                axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+                assert axis == 0 and inits[node.input[1]].size == weight.shape[0], node.name  # per out-channel
+        elif node.op_type == "QuantizeLinear":
+            assert inits[node.input[1]].size == 1, node.name  # per-tensor activations

@@ -16,6 +16,7 @@ from edgekd.quantize.profile import UnitCost, costly_units
 from edgekd.quantize.schemes import choose_scheme
 from edgekd.runtime.ort import accuracy, make_session, predict
 from edgekd.targets import load_target
+from tests.quantize.conftest import assert_tensorrt_form
 
 
 def test_search_order_tries_methods_then_granularity():
@@ -111,6 +112,8 @@ def test_outlier_passes_only_after_keeping_sensitive_nodes_float(digits, outlier
     assert set(first["nodes"]) <= set(result.chosen.excluded_nodes)
     assert len(result.chosen.excluded_nodes) <= 5
     assert out.is_file() and json.loads(sidecar_path(out).read_text())["gate"]["sensitivity"]
+    if trt_ready:  # float nodes for accuracy leave the TensorRT form intact
+        assert_tensorrt_form(out)
 
 
 def test_pinned_setting_without_fallbacks_is_tried_once(digits, tmp_path):
