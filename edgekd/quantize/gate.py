@@ -24,7 +24,8 @@ files on an x86 host; edgekd.quantize.schemes.timed_here), from the passing sett
    region, no float islands between quantized nodes).
 
 Every passing attempt is then timed at batch 1, interleaved with the FP32 model, and the
-fastest is kept; each attempt records why it lost (accuracy, or how much slower). Where
+fastest is kept (attempts within TIE_MARGIN of it count as as fast: the one with fewest float
+nodes wins); each attempt records why it lost (accuracy, or how much slower). Where
 timing here means nothing (TensorRT, ARM files on x86) the first passing attempt is kept.
 The types (U8S8 / S8S8 / symmetric S8) come from the scheme; 7-bit weights only in x86
 files made for CPUs without VNNI.
@@ -80,6 +81,9 @@ MIN_EXCLUDED_LIMIT = 4  # ...but a 10-node student may need a conv, its activati
 RACE_ROUNDS = 5  # interleaved rounds of the final timing
 RACE_MIN_CALLS = 10  # per candidate and round; and at least RACE_MIN_SECONDS
 RACE_MIN_SECONDS = 0.1
+# Attempts within this fraction of the fastest count as equally fast (in-process timing on a shared
+# machine moves by a few percent): the one with fewest float nodes, then QDQ, then the earliest is kept.
+TIE_MARGIN = 0.03
 SHOWN_UNITS = 8  # costliest units recorded for the report
 
 
@@ -314,12 +318,15 @@ class _Search:
             fp32_ms = latencies[0]
             for i, ms in zip(passing, latencies[1:]):
                 self.attempts[i].latency_ms_p50 = ms
-            chosen = min(passing, key=lambda i: self.attempts[i].latency_ms_p50)
+            chosen = pick_fastest([self.attempts[i] for i in passing])
+            chosen = passing[chosen]
             best = self.attempts[chosen].latency_ms_p50
             for i in passing:
                 if i != chosen:
                     ms = self.attempts[i].latency_ms_p50
-                    self.attempts[i].outcome = f"slower: {ms:.3f} ms vs {best:.3f} ms ({ms / best:.2f}x)"
+                    self.attempts[i].outcome = (f"slower: {ms:.3f} ms vs {best:.3f} ms ({ms / best:.2f}x)" if ms > best else
+                                                f"as fast within {TIE_MARGIN:.0%} ({ms:.3f} vs {best:.3f} ms): the "
+                                                "chosen one has fewer float nodes or comes first")
             self.speed.update(self.speed_record(fp32_ms, best))
         self.attempts[chosen].outcome = "chosen"
         return chosen
@@ -363,6 +370,14 @@ class _Search:
             if nodes != previous:
                 previous = nodes
                 yield from (replace(settings, method=m, exclude_nodes=nodes) for m in methods)
+
+
+def pick_fastest(attempts: Sequence[Attempt]) -> int:
+    """Index of the attempt to keep among timed passing ones: the fastest, where "as fast" means
+    within TIE_MARGIN of it; among those, fewest float nodes, then QDQ (any runtime reads it), then first."""
+    fastest = min(a.latency_ms_p50 for a in attempts)
+    tied = [i for i, a in enumerate(attempts) if a.latency_ms_p50 <= fastest * (1 + TIE_MARGIN)]
+    return min(tied, key=lambda i: (len(attempts[i].excluded_nodes), attempts[i].quant_format != "qdq", i))
 
 
 def _runs_int8(cost) -> bool:

@@ -53,6 +53,7 @@ METHODS = {
 TRT_OPTIONS = TRT_QUANTIZE_OPTIONS
 
 FORMATS = ("qdq", "qoperator")
+CHECK_CHUNK = 256  # samples checked for NaN/inf at a time
 SATURATION_NOTE = ("weights quantized to 7 bits (reduce_range): this x86 CPU has no VNNI, and ONNX Runtime's "
                    "u8 x s8 kernels saturate with 8-bit weights here")
 
@@ -217,19 +218,18 @@ def validate_settings(settings: QuantSettings) -> None:
 
 
 def check_samples(x, what: str, finite: bool = True):
-    """(N, C, H, W) samples, non-empty. `finite=False` leaves the NaN/inf check to BatchReader,
-    which reads one batch at a time (calibration sources may be larger than memory)."""
-    shape = getattr(x, "shape", None)
-    if shape is None:
-        x = np.asarray(x)
-        shape = x.shape
-    if len(shape) != 4 or shape[0] == 0:
-        raise DataError(f"{what} has shape {tuple(shape)}.", f"Pass {what} as a non-empty (N, C, H, W) float32 array.")
-    if not finite:
-        return x
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if not np.isfinite(x).all():
-        raise DataError(f"{what} contains NaN or inf.", "Check the data pipeline's normalisation.")
+    """(N, C, H, W) samples, non-empty, returned as given (an np.memmap stays one).
+
+    `finite` checks for NaN/inf a chunk at a time; calibration leaves it to BatchReader,
+    which reads one batch at a time anyway.
+    """
+    if not hasattr(x, "shape"):
+        x = np.asarray(x, dtype=np.float32)
+    if len(x.shape) != 4 or x.shape[0] == 0:
+        raise DataError(f"{what} has shape {tuple(x.shape)}.", f"Pass {what} as a non-empty (N, C, H, W) float32 array.")
+    for start in range(0, len(x) if finite else 0, CHECK_CHUNK):
+        if not np.isfinite(x[start : start + CHECK_CHUNK]).all():
+            raise DataError(f"{what} contains NaN or inf.", "Check the data pipeline's normalisation.")
     return x
 
 

@@ -4,8 +4,8 @@ A bundle is a directory:
 
     manifest.json            what is in it, with the SHA-256 of every other file
     SHA256SUMS               the same hashes, `sha256sum -c` format (manifest.json included)
-    student.int8.onnx        the model files for the target's runtime ...
-    student.int8.onnx.json   ... each with its sidecar, when the run has one
+    student.int8.arm64.onnx  the model files for the target (INT8 files typed for its CPU) ...
+    student.int8.arm64.onnx.json   ... each with its sidecar, when the run has one
     golden/inputs.npy        first N validation samples, preprocessed, float32 (N, C, H, W)
     golden/labels.npy        their labels
     golden/<name>.npy        each model's outputs on them through ONNX Runtime here
