@@ -311,7 +311,7 @@ class _Search:
             for i in passing[1:]:
                 self.attempts[i].outcome = "a passing attempt came first (speed not measurable here)"
             self.speed["timed"] = False
-            self.speed["why"] = ("not timed: this machine does not run the file as its targets do; the first "
+            self.speed["why"] = ("Not timed: this machine does not run the file as its targets do; the first "
                                  "attempt within the accuracy bound is kept")
         else:
             latencies = race_latency([self.fp32_onnx] + [self.files[i][0] for i in passing], self.val_x[:1], self.target)
@@ -338,7 +338,7 @@ class _Search:
         if speedup >= 1:
             record["verdict"] = f"INT8 is {speedup:.2f}x faster than FP32 at batch 1"
         else:
-            record["verdict"] = (f"no INT8 variant tried beat FP32: the fastest is {1 / speedup:.2f}x slower "
+            record["verdict"] = (f"No INT8 variant tried beat FP32: the fastest is {1 / speedup:.2f}x slower "
                                  f"({int8_ms:.3f} vs {fp32_ms:.3f} ms at batch 1)")
         return record
 

@@ -16,10 +16,10 @@ def _file(timed: bool = True, float_units=()) -> dict:
                "purpose": "configured", "float_units": list(float_units), "outcome": "chosen"}
     failed = {**attempt, "passed": False, "latency_ms_p50": None, "accuracy": 0.5, "purpose": "calibration fallback",
               "outcome": "accuracy drop +0.4000 > 0.02"}
-    speed = ({"timed": True, "fp32_ms_p50": 1.5, "int8_ms_p50": 2.0, "verdict": "no INT8 variant tried beat FP32",
+    speed = ({"timed": True, "fp32_ms_p50": 1.5, "int8_ms_p50": 2.0, "verdict": "No INT8 variant tried beat FP32",
               "profile": {"costly_units": [UNIT], "costly_count": 40, "units": 63,
                           "kernel_totals_us": {"fp32_us": 1719.5, "int8_us": 2660.0}}}
-             if timed else {"timed": False, "why": "not timed: this machine does not run the file as its targets do"})
+             if timed else {"timed": False, "why": "Not timed: this machine does not run the file as its targets do"})
     return {"file": "student.int8.x86.onnx", "targets": ["host-cpu"], "max_accuracy_drop": 0.02, "chosen": 0,
             "scheme": {"types": "U8S8", "activations": "uint8", "weights": "int8", "reduce_range": False,
                        "reason": "ONNX Runtime's x86 int8 kernels multiply u8 activations by s8 weights"},
