@@ -91,33 +91,48 @@ class Int8Scheme:
 def choose_scheme(runtime: str, arch: str, cpu_features: Iterable[str] = ()) -> Int8Scheme:
     """The INT8 scheme for a file run by `runtime` on an `arch` CPU with `cpu_features`
     (/proc/cpuinfo flag names). Pure: the same arguments always give the same scheme."""
-    features = frozenset(cpu_features)
-    if runtime == "tensorrt":
-        return Int8Scheme(
-            "trt", "tensorrt", arch, "int8", True, "int8", False, False, True, ("qdq",),
-            "TensorRT explicit quantization: symmetric S8 activations and weights, per-channel weights on "
-            "axis 0, float biases, one Q/DQ pair per consumer (the form TensorRT 8.5-11 fuses); no CPU workaround")
-    if runtime != "onnxruntime":
-        raise ValueError(f"no INT8 scheme for runtime {runtime!r}")
-    if arch.lower() in X86:
-        vnni = bool(VNNI_FLAGS & features)
-        why = ("ONNX Runtime's x86 int8 kernels multiply u8 activations by s8 weights; S8 activations "
-               "leave multi-consumer tensors unfused on x86")
-        if not vnni:
-            why += ("; no VNNI on this CPU: 7-bit weights (reduce_range), because VPMADDUBSW's int16 sums "
-                    "saturate with 8-bit weights")
-        return Int8Scheme("x86", "onnxruntime", "x86_64", "uint8", False, "int8", not vnni, True, False,
-                          ("qdq", "qoperator"), why)
-    if arch.lower() in ("aarch64", "arm64"):
-        if DOT_PRODUCT_FLAGS & features:
-            why = ("aarch64 with dot product (asimddp): S8S8 runs ONNX Runtime's SDOT kernels, as fast as "
-                   "U8S8's UDOT ones; ORT fuses int8 QDQ natively on ARM and documents S8S8 QDQ as the first choice")
-        else:
-            why = ("aarch64 without dot product: U8S8 and S8S8 share the NEON X8S8 kernel, but U8S8 flips every "
-                   "activation byte to s8 at run time first; S8S8 does not")
-        return Int8Scheme("arm64", "onnxruntime", "aarch64", "int8", False, "int8", False, True, False,
-                          ("qdq", "qoperator"), why)
-    raise ValueError(f"no INT8 scheme for architecture {arch!r}")
+    arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(arch.lower(), arch.lower())
+    chooser = CHOOSERS.get((runtime, None if runtime == "tensorrt" else arch))
+    if chooser is None:
+        raise ValueError(f"no INT8 scheme for runtime {runtime!r} on {arch!r}")
+    return chooser(arch, frozenset(cpu_features))
+
+
+def _tensorrt(arch: str, features: frozenset[str]) -> Int8Scheme:
+    return Int8Scheme(
+        "trt", "tensorrt", arch, "int8", True, "int8", False, False, True, ("qdq",),
+        "TensorRT explicit quantization: symmetric S8 activations and weights, per-channel weights on "
+        "axis 0, float biases, one Q/DQ pair per consumer (the form TensorRT 8.5-11 fuses); no CPU workaround")
+
+
+def _onnxruntime_x86(arch: str, features: frozenset[str]) -> Int8Scheme:
+    vnni = bool(VNNI_FLAGS & features)
+    why = ("ONNX Runtime's x86 int8 kernels multiply u8 activations by s8 weights; S8 activations "
+           "leave multi-consumer tensors unfused on x86")
+    if not vnni:
+        why += ("; no VNNI on this CPU: 7-bit weights (reduce_range), because VPMADDUBSW's int16 sums "
+                "saturate with 8-bit weights")
+    return Int8Scheme("x86", "onnxruntime", arch, "uint8", False, "int8", not vnni, True, False,
+                      ("qdq", "qoperator"), why)
+
+
+def _onnxruntime_aarch64(arch: str, features: frozenset[str]) -> Int8Scheme:
+    if DOT_PRODUCT_FLAGS & features:
+        why = ("aarch64 with dot product (asimddp): S8S8 runs ONNX Runtime's SDOT kernels, as fast as "
+               "U8S8's UDOT ones; ORT fuses int8 QDQ natively on ARM and documents S8S8 QDQ as the first choice")
+    else:
+        why = ("aarch64 without dot product: U8S8 and S8S8 share the NEON X8S8 kernel, but U8S8 flips every "
+               "activation byte to s8 at run time first; S8S8 does not")
+    return Int8Scheme("arm64", "onnxruntime", arch, "int8", False, "int8", False, True, False,
+                      ("qdq", "qoperator"), why)
+
+
+# (runtime, CPU architecture; None: any) -> the function that decides the scheme
+CHOOSERS = {
+    ("tensorrt", None): _tensorrt,
+    ("onnxruntime", "x86_64"): _onnxruntime_x86,
+    ("onnxruntime", "aarch64"): _onnxruntime_aarch64,
+}
 
 
 # ---------------------------------------------------------------------------- CPU features
