@@ -18,10 +18,9 @@ import io
 import json
 import logging
 import os
-import platform
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ import numpy as np
 from edgekd.artifacts import sha256_file, sidecar_path, versions, write_json_atomic
 from edgekd.errors import ConfigError, DataError, ModelError
 from edgekd.onnxtools.trt_rules import TRT_QUANTIZE_OPTIONS, check_qdq_for_tensorrt
-from edgekd.quantize.schemes import VNNI_FLAGS, Int8Scheme, choose_scheme, host_arch, host_cpu_features
+from edgekd.quantize.schemes import Int8Scheme, choose_scheme, host_arch, host_cpu_features
 from edgekd.runtime.ort import import_ort, make_session
 
 log = logging.getLogger(__name__)
@@ -52,22 +51,13 @@ METHODS = {
 # consumer): one table, in edgekd.onnxtools.trt_rules, which also checks the result; see DESIGN.md.
 TRT_OPTIONS = TRT_QUANTIZE_OPTIONS
 
-FORMATS = ("qdq", "qoperator")
 CHECK_CHUNK = 256  # samples checked for NaN/inf at a time
 SATURATION_NOTE = ("weights quantized to 7 bits (reduce_range): this x86 CPU has no VNNI, and ONNX Runtime's "
                    "u8 x s8 kernels saturate with 8-bit weights here")
 
 
-def u8s8_saturates_here() -> bool:
-    """True on an x86 CPU without VNNI (see edgekd.quantize.schemes.VNNI_FLAGS); False on ARM or where unknown."""
-    features = host_cpu_features()
-    return host_arch() == "x86_64" and bool(features) and not VNNI_FLAGS & features
-
-
 def host_scheme(trt_ready: bool = False, reduce_range: bool | None = None) -> Int8Scheme:
     """The scheme for this machine's ONNX Runtime (or TensorRT), with reduce_range forced when given."""
-    from dataclasses import replace
-
     scheme = choose_scheme("tensorrt" if trt_ready else "onnxruntime", host_arch(), host_cpu_features())
     if reduce_range is not None and not trt_ready and reduce_range != scheme.reduce_range:
         scheme = replace(scheme, reduce_range=bool(reduce_range))
@@ -408,17 +398,6 @@ def qdq_count(path: str | Path) -> int:
 
     graph = onnx.load(str(path), load_external_data=False).graph
     return sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node)
-
-
-def quantized_op_count(path: str | Path) -> int:
-    """Nodes that compute in int8: QDQ-wrapped compute nodes are counted by their DequantizeLinear
-    weights, QOperator nodes (QLinearConv, QGemm, ...) by name."""
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    qlinear = sum(n.op_type.startswith("QLinear") or n.op_type in ("QGemm", "ConvInteger", "MatMulInteger")
-                  for n in graph.node)
-    return qlinear + sum(n.op_type == "QuantizeLinear" for n in graph.node)
 
 
 def copy_metadata(fp32_onnx: Path, qdq_onnx: Path, settings: QuantSettings) -> None:
