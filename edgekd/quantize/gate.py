@@ -335,8 +335,11 @@ class _Search:
         """Batch-1 timing of the chosen INT8 file against FP32 (same process, interleaved), and the verdict."""
         speedup = fp32_ms / int8_ms
         record = {"timed": True, "fp32_ms_p50": fp32_ms, "int8_ms_p50": int8_ms, "speedup_vs_fp32": round(speedup, 3)}
-        if speedup >= 1:
+        if speedup >= 1 + TIE_MARGIN:
             record["verdict"] = f"INT8 is {speedup:.2f}x faster than FP32 at batch 1"
+        elif speedup >= 1 - TIE_MARGIN:
+            record["verdict"] = (f"The fastest INT8 variant is as fast as FP32, within {TIE_MARGIN:.0%} ({int8_ms:.3f} "
+                                 f"vs {fp32_ms:.3f} ms at batch 1): no quantization pays here")
         else:
             record["verdict"] = (f"No INT8 variant tried beat FP32: the fastest is {1 / speedup:.2f}x slower "
                                  f"({int8_ms:.3f} vs {fp32_ms:.3f} ms at batch 1)")
