@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import shutil
 
-from edgekd.config import config_dict
+from edgekd.errors import GateError
 from edgekd.pipeline.context import RunContext
 from edgekd.pipeline.engine import Stage
+from edgekd.pipeline.records import CALIB_FILE, CHECKPOINTS, VAL_FILE, Artifact
+from edgekd.rundir import scratch_dir
 from edgekd.targets import strictest_opset
 
 MODELS = ("teacher", "student")
@@ -28,8 +30,13 @@ def export_opset(ctx: RunContext) -> int:
     return ctx.config.export.opset or strictest_opset(ctx.targets)
 
 
-def _export_params(ctx: RunContext) -> dict:
-    return {"export": config_dict(ctx.config.export), "opset": export_opset(ctx)}
+def _export_reads(ctx: RunContext) -> list[str]:
+    # name: the ONNX metadata names the run; targets: the opset, parity's session, every sidecar's sessions
+    return ["name", "export", "targets"]
+
+
+def _export_outputs(ctx: RunContext) -> list[str]:
+    return [f"{model}.onnx{suffix}" for model in MODELS for suffix in ("", ".json")]
 
 
 def onnx_metadata(ctx: RunContext, checkpoint: dict) -> dict:
@@ -47,10 +54,10 @@ def run_export(ctx: RunContext) -> dict:
 
     cfg, opset = ctx.config.export, export_opset(ctx)
     val_x, _ = ctx.val_arrays()
-    staging = ctx.run_dir / "staging"
+    staging = scratch_dir(ctx.run_dir) / "export"  # a killed export leaves it where the next run removes it
     results, outputs = {}, []
     for name in MODELS:
-        ckpt = read_checkpoint(ctx.run_dir / f"{name}.pt")
+        ckpt = read_checkpoint(ctx.run_dir / CHECKPOINTS[name])
         model = build(ckpt["arch"], ckpt["arch_kwargs"])
         model.load_state_dict(ckpt["state_dict"])
         model.eval()
@@ -74,22 +81,27 @@ def run_export(ctx: RunContext) -> dict:
                                     "min_top1_agreement": parity.min_top1_agreement}}
     shutil.rmtree(staging, ignore_errors=True)
     s = results["student"]
-    return {"outputs": outputs, "models": results,
+    serves = ctx.targets_for("onnxruntime", "fp32")
+    artifacts = [Artifact(f"{name}-fp32", name, "onnxruntime", "fp32", f"{name}.onnx", serves).to_dict() for name in MODELS]
+    return {"outputs": outputs, "models": results, "artifacts": artifacts,
             "summary": f"opset {opset} via {s['exporter']}, student parity max|Δ| {s['parity']['max_abs_diff']:.2g}, "
                        f"top-1 agreement {s['parity']['top1_agreement']:.2%}"}
 
 
-EXPORT = Stage("export", "fold BatchNorm, export ONNX, simplify, check parity", run_export, _export_params,
-               lambda ctx: ["teacher.pt", "student.pt", "data/val.npz"])
+EXPORT = Stage("export", "fold BatchNorm, export ONNX, simplify, check parity", run_export, _export_reads,
+               lambda ctx: [*CHECKPOINTS.values(), VAL_FILE], _export_outputs)
 
 # ---------------------------------------------------------------- quantize
 
 
-def int8_bound(ctx: RunContext, targets: list) -> float:
-    """The INT8 gate's allowed accuracy drop vs the FP32 student for a file serving `targets`:
-    quantize.max_accuracy_drop, else the strictest of their budgets."""
-    configured = ctx.config.quantize.max_accuracy_drop
-    return configured if configured is not None else min(t.budgets.max_accuracy_drop for t in targets)
+def max_int8_drop(ctx: RunContext, targets: list) -> float:
+    """The INT8 gate's bound for a file serving `targets` (INT8 file vs the FP32 student, on val):
+    `quantize.max_int8_drop`, else the strictest `budgets.max_int8_drop` of those targets (the first
+    target's when none). Not the budget's `max_accuracy_drop`, which bounds the student vs the teacher."""
+    configured = ctx.config.quantize.max_int8_drop
+    if configured is not None:
+        return configured
+    return min(t.budgets.max_int8_drop for t in (targets or [ctx.primary_target]))
 
 
 def int8_file(scheme) -> str:
@@ -97,10 +109,17 @@ def int8_file(scheme) -> str:
     return f"student.int8.{scheme.key}.onnx"
 
 
+def int8_artifact_name(scheme) -> str:
+    """student-int8-x86, student-int8-arm64, student-int8-trt: the report row and `ship --artifact` name."""
+    return f"student-int8-{scheme.key}"
+
+
 def ort_int8_plan(ctx: RunContext) -> list[tuple]:
     """(scheme, targets) per INT8 file for the ONNX Runtime targets that take int8 (edgekd.quantize.schemes)."""
     from edgekd.quantize.schemes import plan_schemes
 
+    if not ctx.config.quantize.enabled:
+        return []
     return [(scheme, targets) for scheme, targets in plan_schemes(ctx.targets) if scheme.runtime == "onnxruntime"]
 
 
@@ -108,14 +127,23 @@ def calib_source(ctx: RunContext):
     """data/calib.npz's samples, memory-mapped: calibration reads one batch at a time."""
     from edgekd.quantize.ort_int8 import npz_array
 
-    return npz_array(ctx.run_dir / "data" / "calib.npz", "x")
+    return npz_array(ctx.run_dir / CALIB_FILE, "x")
 
 
-def _quantize_params(ctx: RunContext) -> dict:
-    # the schemes carry what the host decides (7-bit weights on x86 CPUs without VNNI)
-    return {"quantize": config_dict(ctx.config.quantize),
-            "files": [{"file": int8_file(scheme), "scheme": scheme.as_dict(), "bound": int8_bound(ctx, targets),
-                       "targets": [t.model_dump(mode="json") for t in targets]} for scheme, targets in ort_int8_plan(ctx)]}
+def _quantize_reads(ctx: RunContext) -> list[str]:
+    if not ctx.config.quantize.enabled:
+        return ["quantize.enabled"]
+    # targets: which files (one per INT8 scheme), their bounds and sessions; the samples arrive as data/calib.npz
+    return [f"quantize.{key}" for key in ("enabled", "method", "per_channel", "max_int8_drop", "fallbacks")] + ["targets"]
+
+
+def _quantize_facts(ctx: RunContext) -> dict:
+    # what this host decides beyond the config: an x86 file's 7-bit weights on a CPU without VNNI
+    return {"schemes": [scheme.as_dict() for scheme, _ in ort_int8_plan(ctx)]}
+
+
+def _quantize_outputs(ctx: RunContext) -> list[str]:
+    return [name for scheme, _ in ort_int8_plan(ctx) for name in (int8_file(scheme), int8_file(scheme) + ".json")]
 
 
 def run_quantize(ctx: RunContext) -> dict:
@@ -126,32 +154,57 @@ def run_quantize(ctx: RunContext) -> dict:
         return {"outputs": [], "files": [], "summary": "no ONNX Runtime target takes int8"}
     from edgekd.runtime.ort import accuracy, make_session, predict
 
-    val_x, val_y = ctx.val_arrays()
+    val_x, val_y = ctx.val_arrays()  # the gate chooses: on val, never on the test split the report scores
     fp32 = ctx.run_dir / "student.onnx"
     reference = accuracy(predict(make_session(fp32, ctx.primary_target), val_x), val_y)
     files = [_quantize_for(ctx, scheme, targets, reference, val_x, val_y) for scheme, targets in plan]
-    outputs = [name for f in files for name in (f["file"], f["file"] + ".json")]
-    return {"outputs": outputs, "reference_accuracy": reference, "files": files,
-            "summary": "; ".join(f"{f['file']} {f['scheme']['types']} for {', '.join(f['targets'])}: accuracy "
-                                 f"{f['accuracy']:.4f} (FP32 {reference:.4f}), {f['speed'].get('verdict', 'not timed here')}"
-                                 for f in files)}
+    made = [f for f in files if f["gate_passed"]]
+    artifacts = [Artifact(f["artifact"], "student", "onnxruntime", "int8", f["file"], tuple(f["targets"])).to_dict()
+                 for f in made]
+    return {"outputs": [name for f in made for name in (f["file"], f["file"] + ".json")],
+            "reference_val_accuracy": reference, "files": files, "artifacts": artifacts,
+            "failures": [f.pop("failure") for f in files if "failure" in f],
+            "summary": "; ".join(_file_summary(f, reference) for f in files)}
 
 
 def _quantize_for(ctx: RunContext, scheme, targets: list, reference: float, val_x, val_y) -> dict:
-    """One INT8 file through the gate: accuracy within the targets' bound first, then the fastest."""
+    """One INT8 file through the gate: accuracy within the targets' bound first, then the fastest.
+    A failed gate leaves no file; the record keeps every attempt and the run goes on to its report."""
     from dataclasses import asdict
 
     from edgekd.quantize.gate import quantize_with_gate
 
-    q, name, bound = ctx.config.quantize, int8_file(scheme), int8_bound(ctx, targets)
-    gate = quantize_with_gate(ctx.run_dir / "student.onnx", ctx.run_dir / name, calib_source(ctx), val_x, val_y,
-                              reference_accuracy=reference, max_accuracy_drop=bound, method=q.method,
-                              per_channel=q.per_channel, fallbacks=q.fallbacks, target=targets[0], scheme=scheme)
+    q, name, bound = ctx.config.quantize, int8_file(scheme), max_int8_drop(ctx, targets)
+    record = {"file": name, "artifact": int8_artifact_name(scheme), "targets": [t.name for t in targets],
+              "scheme": scheme.as_dict(), "max_int8_drop": bound}
+    try:
+        gate = quantize_with_gate(ctx.run_dir / "student.onnx", ctx.run_dir / name, calib_source(ctx), val_x, val_y,
+                                  reference_accuracy=reference, max_accuracy_drop=bound, method=q.method,
+                                  per_channel=q.per_channel, fallbacks=q.fallbacks, target=targets[0], scheme=scheme)
+    except GateError as exc:
+        ctx.ui.warn(f"INT8 gate failed for {name}: {exc.message.splitlines()[0]}")
+        return {**record, "gate_passed": False, "attempts": exc.details or [], "speed": {},
+                "failure": failure(f"INT8 accuracy gate (quantize, {name})", exc)}
     record_sessions(ctx, ctx.run_dir / name)
-    return {"file": name, "targets": [t.name for t in targets], "scheme": gate.scheme, "max_accuracy_drop": bound,
-            "accuracy": gate.chosen.accuracy, "attempts": [asdict(a) for a in gate.attempts],
-            "chosen": gate.attempts.index(gate.chosen), "speed": gate.speed}
+    return {**record, "scheme": gate.scheme, "gate_passed": True, "val_accuracy": gate.chosen.accuracy,
+            "attempts": [asdict(a) for a in gate.attempts], "chosen": gate.attempts.index(gate.chosen),
+            "speed": gate.speed}
+
+
+def _file_summary(f: dict, reference: float) -> str:
+    head = f"{f['file']} {f['scheme']['types']} for {', '.join(f['targets'])}"
+    if not f["gate_passed"]:
+        return f"{head}: INT8 gate failed after {len(f['attempts'])} attempt(s), no file"
+    return (f"{head}: val accuracy {f['val_accuracy']:.4f} (FP32 {reference:.4f}), "
+            f"{f['speed'].get('verdict', 'not timed here')}")
+
+
+def failure(check: str, exc: GateError) -> dict:
+    """A failed quality gate as a stage result records it: the run finishes its report, then exits 5."""
+    return {"check": check, "message": exc.message, "hint": exc.hint}
 
 
 QUANTIZE = Stage("quantize", "ONNX Runtime static INT8 per target scheme, accuracy gate then fastest", run_quantize,
-                 _quantize_params, lambda ctx: ["student.onnx", "data/calib.npz", "data/val.npz"])
+                 _quantize_reads,
+                 lambda ctx: ["student.onnx", CALIB_FILE, VAL_FILE] if ctx.config.quantize.enabled else [],
+                 _quantize_outputs, facts=_quantize_facts)

@@ -10,10 +10,10 @@ variant each (target, precision) needs.
 
 from __future__ import annotations
 
-from edgekd.config import config_dict
 from edgekd.errors import GateError
 from edgekd.pipeline.context import RunContext
 from edgekd.pipeline.engine import Stage
+from edgekd.pipeline.records import CALIB_FILE, TEST_FILE, VAL_FILE, Artifact
 
 # compat's onnx_variant -> the run-directory file that carries it
 VARIANT_FILES = {"fp32": "student.onnx", "fp16": "student.fp16.onnx", "qdq": "student.int8.trt.onnx"}
@@ -31,36 +31,55 @@ def plans(ctx: RunContext) -> list[tuple]:
 
 
 def int8_targets(ctx: RunContext) -> list:
-    """The Jetson targets that build an INT8 engine: their budgets bound the INT8 file's accuracy drop."""
+    """The Jetson targets that build an INT8 engine: their profiles bound the INT8 file's accuracy drop."""
     return [t for t in tensorrt_targets(ctx) if "int8" in t.precisions]
 
 
-def _params(ctx: RunContext) -> dict:
-    # everything that decides the PTQ file: the user's quantize settings, the Jetson profiles'
-    # bound and the TensorRT scheme (never a host CPU workaround, so no host facts)
-    from edgekd.pipeline.deploy_stages import int8_bound
-    from edgekd.quantize.schemes import choose_scheme
+def _reads(ctx: RunContext) -> list[str]:
+    # targets: which builds, and the Jetson profiles' INT8 bound; the PTQ INT8 file follows the user's
+    # quantize settings (samples arrive as data/calib.npz). Its types are TensorRT's, never this host's,
+    # so no host fact decides it.
+    return ["targets", "student.quantization", "quantize.method", "quantize.max_int8_drop", "quantize.fallbacks"]
 
-    jetsons = int8_targets(ctx)
-    return {"targets": [t.model_dump(mode="json") for t in tensorrt_targets(ctx)],
-            "quantize": config_dict(ctx.config.quantize), "student_quantization": ctx.config.student.quantization,
-            "int8": {"scheme": choose_scheme("tensorrt", "aarch64").as_dict(),
-                     "bound": int8_bound(ctx, jetsons)} if jetsons else None}
+
+def _outputs(ctx: RunContext) -> list[str]:
+    variants = {plan.onnx_variant for _, _, plan in plans(ctx)}
+    files = {f for v in variants for f in (VARIANT_FILES[v], VARIANT_FILES[v] + ".json")}
+    return sorted(files - set(_upstream_files(ctx)))
 
 
 def run_tensorrt(ctx: RunContext) -> dict:
+    from edgekd.pipeline.deploy_stages import failure
+
     builds = plans(ctx)
     if not builds:
         return {"outputs": [], "builds": [], "summary": "no TensorRT target selected"}
     made: dict[str, dict] = {}
+    failures = []
     for _, _, plan in builds:
         if plan.onnx_variant not in made:
-            made[plan.onnx_variant] = _make_variant(ctx, plan.onnx_variant)
-    rows = [_build_row(target, precision, plan, made[plan.onnx_variant]) for target, precision, plan in builds]
+            try:
+                made[plan.onnx_variant] = _make_variant(ctx, plan.onnx_variant)
+            except GateError as exc:  # no such file: its builds are left out, the run still reports
+                made[plan.onnx_variant] = {"failed": exc.message, "attempts": exc.details or [], "files": []}
+                failures.append(failure(f"TensorRT {plan.onnx_variant} file", exc))
+    rows = [_build_row(target, precision, plan, made[plan.onnx_variant]) for target, precision, plan in builds
+            if "failed" not in made[plan.onnx_variant]]
     # files other stages wrote (the FP32 export, the QAT export) are inputs here, not outputs
     outputs = sorted({f for v in made.values() for f in v["files"]} - set(_upstream_files(ctx)))
-    return {"outputs": outputs, "builds": rows, "variants": made,
+    return {"outputs": outputs, "builds": rows, "variants": made, "artifacts": _artifacts(rows), "failures": failures,
             "summary": f"{len(rows)} on-device build(s) prepared for {len(tensorrt_targets(ctx))} Jetson target(s)"}
+
+
+def _artifacts(rows: list[dict]) -> list[dict]:
+    """One artifact per (precision, ONNX file) the builds start from, serving the targets that build it."""
+    serves: dict[tuple[str, str], list[str]] = {}
+    for row in rows:
+        serves.setdefault((row["precision"], row["onnx"]), []).append(row["target"])
+    precisions = [precision for precision, _ in serves]
+    return [Artifact(f"student-{precision}-trt" + ("" if precisions.count(precision) == 1 else f"-{i}"), "student",
+                     "tensorrt", precision, onnx, tuple(targets)).to_dict()
+            for i, ((precision, onnx), targets) in enumerate(serves.items())]
 
 
 def _make_variant(ctx: RunContext, variant: str) -> dict:
@@ -78,8 +97,8 @@ def _fp16_variant(ctx: RunContext) -> dict:
 
     out = ctx.run_dir / VARIANT_FILES["fp16"]
     _, stats = convert(ctx.run_dir / "student.onnx", out)
-    val_x, val_y = ctx.val_arrays()
-    acc = accuracy(predict(make_session(out), val_x), val_y)
+    test_x, test_y = ctx.test_arrays()  # a reported accuracy: on the test split
+    acc = accuracy(predict(make_session(out), test_x), test_y)
     return {"file": out.name, "files": [out.name], "conversion": stats, "accuracy_onnxruntime": acc}
 
 
@@ -101,9 +120,9 @@ def _qat_variant(ctx: RunContext) -> dict:
 
     path = ctx.run_dir / "student.qat.onnx"
     _check_trt_rules(path, remove=False)
-    val_x, val_y = ctx.val_arrays()
+    test_x, test_y = ctx.test_arrays()  # a reported accuracy: on the test split
     return {"file": path.name, "files": [path.name, path.name + ".json"], "source": "quantization-aware training",
-            "accuracy_onnxruntime": accuracy(predict(make_session(path), val_x), val_y)}
+            "accuracy_onnxruntime": accuracy(predict(make_session(path), test_x), test_y)}
 
 
 def _check_trt_rules(path, remove: bool) -> None:
@@ -119,11 +138,11 @@ def _check_trt_rules(path, remove: bool) -> None:
 
 def _ptq_variant(ctx: RunContext) -> dict:
     """Post-training, TensorRT's scheme (symmetric S8, no int32 bias, dedicated QDQ pairs, 8-bit weights
-    whatever this workstation's CPU): the user's quantize settings (method, fallbacks, max_accuracy_drop),
-    else the Jetson profiles' accuracy bound."""
+    whatever this workstation's CPU): the user's quantize settings (method, fallbacks), and as its bound
+    `quantize.max_int8_drop`, else the strictest `budgets.max_int8_drop` of the Jetson targets that build INT8."""
     from dataclasses import asdict
 
-    from edgekd.pipeline.deploy_stages import calib_source, int8_bound
+    from edgekd.pipeline.deploy_stages import calib_source, max_int8_drop
     from edgekd.quantize.gate import quantize_with_gate
     from edgekd.quantize.schemes import choose_scheme
     from edgekd.runtime.ort import accuracy, make_session, predict
@@ -132,25 +151,25 @@ def _ptq_variant(ctx: RunContext) -> dict:
     out = ctx.run_dir / VARIANT_FILES["qdq"]
     val_x, val_y = ctx.val_arrays()
     reference = accuracy(predict(make_session(ctx.run_dir / "student.onnx"), val_x), val_y)
-    bound = int8_bound(ctx, int8_targets(ctx))
+    bound = max_int8_drop(ctx, int8_targets(ctx))
     gate = quantize_with_gate(ctx.run_dir / "student.onnx", out, calib_source(ctx), val_x, val_y,
                               reference_accuracy=reference, max_accuracy_drop=bound, method=q.method,
                               per_channel=True, fallbacks=q.fallbacks, target=None,
                               scheme=choose_scheme("tensorrt", "aarch64"))
     _check_trt_rules(out, remove=True)
     return {"file": out.name, "files": [out.name, out.name + ".json"], "source": "post-training quantization",
-            "accuracy_onnxruntime": gate.chosen.accuracy, "max_accuracy_drop": bound, "scheme": gate.scheme,
+            "val_accuracy_onnxruntime": gate.chosen.accuracy, "max_int8_drop": bound, "scheme": gate.scheme,
             "attempts": [asdict(a) for a in gate.attempts]}
 
 
 def _build_row(target, precision: str, plan, variant: dict) -> dict:
     engine = f"student.{target.name}.{precision}.engine"
     build = f"edgekd build {variant['file']} --target {target.name} --precision {precision} --out {engine}"
-    bench = f"edgekd bench {engine} --target {target.name} --data data/val.npz"
+    bench = f"edgekd bench {engine} --target {target.name} --data {TEST_FILE}"
     return {"target": target.name, "tensorrt": plan.tensorrt, "jetpack": target.tensorrt.jetpack,
             "precision": precision, "onnx": variant["file"], "plan": plan.as_dict(), "engine": engine,
             "commands": [build, bench]}
 
 
-TENSORRT = Stage("tensorrt", "prepare TensorRT-ready ONNX for Jetson targets", run_tensorrt, _params,
-                 lambda ctx: ["student.onnx", "data/calib.npz", "data/val.npz", "student.qat.onnx"])
+TENSORRT = Stage("tensorrt", "prepare TensorRT-ready ONNX for Jetson targets", run_tensorrt, _reads,
+                 lambda ctx: ["student.onnx", CALIB_FILE, VAL_FILE, TEST_FILE, "student.qat.onnx"], _outputs)

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import math
 import statistics
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -69,6 +68,7 @@ from edgekd.quantize.ort_int8 import (
     validate_settings,
 )
 from edgekd.quantize.schemes import Int8Scheme, timed_here
+from edgekd.rundir import scratch
 from edgekd.runtime.ort import accuracy, make_session, predict
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -171,8 +171,8 @@ def quantize_with_gate(
     fp32_onnx, out_path = Path(fp32_onnx), Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     search = _Search(fp32_onnx, calib_x, val_x, val_y, reference_accuracy, max_accuracy_drop, target, batch_size)
-    with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=".edgekd-gate-") as tmp:
-        search.start(Path(tmp))
+    with scratch(out_path.parent, "gate-") as tmp:  # edgekd.rundir: where a re-run finds a killed search's files
+        search.start(tmp)
         passing = search.accuracy_phase(first, fallbacks, max_excluded_nodes)
         if passing is not None:
             timed = timed_here(scheme)
@@ -184,7 +184,8 @@ def quantize_with_gate(
         f"{reference_accuracy:.4f}, max drop {max_accuracy_drop:g}); tried:\n  "
         + "\n  ".join(a.describe() for a in search.attempts),
         "Ship FP32 for this target (the FP32 model is unchanged), calibrate on more representative "
-        "samples, allow a larger INT8 accuracy drop (`quantize.max_accuracy_drop`), or raise `max_excluded_nodes`.",
+        "samples, allow a larger `quantize.max_int8_drop`, or raise `max_excluded_nodes`.",
+        details=[asdict(a) for a in search.attempts],
     )
 
 

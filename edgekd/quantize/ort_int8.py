@@ -18,7 +18,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -30,6 +29,7 @@ from edgekd.artifacts import sha256_file, sidecar_path, versions, write_json_ato
 from edgekd.errors import ConfigError, DataError, ModelError
 from edgekd.onnxtools.trt_rules import TRT_QUANTIZE_OPTIONS, check_qdq_for_tensorrt
 from edgekd.quantize.schemes import Int8Scheme, choose_scheme, host_arch, host_cpu_features
+from edgekd.rundir import scratch
 from edgekd.runtime.ort import import_ort, make_session
 
 log = logging.getLogger(__name__)
@@ -301,7 +301,8 @@ def calibrate(pre_onnx: Path, calib_x, method: str, batch_size: int, cache: Path
 
     name, fixed = model_input(pre_onnx)
     batch = fixed or batch_size
-    usable = len(calib_x) - len(calib_x) % batch  # a fixed batch > 1 cannot take a short last batch
+    # a fixed batch > 1 cannot take a short last batch; a dynamic one takes every sample (N < batch_size too)
+    usable = len(calib_x) - len(calib_x) % batch if fixed else len(calib_x)
     if usable == 0:
         raise DataError(
             f"{len(calib_x)} calibration samples, but the model takes batches of exactly {batch}.",
@@ -491,12 +492,12 @@ def quantize_int8(
     fp32_onnx, out_path = Path(fp32_onnx), Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    # same directory as out_path: the final os.replace is an atomic rename
-    with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=".edgekd-quant-") as tmp:
-        pre = preprocess(fp32_onnx, Path(tmp) / "pre.onnx")
+    # under out_path's folder (edgekd.rundir scratch): the final os.replace is an atomic rename
+    with scratch(out_path.parent, "quant-") as tmp:
+        pre = preprocess(fp32_onnx, tmp / "pre.onnx")
         check_excludes(pre, settings.exclude_nodes)
-        cache = Path(tmp) / f"{settings.method}.calib.json"
+        cache = tmp / f"{settings.method}.calib.json"
         facts = calibrate(pre, calib_x, settings.method, batch_size, cache)
-        qdq = Path(tmp) / "int8.onnx"
+        qdq = tmp / "int8.onnx"
         quantize_file(pre, qdq, settings, cache)
         return publish(qdq, out_path, fp32_onnx, settings, facts, time.perf_counter() - start)

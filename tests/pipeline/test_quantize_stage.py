@@ -44,14 +44,14 @@ def run_dir(tmp_path_factory):
 def _target(tmp_path, name: str, drop: float) -> str:
     """A copy of a shipped profile with its own accuracy bound."""
     data = yaml.safe_load(available()[name].read_text())
-    data["budgets"]["max_accuracy_drop"] = drop
+    data["budgets"]["max_int8_drop"] = drop
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))
     return str(path)
 
 
 def _ctx(run_dir, targets: list[str], **quantize) -> RunContext:
-    config = {"targets": targets, "quantize": {"max_accuracy_drop": None, **quantize}}
+    config = {"targets": targets, "quantize": {"max_int8_drop": None, **quantize}}
     return RunContext(parse(CompressConfig, config, "test"), run_dir, ui=UI(quiet=True))
 
 
@@ -76,7 +76,10 @@ def test_one_int8_file_per_scheme_each_listed_with_its_targets(run_dir, tmp_path
     assert (x86["targets"], arm["targets"]) == (["host-cpu"], ["rpi4", "rpi5"])
     assert (x86["scheme"]["types"], arm["scheme"]["types"]) == ("U8S8", "S8S8")
     assert _zero_point_type(run_dir / x86["file"]) == "uint8" and _zero_point_type(run_dir / arm["file"]) == "int8"
-    assert arm["max_accuracy_drop"] == 0.4  # the strictest of the targets it serves
+    assert (arm["max_int8_drop"], x86["max_int8_drop"]) == (0.4, 0.5)  # the strictest of the targets each serves
+    assert [(a["name"], a["path"], a["targets"]) for a in result["artifacts"]] == [
+        ("student-int8-x86", "student.int8.x86.onnx", ["host-cpu"]),
+        ("student-int8-arm64", "student.int8.arm64.onnx", ["rpi4", "rpi5"])]
     assert x86["speed"]["timed"] and len(x86["attempts"]) > 1  # timed here: the speed phase ran
     assert not arm["speed"]["timed"] and len(arm["attempts"]) == 1  # an ARM file is not timed on x86
     side = json.loads((run_dir / "student.int8.arm64.onnx.json").read_text())
@@ -87,7 +90,7 @@ def test_tensorrt_file_follows_the_jetson_profile_and_quantize_settings(run_dir,
     monkeypatch.setattr(schemes, "host_cpu_features", lambda cpuinfo=None: AVX2_ONLY)  # a workstation without VNNI
     jetson = _target(tmp_path, "jetson-orin-nano", 0.5)
     variant = tensorrt_stage._ptq_variant(_ctx(run_dir, [jetson]))
-    assert variant["max_accuracy_drop"] == 0.5 and variant["scheme"]["types"] == "S8S8"
+    assert variant["max_int8_drop"] == 0.5 and variant["scheme"]["types"] == "S8S8"
     assert not any(a["reduce_range"] for a in variant["attempts"])  # no x86 workaround in a TensorRT file
     assert_tensorrt_form(run_dir / "student.int8.trt.onnx")
 
@@ -101,22 +104,30 @@ def test_tensorrt_file_follows_the_jetson_profile_and_quantize_settings(run_dir,
 
     monkeypatch.setattr(gate, "quantize_with_gate", spy)
     with pytest.raises(GateError):
-        tensorrt_stage._ptq_variant(_ctx(run_dir, [jetson], fallbacks=False, method="percentile", max_accuracy_drop=0.07))
+        tensorrt_stage._ptq_variant(_ctx(run_dir, [jetson], fallbacks=False, method="percentile", max_int8_drop=0.07))
     assert (seen["fallbacks"], seen["method"], seen["max_accuracy_drop"]) == (False, "percentile", 0.07)
     assert seen["scheme"].key == "trt" and not seen["scheme"].reduce_range
+
+
+def _key(stage, ctx) -> str:
+    from edgekd.pipeline.engine import stage_key
+
+    return stage_key(stage, ctx, inputs={})  # config reads and facts; input files are hashed alike for both
 
 
 def test_stage_keys_cover_what_decides_each_file(run_dir, tmp_path, monkeypatch):
     jetson = _target(tmp_path, "jetson-orin-nano", 0.02)
     targets = ["host-cpu", jetson]
-    quantize_key = deploy_stages._quantize_params(_ctx(run_dir, targets))
-    trt_key = tensorrt_stage._params(_ctx(run_dir, targets))
+    quantize_key = _key(deploy_stages.QUANTIZE, _ctx(run_dir, targets))
+    trt_key = _key(tensorrt_stage.TENSORRT, _ctx(run_dir, targets))
     monkeypatch.setattr(schemes, "host_cpu_features", lambda cpuinfo=None: AVX2_ONLY)
     # x86 file: 7-bit weights on this CPU, so its key changes; the TensorRT file's does not
-    assert deploy_stages._quantize_params(_ctx(run_dir, targets)) != quantize_key
-    assert deploy_stages._quantize_params(_ctx(run_dir, targets))["files"][0]["scheme"]["reduce_range"]
-    assert tensorrt_stage._params(_ctx(run_dir, targets)) == trt_key
-    assert tensorrt_stage._params(_ctx(run_dir, targets, fallbacks=False)) != trt_key
+    assert _key(deploy_stages.QUANTIZE, _ctx(run_dir, targets)) != quantize_key
+    assert deploy_stages.QUANTIZE.facts(_ctx(run_dir, targets))["schemes"][0]["reduce_range"]
+    assert _key(tensorrt_stage.TENSORRT, _ctx(run_dir, targets)) == trt_key
+    for setting in ({"fallbacks": False}, {"method": "entropy"}, {"max_int8_drop": 0.07}):
+        assert _key(tensorrt_stage.TENSORRT, _ctx(run_dir, targets, **setting)) != trt_key, setting
     (tmp_path / "loose").mkdir()
-    looser = _target(tmp_path / "loose", "jetson-orin-nano", 0.1)
-    assert tensorrt_stage._params(_ctx(run_dir, ["host-cpu", looser]))["int8"]["bound"] == 0.1
+    looser = _target(tmp_path / "loose", "jetson-orin-nano", 0.1)  # the Jetson profile's own INT8 bound
+    assert _key(tensorrt_stage.TENSORRT, _ctx(run_dir, ["host-cpu", looser])) != trt_key
+    assert deploy_stages.max_int8_drop(_ctx(run_dir, [looser]), tensorrt_stage.int8_targets(_ctx(run_dir, [looser]))) == 0.1

@@ -20,7 +20,7 @@ def _file(timed: bool = True, float_units=()) -> dict:
               "profile": {"costly_units": [UNIT], "costly_count": 40, "units": 63,
                           "kernel_totals_us": {"fp32_us": 1719.5, "int8_us": 2660.0}}}
              if timed else {"timed": False, "why": "Not timed: this machine does not run the file as its targets do"})
-    return {"file": "student.int8.x86.onnx", "targets": ["host-cpu"], "max_accuracy_drop": 0.02, "chosen": 0,
+    return {"file": "student.int8.x86.onnx", "targets": ["host-cpu"], "max_int8_drop": 0.02, "chosen": 0,
             "scheme": {"types": "U8S8", "activations": "uint8", "weights": "int8", "reduce_range": False,
                        "reason": "ONNX Runtime's x86 int8 kernels multiply u8 activations by s8 weights"},
             "attempts": [attempt, failed], "speed": speed}
