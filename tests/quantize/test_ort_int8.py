@@ -13,14 +13,14 @@ import pytest
 from onnx import numpy_helper
 
 from edgekd.artifacts import sha256_file, sidecar_path
-from edgekd.errors import ConfigError
+from edgekd.errors import ConfigError, DataError
 from edgekd.export import check_parity, read_metadata
 from edgekd.onnxtools.trt_rules import check_qdq_for_tensorrt
 from edgekd.quantize import METHODS, quantize_int8
 from edgekd.quantize.gate import activation_qparams
 from edgekd.quantize.schemes import choose_scheme
 from edgekd.runtime.ort import accuracy, make_session, predict
-from tests.quantize.conftest import assert_tensorrt_form
+from tests.quantize.conftest import HardSwishNet, assert_tensorrt_form
 
 
 def _ops(path) -> Counter:
@@ -227,12 +227,34 @@ def test_streaming_calibration_never_materialises_all_batches(hardswish_onnx, di
     monkeypatch.setattr(ort_int8, "BatchReader", Recording)
     source = CountingSource(digits.calib_x[:100])
     facts = ort_int8.calibrate(pre, source, method, 16, tmp_path / "streamed.json")
-    assert facts == {"calibration_samples": 96, "calibration_batch_size": 16}  # whole batches only
-    assert max(source.reads) == 16 and sum(source.reads) == 96  # read once, a batch at a time
-    assert spans == [16] * 6  # each collect_data call saw one batch
+    assert facts == {"calibration_samples": 100, "calibration_batch_size": 16}  # a dynamic batch takes the short tail
+    assert max(source.reads) == 16 and sum(source.reads) == 100  # read once, a batch at a time
+    assert spans == [16] * 6 + [4]  # each collect_data call saw one batch
     if method == "minmax":  # merged per-batch ranges equal ranges over everything at once
-        ort_int8.calibrate(pre, digits.calib_x[:96], method, 96, tmp_path / "whole.json")
+        ort_int8.calibrate(pre, digits.calib_x[:100], method, 100, tmp_path / "whole.json")
         assert json.loads((tmp_path / "streamed.json").read_text()) == json.loads((tmp_path / "whole.json").read_text())
+
+
+def test_fewer_samples_than_a_batch_are_all_calibrated_unless_the_batch_is_fixed(hardswish_onnx, digits, tmp_path):
+    """edgekd.search quantizes with batch_size=min(16, N): with a dynamic batch no sample may be dropped;
+    a model whose batch dimension is fixed at 4 takes whole batches of 4 only."""
+    torch = pytest.importorskip("torch")
+    from edgekd.export import export_onnx
+    from edgekd.quantize import ort_int8
+
+    pre = ort_int8.preprocess(hardswish_onnx, tmp_path / "pre.onnx")
+    assert ort_int8.calibrate(pre, digits.calib_x[:5], "minmax", 16, tmp_path / "few.json")["calibration_samples"] == 5
+    result = quantize_int8(hardswish_onnx, tmp_path / "few.int8.onnx", digits.calib_x[:5], batch_size=min(16, 5))
+    assert result.calibration_samples == 5
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = HardSwishNet(width=8).eval()
+    export_onnx(model, tmp_path / "fixed4.onnx", input_shape=(4, 1, 32, 32), opset=18, dynamic_batch=False)
+    fixed = ort_int8.preprocess(tmp_path / "fixed4.onnx", tmp_path / "fixed4.pre.onnx")
+    facts = ort_int8.calibrate(fixed, digits.calib_x[:10], "minmax", 16, tmp_path / "fixed.json")
+    assert facts == {"calibration_samples": 8, "calibration_batch_size": 4}
+    with pytest.raises(DataError, match="batches of exactly 4"):
+        ort_int8.calibrate(fixed, digits.calib_x[:3], "minmax", 16, tmp_path / "short.json")
 
 
 def test_npz_arrays_are_memory_mapped(tmp_path):
