@@ -1,10 +1,10 @@
 """Smoke test of scripts/arm_parity.py on a model made here: FP32 and INT8 QDQ.
 
 Builds a timm resnet10t (1x32x32 input, 10 classes, fixed random weights: no
-download), exports it with torch.onnx.export, quantizes it with onnxruntime's
-quantize_static (QDQ, per-channel symmetric int8 weights, symmetric int8
-activations: the QDQ form edgekd ships, see DESIGN.md) calibrated on 8 fixed
-random inputs, then runs the parity check on 64 other fixed inputs and writes
+download), exports it with torch.onnx.export, quantizes it with edgekd's
+quantizer for the Raspberry Pi targets (edgekd.quantize.schemes, aarch64: S8
+activations, S8 per-channel weights, QDQ) calibrated on 8 fixed random inputs,
+then runs the parity check on 64 other fixed inputs and writes
 benchmarks/results/arm_parity_smoke.md. Needs root and the chroot from
 scripts/arm_env.sh; ~2 minutes, most of it emulation.
 
@@ -26,8 +26,9 @@ CLASSES = 10
 HOW_MADE = """
 Made by `benchmarks/arm_parity_smoke.py`: timm `resnet10t` (in_chans=1, 10 classes,
 random weights from seed 0) exported with `torch.onnx.export` (opset 17), and its INT8
-QDQ version from `onnxruntime.quantization.quantize_static` (per-channel, symmetric int8
-weights and activations) calibrated on 8 fixed random inputs; compared on 64 other fixed
+QDQ version from edgekd's quantizer with the aarch64 scheme the Pi targets get (S8S8:
+int8 activations with calibrated zero points, symmetric per-channel int8 weights; see
+docs/arm.md) calibrated on 8 fixed random inputs; compared on 64 other fixed
 random inputs. Random weights make small logits and many near-ties, a harder case for
 top-1 agreement than a trained model. Re-run: `sudo python benchmarks/arm_parity_smoke.py`.
 """
@@ -47,23 +48,11 @@ def build_fp32(path: Path) -> None:
 
 
 def build_int8(fp32: Path, int8: Path, calib: np.ndarray) -> None:
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                          quantize_static)
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    """edgekd's INT8 file for the Raspberry Pi targets (rpi4 and rpi5 get the same S8S8 scheme)."""
+    sys.path.insert(0, str(REPO))
+    from edgekd.quantize import choose_scheme, quantize_int8
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter([{"x": calib[i : i + 1]} for i in range(len(calib))])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    prepped = int8.with_name(int8.stem + "_prep.onnx")
-    quant_pre_process(str(fp32), str(prepped))  # shape inference + BN folding first
-    quantize_static(str(prepped), str(int8), Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
-    prepped.unlink()
+    quantize_int8(fp32, int8, calib, batch_size=1, scheme=choose_scheme("onnxruntime", "aarch64", {"asimd"}))
 
 
 def main() -> int:

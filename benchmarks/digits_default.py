@@ -36,7 +36,7 @@ def main() -> None:
     second = timed_compress(args.out, force=False)
     report = json.loads((args.out / "report.json").read_text())
     rows = {a["name"]: a for a in report["artifacts"]}
-    int8, teacher = rows["student-int8"], rows["teacher-fp32"]
+    int8, teacher = rows["student-int8-x86"], rows["teacher-fp32"]
     machine = report["machine"]
     table = (args.out / "report.md").read_text().split("\n\n")[1]  # the artifact table
     args.result.write_text(

@@ -4,7 +4,7 @@ Runs `edgekd compress` on examples/digits.yaml (or Fashion-MNIST with --fashion)
 `student: {quantization: qat}`, so one run holds, for ONE distilled float student:
 
 - FP32:            student.onnx in ONNX Runtime
-- PTQ (ORT):       student.int8.onnx — ONNX Runtime static INT8, minmax, per-channel,
+- PTQ (ORT):       student.int8.x86.onnx — ONNX Runtime static INT8, minmax, per-channel,
                    calibrated on the calibration split; the accuracy gate's fallbacks are OFF
                    (max_int8_drop 1.0, fallbacks false) so this is plain PTQ
 - PTQ (modelopt):  the modelopt fake-quantized student right after calibration, before any
@@ -65,10 +65,10 @@ def run_one(cfg: dict, workdir: Path) -> dict:
     rows = {r["name"]: r for r in json.loads((result.run_dir / "report.json").read_text())["artifacts"]}
     qat = read_record(result.run_dir, "qat")["result"]
     return {"seed": cfg["seed"], "teacher": rows["teacher-fp32"]["accuracy"], "fp32": rows["student-fp32"]["accuracy"],
-            "ptq_ort": rows["student-int8"]["accuracy"], "ptq_modelopt": qat["calibrated_accuracy"],
+            "ptq_ort": rows["student-int8-x86"]["accuracy"], "ptq_modelopt": qat["calibrated_accuracy"],
             "qat": rows["student-qat-int8"]["accuracy"], "qat_epochs": qat["epochs"],
             "qat_parity_max_abs_diff": qat["export"]["parity"]["max_abs_diff"],
-            "p50_ms": {k: rows[k]["latency_ms"]["p50"] for k in ("student-fp32", "student-int8", "student-qat-int8")},
+            "p50_ms": {k: rows[k]["latency_ms"]["p50"] for k in ("student-fp32", "student-int8-x86", "student-qat-int8")},
             "seconds": round(time.perf_counter() - started, 1)}
 
 

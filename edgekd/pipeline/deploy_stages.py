@@ -12,7 +12,6 @@ from edgekd.rundir import scratch_dir
 from edgekd.targets import strictest_opset
 
 MODELS = ("teacher", "student")
-INT8_ONNX = "student.int8.onnx"  # ONNX Runtime's INT8 file (x86 kernels' form: U8 activations, S8 weights)
 
 
 def record_sessions(ctx: RunContext, onnx_path) -> None:
@@ -95,52 +94,109 @@ EXPORT = Stage("export", "fold BatchNorm, export ONNX, simplify, check parity", 
 # ---------------------------------------------------------------- quantize
 
 
-def max_int8_drop(ctx: RunContext, runtime: str = "onnxruntime") -> float:
-    """The INT8 gate's bound (INT8 file vs the FP32 student, on val): `quantize.max_int8_drop`, else the
-    strictest `budgets.max_int8_drop` of the targets the file serves (the first target's when none does).
-    Not the budget's `max_accuracy_drop`, which bounds the student's drop vs the teacher."""
+def max_int8_drop(ctx: RunContext, targets: list) -> float:
+    """The INT8 gate's bound for a file serving `targets` (INT8 file vs the FP32 student, on val):
+    `quantize.max_int8_drop`, else the strictest `budgets.max_int8_drop` of those targets (the first
+    target's when none). Not the budget's `max_accuracy_drop`, which bounds the student vs the teacher."""
     configured = ctx.config.quantize.max_int8_drop
     if configured is not None:
         return configured
-    served = [t for t in ctx.targets if t.runtime == runtime and "int8" in t.precisions] or [ctx.primary_target]
-    return min(t.budgets.max_int8_drop for t in served)
+    return min(t.budgets.max_int8_drop for t in (targets or [ctx.primary_target]))
+
+
+def int8_file(scheme) -> str:
+    """student.int8.x86.onnx, student.int8.arm64.onnx, student.int8.trt.onnx: which target it is for."""
+    return f"student.int8.{scheme.key}.onnx"
+
+
+def int8_artifact_name(scheme) -> str:
+    """student-int8-x86, student-int8-arm64, student-int8-trt: the report row and `ship --artifact` name."""
+    return f"student-int8-{scheme.key}"
+
+
+def ort_int8_plan(ctx: RunContext) -> list[tuple]:
+    """(scheme, targets) per INT8 file for the ONNX Runtime targets that take int8 (edgekd.quantize.schemes)."""
+    from edgekd.quantize.schemes import plan_schemes
+
+    if not ctx.config.quantize.enabled:
+        return []
+    return [(scheme, targets) for scheme, targets in plan_schemes(ctx.targets) if scheme.runtime == "onnxruntime"]
+
+
+def calib_source(ctx: RunContext):
+    """data/calib.npz's samples, memory-mapped: calibration reads one batch at a time."""
+    from edgekd.quantize.ort_int8 import npz_array
+
+    return npz_array(ctx.run_dir / CALIB_FILE, "x")
 
 
 def _quantize_reads(ctx: RunContext) -> list[str]:
     if not ctx.config.quantize.enabled:
         return ["quantize.enabled"]
-    # targets: the gate's default bound and its sessions; the calibration samples arrive as data/calib.npz
+    # targets: which files (one per INT8 scheme), their bounds and sessions; the samples arrive as data/calib.npz
     return [f"quantize.{key}" for key in ("enabled", "method", "per_channel", "max_int8_drop", "fallbacks")] + ["targets"]
+
+
+def _quantize_facts(ctx: RunContext) -> dict:
+    # what this host decides beyond the config: an x86 file's 7-bit weights on a CPU without VNNI
+    return {"schemes": [scheme.as_dict() for scheme, _ in ort_int8_plan(ctx)]}
+
+
+def _quantize_outputs(ctx: RunContext) -> list[str]:
+    return [name for scheme, _ in ort_int8_plan(ctx) for name in (int8_file(scheme), int8_file(scheme) + ".json")]
 
 
 def run_quantize(ctx: RunContext) -> dict:
     if not ctx.config.quantize.enabled:
         return {"outputs": [], "summary": "disabled in config"}
-    from edgekd.quantize.gate import quantize_with_gate
+    plan = ort_int8_plan(ctx)
+    if not plan:
+        return {"outputs": [], "files": [], "summary": "no ONNX Runtime target takes int8"}
     from edgekd.runtime.ort import accuracy, make_session, predict
 
-    q = ctx.config.quantize
     val_x, val_y = ctx.val_arrays()  # the gate chooses: on val, never on the test split the report scores
     fp32 = ctx.run_dir / "student.onnx"
     reference = accuracy(predict(make_session(fp32, ctx.primary_target), val_x), val_y)
-    bound = {"reference_val_accuracy": reference, "max_int8_drop": max_int8_drop(ctx)}
+    files = [_quantize_for(ctx, scheme, targets, reference, val_x, val_y) for scheme, targets in plan]
+    made = [f for f in files if f["gate_passed"]]
+    artifacts = [Artifact(f["artifact"], "student", "onnxruntime", "int8", f["file"], tuple(f["targets"])).to_dict()
+                 for f in made]
+    return {"outputs": [name for f in made for name in (f["file"], f["file"] + ".json")],
+            "reference_val_accuracy": reference, "files": files, "artifacts": artifacts,
+            "failures": [f.pop("failure") for f in files if "failure" in f],
+            "summary": "; ".join(_file_summary(f, reference) for f in files)}
+
+
+def _quantize_for(ctx: RunContext, scheme, targets: list, reference: float, val_x, val_y) -> dict:
+    """One INT8 file through the gate: accuracy within the targets' bound first, then the fastest.
+    A failed gate leaves no file; the record keeps every attempt and the run goes on to its report."""
+    from dataclasses import asdict
+
+    from edgekd.quantize.gate import quantize_with_gate
+
+    q, name, bound = ctx.config.quantize, int8_file(scheme), max_int8_drop(ctx, targets)
+    record = {"file": name, "artifact": int8_artifact_name(scheme), "targets": [t.name for t in targets],
+              "scheme": scheme.as_dict(), "max_int8_drop": bound}
     try:
-        gate = quantize_with_gate(fp32, ctx.run_dir / INT8_ONNX, ctx.calib_array(), val_x, val_y,
-                                  reference_accuracy=reference, max_accuracy_drop=bound["max_int8_drop"],
-                                  method=q.method, per_channel=q.per_channel, fallbacks=q.fallbacks,
-                                  target=ctx.primary_target)
-    except GateError as exc:  # no INT8 file; the run goes on so the report shows FP32 and every attempt
-        ctx.ui.warn(f"INT8 gate failed: {exc.message.splitlines()[0]}")
-        return {"outputs": [], **bound, "gate_passed": False, "attempts": exc.details or [],
-                "failures": [failure("INT8 accuracy gate (quantize)", exc)],
-                "summary": f"INT8 gate failed after {len(exc.details or [])} attempt(s): no INT8 student"}
-    chosen = gate.chosen
-    record_sessions(ctx, ctx.run_dir / INT8_ONNX)
-    artifact = Artifact("student-int8", "student", "onnxruntime", "int8", INT8_ONNX, ctx.targets_for("onnxruntime", "int8"))
-    return {"outputs": [INT8_ONNX, INT8_ONNX + ".json"], **bound, "gate_passed": True,
-            "attempts": [vars(a) for a in gate.attempts], "artifacts": [artifact.to_dict()],
-            "summary": f"{chosen.method}, per-channel {chosen.per_channel}: val accuracy {chosen.accuracy:.4f} "
-                       f"(FP32 {reference:.4f}, {len(gate.attempts)} attempt(s))"}
+        gate = quantize_with_gate(ctx.run_dir / "student.onnx", ctx.run_dir / name, calib_source(ctx), val_x, val_y,
+                                  reference_accuracy=reference, max_accuracy_drop=bound, method=q.method,
+                                  per_channel=q.per_channel, fallbacks=q.fallbacks, target=targets[0], scheme=scheme)
+    except GateError as exc:
+        ctx.ui.warn(f"INT8 gate failed for {name}: {exc.message.splitlines()[0]}")
+        return {**record, "gate_passed": False, "attempts": exc.details or [], "speed": {},
+                "failure": failure(f"INT8 accuracy gate (quantize, {name})", exc)}
+    record_sessions(ctx, ctx.run_dir / name)
+    return {**record, "scheme": gate.scheme, "gate_passed": True, "val_accuracy": gate.chosen.accuracy,
+            "attempts": [asdict(a) for a in gate.attempts], "chosen": gate.attempts.index(gate.chosen),
+            "speed": gate.speed}
+
+
+def _file_summary(f: dict, reference: float) -> str:
+    head = f"{f['file']} {f['scheme']['types']} for {', '.join(f['targets'])}"
+    if not f["gate_passed"]:
+        return f"{head}: INT8 gate failed after {len(f['attempts'])} attempt(s), no file"
+    return (f"{head}: val accuracy {f['val_accuracy']:.4f} (FP32 {reference:.4f}), "
+            f"{f['speed'].get('verdict', 'not timed here')}")
 
 
 def failure(check: str, exc: GateError) -> dict:
@@ -148,6 +204,7 @@ def failure(check: str, exc: GateError) -> dict:
     return {"check": check, "message": exc.message, "hint": exc.hint}
 
 
-QUANTIZE = Stage("quantize", "ONNX Runtime static INT8 (QDQ) with an accuracy gate", run_quantize, _quantize_reads,
+QUANTIZE = Stage("quantize", "ONNX Runtime static INT8 per target scheme, accuracy gate then fastest", run_quantize,
+                 _quantize_reads,
                  lambda ctx: ["student.onnx", CALIB_FILE, VAL_FILE] if ctx.config.quantize.enabled else [],
-                 lambda ctx: [INT8_ONNX, INT8_ONNX + ".json"] if ctx.config.quantize.enabled else [])
+                 _quantize_outputs, facts=_quantize_facts)

@@ -184,7 +184,7 @@ def notes(ctx: RunContext, report: dict, results: dict) -> list[str]:
             out.append(f"Student training data: {used['samples']} of {used['train_split']} training samples, "
                        f"{used['unlabeled']} of them used without labels{withheld}.")
     out += _export_notes(report)
-    out += _int8_notes({r["name"]: r for r in report["artifacts"]})
+    out += _int8_notes(report, results["quantize"])
     return out
 
 
@@ -206,20 +206,21 @@ def _export_notes(report: dict) -> list[str]:
     return out
 
 
-def _int8_notes(rows: dict) -> list[str]:
+def _int8_notes(report: dict, quantize: dict) -> list[str]:
+    """Per INT8 file: its speed against the FP32 student here, and why, from the quantize stage's profile."""
+    from edgekd.quantize.explain import int8_speed_note
+
+    rows = {r["path"]: r for r in report["artifacts"]}
+    fp32 = rows.get("student.onnx")
     out = []
-    if "student-int8" in rows and "student-fp32" in rows:
-        fp32, int8 = rows["student-fp32"]["latency_ms"]["p50"], rows["student-int8"]["latency_ms"]["p50"]
-        if int8 < fp32:
-            out.append(f"The INT8 student is {fp32 / int8:.2f}× faster than the FP32 student at batch 1.")
-        else:
-            out.append(f"The INT8 student is {int8 / fp32:.2f}× SLOWER than the FP32 student at batch 1: at this "
-                       "model size the quantize/dequantize overhead outweighs the integer kernels, so the FP32 "
-                       "student is recommended if it fits the budgets.")
-    if "student-qat-int8" in rows and "student-int8" in rows:
-        qat, ptq = rows["student-qat-int8"]["accuracy"], rows["student-int8"]["accuracy"]
-        out.append(f"Quantization-aware INT8 student: accuracy {qat:.4f} vs {ptq:.4f} for post-training INT8 "
-                   f"({qat - ptq:+.4f}).")
+    for file in quantize.get("files") or []:
+        if fp32 is not None and file["file"] in rows:
+            out.append(int8_speed_note(file, rows[file["file"]]["latency_ms"]["p50"], fp32["latency_ms"]["p50"]))
+    qat, ptq = rows.get("student.qat.onnx"), next((rows[f["file"]] for f in quantize.get("files") or []
+                                                    if f["file"] in rows), None)
+    if qat is not None and ptq is not None:
+        out.append(f"Quantization-aware INT8 student: accuracy {qat['accuracy']:.4f} vs {ptq['accuracy']:.4f} for "
+                   f"post-training INT8 ({ptq['name']}, {qat['accuracy'] - ptq['accuracy']:+.4f}).")
     return out
 
 

@@ -30,9 +30,16 @@ def plans(ctx: RunContext) -> list[tuple]:
     return [(t, p, plan_for_target(t, p)) for t in tensorrt_targets(ctx) for p in t.precisions]
 
 
+def int8_targets(ctx: RunContext) -> list:
+    """The Jetson targets that build an INT8 engine: their profiles bound the INT8 file's accuracy drop."""
+    return [t for t in tensorrt_targets(ctx) if "int8" in t.precisions]
+
+
 def _reads(ctx: RunContext) -> list[str]:
-    # targets: which builds; the PTQ INT8 file: calibration method and gate bound (samples arrive as data/calib.npz)
-    return ["targets", "student.quantization", "quantize.method", "quantize.max_int8_drop"]
+    # targets: which builds, and the Jetson profiles' INT8 bound; the PTQ INT8 file follows the user's
+    # quantize settings (samples arrive as data/calib.npz). Its types are TensorRT's, never this host's,
+    # so no host fact decides it.
+    return ["targets", "student.quantization", "quantize.method", "quantize.max_int8_drop", "quantize.fallbacks"]
 
 
 def _outputs(ctx: RunContext) -> list[str]:
@@ -130,21 +137,29 @@ def _check_trt_rules(path, remove: bool) -> None:
 
 
 def _ptq_variant(ctx: RunContext) -> dict:
-    """Post-training: symmetric int8, no int32 bias, dedicated QDQ pairs."""
-    from edgekd.pipeline.deploy_stages import max_int8_drop
+    """Post-training, TensorRT's scheme (symmetric S8, no int32 bias, dedicated QDQ pairs, 8-bit weights
+    whatever this workstation's CPU): the user's quantize settings (method, fallbacks), and as its bound
+    `quantize.max_int8_drop`, else the strictest `budgets.max_int8_drop` of the Jetson targets that build INT8."""
+    from dataclasses import asdict
+
+    from edgekd.pipeline.deploy_stages import calib_source, max_int8_drop
     from edgekd.quantize.gate import quantize_with_gate
+    from edgekd.quantize.schemes import choose_scheme
     from edgekd.runtime.ort import accuracy, make_session, predict
 
     q = ctx.config.quantize
     out = ctx.run_dir / VARIANT_FILES["qdq"]
     val_x, val_y = ctx.val_arrays()
     reference = accuracy(predict(make_session(ctx.run_dir / "student.onnx"), val_x), val_y)
-    gate = quantize_with_gate(ctx.run_dir / "student.onnx", out, ctx.calib_array(), val_x, val_y,
-                              reference_accuracy=reference, max_accuracy_drop=max_int8_drop(ctx, "tensorrt"), method=q.method,
-                              per_channel=True, trt_ready=True, target=None)
+    bound = max_int8_drop(ctx, int8_targets(ctx))
+    gate = quantize_with_gate(ctx.run_dir / "student.onnx", out, calib_source(ctx), val_x, val_y,
+                              reference_accuracy=reference, max_accuracy_drop=bound, method=q.method,
+                              per_channel=True, fallbacks=q.fallbacks, target=None,
+                              scheme=choose_scheme("tensorrt", "aarch64"))
     _check_trt_rules(out, remove=True)
     return {"file": out.name, "files": [out.name, out.name + ".json"], "source": "post-training quantization",
-            "val_accuracy_onnxruntime": gate.chosen.accuracy, "attempts": [vars(a) for a in gate.attempts]}
+            "val_accuracy_onnxruntime": gate.chosen.accuracy, "max_int8_drop": bound, "scheme": gate.scheme,
+            "attempts": [asdict(a) for a in gate.attempts]}
 
 
 def _build_row(target, precision: str, plan, variant: dict) -> dict:

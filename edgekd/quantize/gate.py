@@ -1,22 +1,34 @@
-"""INT8 accuracy gate with automatic fallbacks (torch-free).
+"""INT8 gate: accuracy first, then the fastest file within the bound (torch-free).
 
-    quantize_with_gate(fp32_onnx, out_path, calib_x, val_x, val_y,
-                       reference_accuracy=..., max_accuracy_drop=..., method=..., per_channel=...)
+    quantize_with_gate(fp32_onnx, out_path, calib_x, val_x, val_y, reference_accuracy=...,
+                       max_accuracy_drop=..., scheme=choose_scheme(...), method=..., per_channel=...)
 
-Attempts, in order, stopping at the first whose accuracy drop
+Accuracy phase, in order, stopping at the first attempt whose accuracy drop
 (reference_accuracy - int8 accuracy) is <= max_accuracy_drop:
 
 1. the configured method and weight granularity;
 2. the other calibration methods (minmax, entropy, percentile);
-3. each method again with per-channel toggled (not for trt_ready: TensorRT wants
-   per-channel weights);
-4. from the most accurate attempt so far, keep the most quantization-sensitive
-   nodes in float, 1, 2, 4, ... groups of them (each set with every calibration
-   method), until it passes or `max_excluded_nodes` is reached.
+3. each method again with per-channel toggled (not for TensorRT: it wants per-channel);
+4. from the most accurate attempt so far, keep the most quantization-sensitive nodes in
+   float, 1, 2, 4, ... groups of them (each set with every calibration method), until it
+   passes or `max_excluded_nodes` is reached.
 
-On x86 CPUs without VNNI every attempt uses 7-bit weights (reduce_range; see
-edgekd.quantize.ort_int8.u8s8_saturates_here): ONNX Runtime's int8 kernels there
-saturate with 8-bit weights, and the accuracy measured would be wrong.
+Speed phase, only where this machine runs the file as its targets do (x86 ONNX Runtime
+files on an x86 host; edgekd.quantize.schemes.timed_here), from the passing setting:
+
+5. the QOperator form (QLinearConv...), where the runtime runs both;
+6. ONNX Runtime's profiler on FP32 and on the INT8 attempt, per unit (a Conv and the
+   activation chain it fuses; edgekd.quantize.profile): the units whose INT8 kernels,
+   with the float islands and Q/DQ boundaries they cause, take longer than FP32 kept float;
+7. the contiguous run of units whose INT8 saving is largest, the rest float (one int8
+   region, no float islands between quantized nodes).
+
+Every passing attempt is then timed at batch 1, interleaved with the FP32 model, and the
+fastest is kept (attempts within TIE_MARGIN of it count as as fast: the one with fewest float
+nodes wins); each attempt records why it lost (accuracy, or how much slower). Where
+timing here means nothing (TensorRT, ARM files on x86) the first passing attempt is kept.
+The types (U8S8 / S8S8 / symmetric S8) come from the scheme; 7-bit weights only in x86
+files made for CPUs without VNNI.
 
 Sensitivity comes from ONNX Runtime's QDQ debugging tools (qdq_loss_debug): every
 activation's signal-to-quantization-noise ratio (SQNR, dB) before vs after its own
@@ -25,9 +37,8 @@ averaged over channels (axis 1) rather than taken over the whole tensor: one
 outlier channel dominates a whole-tensor norm and hides that the other channels
 were rounded to zero, which is exactly the failure that costs accuracy.
 
-Every attempt records its accuracy and a quick batch-1 latency (INT8 is not always
-faster: on tiny models Q/DQ overhead wins). If no attempt passes, GateError lists
-them all and nothing is written to out_path; the FP32 model is never touched.
+If no attempt passes, GateError lists them all and nothing is written to out_path;
+the FP32 model is never touched.
 """
 
 from __future__ import annotations
@@ -44,18 +55,19 @@ import numpy as np
 from edgekd.errors import DataError, GateError
 from edgekd.quantize.ort_int8 import (
     METHODS,
-    ArrayReader,
+    BatchReader,
     QuantResult,
     QuantSettings,
+    calibrate,
     check_samples,
+    host_scheme,
     model_input,
     preprocess,
     publish,
     quantize_file,
     validate_settings,
-    calibrate,
-    u8s8_saturates_here,
 )
+from edgekd.quantize.schemes import Int8Scheme, timed_here
 from edgekd.rundir import scratch
 from edgekd.runtime.ort import accuracy, make_session, predict
 
@@ -64,9 +76,15 @@ if TYPE_CHECKING:  # pragma: no cover
 
 SQNR_CAP_DB = 60.0  # beyond this the quantization noise is irrelevant; also stands for "exact"
 DEBUG_SAMPLES = 16  # activations of every tensor are held in memory for this many samples
-LATENCY_RUNS = 30
 MAX_EXCLUDED_FRACTION = 0.25  # keeping more than a quarter of the graph in float defeats INT8
 MIN_EXCLUDED_LIMIT = 4  # ...but a 10-node student may need a conv, its activation and its reader
+RACE_ROUNDS = 5  # interleaved rounds of the final timing
+RACE_MIN_CALLS = 10  # per candidate and round; and at least RACE_MIN_SECONDS
+RACE_MIN_SECONDS = 0.1
+# Attempts within this fraction of the fastest count as equally fast (in-process timing on a shared
+# machine moves by a few percent): the one with fewest float nodes, then QDQ, then the earliest is kept.
+TIE_MARGIN = 0.03
+SHOWN_UNITS = 8  # costliest units recorded for the report
 
 
 @dataclass
@@ -76,17 +94,24 @@ class Attempt:
     excluded_nodes: list[str]
     accuracy: float
     accuracy_drop: float
-    latency_ms_p50: float
+    latency_ms_p50: float | None  # batch 1, from the final interleaved timing; None: not timed
     passed: bool
     seconds: float = 0.0
     reduce_range: bool = False
+    quant_format: str = "qdq"
+    types: str = ""  # e.g. "U8S8": activations, weights
+    purpose: str = "configured"  # which step made it (see the module docstring)
+    float_units: list[str] = field(default_factory=list)  # units kept float for speed (step 6/7)
+    outcome: str = ""  # "chosen", or why it lost
 
     def describe(self) -> str:
-        verdict = "passed" if self.passed else "failed"
         granularity = ("per-channel" if self.per_channel else "per-tensor") + (", 7-bit weights" if self.reduce_range else "")
+        latency = f", {self.latency_ms_p50:.3f} ms p50" if self.latency_ms_p50 is not None else ""
+        verdict = "passed" if self.passed else "failed"
         return (
-            f"{self.method}/{granularity}, {len(self.excluded_nodes)} float nodes: accuracy {self.accuracy:.4f} "
-            f"(drop {self.accuracy_drop:+.4f}), {self.latency_ms_p50:.3f} ms p50 -> {verdict}"
+            f"{self.method}/{granularity}/{self.quant_format.upper()} {self.types}, {len(self.excluded_nodes)} float nodes"
+            f" [{self.purpose}]: accuracy {self.accuracy:.4f} (drop {self.accuracy_drop:+.4f}){latency} -> {verdict}"
+            + (f" ({self.outcome})" if self.outcome and self.outcome != "chosen" else "")
         )
 
 
@@ -100,12 +125,14 @@ class GateResult:
     chosen: Attempt
     quant: QuantResult
     sensitivity: list[dict] = field(default_factory=list)  # ranked groups, when step 4 ran
+    scheme: dict = field(default_factory=dict)  # Int8Scheme.as_dict(): the types and why
+    speed: dict = field(default_factory=dict)  # timing and profile (see _Search.speed_record)
 
 
 def quantize_with_gate(
     fp32_onnx: str | Path,
     out_path: str | Path,
-    calib_x: np.ndarray,
+    calib_x,
     val_x: np.ndarray,
     val_y: np.ndarray,
     *,
@@ -119,35 +146,39 @@ def quantize_with_gate(
     max_excluded_nodes: int | None = None,
     fallbacks: bool = True,
     reduce_range: bool | None = None,
+    scheme: Int8Scheme | None = None,
+    speed_search: bool = True,
 ) -> GateResult:
-    """Quantize `fp32_onnx` to `out_path`, trying fallbacks until the accuracy drop is within budget.
+    """Quantize `fp32_onnx` to `out_path`: the fastest attempt within the accuracy bound.
 
-    reference_accuracy: what INT8 accuracy is compared to (e.g. the FP32 teacher's on val_x).
+    reference_accuracy: what INT8 accuracy is compared to (e.g. the FP32 student's on val_x).
     max_accuracy_drop: allowed reference_accuracy - int8_accuracy (absolute, e.g. 0.02).
-    target: the session settings (threads, graph optimization) for accuracy and latency.
-    max_excluded_nodes: cap on nodes kept in float (default: a quarter of the graph's nodes, >= 4).
-    fallbacks: False tries the configured setting only (the user pinned it).
-    reduce_range: 7-bit weights in every attempt; None = where this CPU's int8 kernels would
-    saturate (u8s8_saturates_here), since accuracy measured through saturating kernels is wrong.
+    scheme: the types for the file's targets (edgekd.quantize.schemes); default: this
+        machine's ONNX Runtime, or TensorRT's form with `trt_ready` (`reduce_range` overrides
+        the default scheme's 7-bit choice, only without `scheme`).
+    target: the session settings (threads, graph optimization) for accuracy and timing.
+    max_excluded_nodes: cap on nodes kept in float for accuracy (default: a quarter of the graph, >= 4).
+    fallbacks: False tries the configured setting only (the user pinned it): no fallback, no speed search.
+    speed_search: steps 5-7 where the file can be timed here.
+    calib_x: (N, C, H, W) samples, any array-like that slices (a memmap streams).
     Raises GateError listing every attempt when none passes; out_path is then not written.
     """
-    reduce_range = u8s8_saturates_here() if reduce_range is None else reduce_range
-    first = QuantSettings(method, bool(per_channel), bool(trt_ready), reduce_range=bool(reduce_range))
+    scheme = scheme or host_scheme(bool(trt_ready), reduce_range)
+    first = QuantSettings(method, bool(per_channel), scheme=scheme)
     validate_settings(first)
-    calib_x = check_samples(calib_x, "calib_x")
+    calib_x = check_samples(calib_x, "calib_x", finite=False)
     val_x, val_y = check_samples(val_x, "val_x"), _labels(val_y, len(val_x))
     fp32_onnx, out_path = Path(fp32_onnx), Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     search = _Search(fp32_onnx, calib_x, val_x, val_y, reference_accuracy, max_accuracy_drop, target, batch_size)
     with scratch(out_path.parent, "gate-") as tmp:  # edgekd.rundir: where a re-run finds a killed search's files
         search.start(tmp)
-        for settings in search_order(first) if fallbacks else [first]:
-            if search.attempt(settings).passed:
-                return search.finish(out_path)
-        limit = max_excluded_nodes if max_excluded_nodes is not None else search.default_exclusion_limit()
-        for settings in search.exclusion_steps(limit) if fallbacks else []:
-            if search.attempt(settings).passed:
-                return search.finish(out_path)
+        passing = search.accuracy_phase(first, fallbacks, max_excluded_nodes)
+        if passing is not None:
+            timed = timed_here(scheme)
+            if timed and fallbacks and speed_search:
+                search.speed_phase(passing)
+            return search.finish(out_path, timed)
     raise GateError(
         f"No INT8 variant of {fp32_onnx.name} stays within the accuracy budget (reference "
         f"{reference_accuracy:.4f}, max drop {max_accuracy_drop:g}); tried:\n  "
@@ -158,12 +189,13 @@ def quantize_with_gate(
     )
 
 
-def search_order(first: QuantSettings) -> list[QuantSettings]:
+def search_order(first: QuantSettings) -> list[tuple[QuantSettings, str]]:
     """Steps 1-3: configured, other methods, then every method with per-channel toggled."""
     methods = [first.method, *(m for m in METHODS if m != first.method)]
-    order = [replace(first, method=m) for m in methods]
+    order = [(replace(first, method=m), "configured" if m == first.method else "calibration fallback") for m in methods]
     if not first.trt_ready:
-        order += [replace(first, method=m, per_channel=not first.per_channel) for m in methods]
+        label = "per-tensor fallback" if first.per_channel else "per-channel fallback"
+        order += [(replace(first, method=m, per_channel=not first.per_channel), label) for m in methods]
     return order
 
 
@@ -184,12 +216,29 @@ class _Search:
         self.files: list[tuple[Path, QuantSettings, dict]] = []
         self.sensitivity: list[dict] = []
         self.calibrated: dict[str, dict] = {}  # method -> calibration facts; ranges cached in tmp
+        self.speed: dict = {}
 
     def start(self, tmp: Path) -> None:
         self.tmp = tmp
         self.pre = preprocess(self.fp32_onnx, tmp / "pre.onnx")
 
-    def attempt(self, settings: QuantSettings) -> Attempt:
+    # ------------------------------------------------------------------ accuracy first
+
+    def accuracy_phase(self, first: QuantSettings, fallbacks: bool, max_excluded: int | None) -> int | None:
+        """Steps 1-4; the index of the first passing attempt, or None."""
+        for settings, purpose in search_order(first) if fallbacks else [(first, "configured")]:
+            if self.attempt(settings, purpose).passed:
+                return len(self.attempts) - 1
+        if not fallbacks:
+            return None
+        limit = max_excluded if max_excluded is not None else self.default_exclusion_limit()
+        for settings in self.exclusion_steps(limit):
+            purpose = f"{len(settings.exclude_nodes)} sensitive nodes float"
+            if self.attempt(settings, purpose).passed:
+                return len(self.attempts) - 1
+        return None
+
+    def attempt(self, settings: QuantSettings, purpose: str, float_units: list[str] | None = None) -> Attempt:
         start = time.perf_counter()
         dest = self.tmp / f"attempt{len(self.attempts)}.onnx"
         cache = self.tmp / f"{settings.method}.calib.json"
@@ -200,27 +249,104 @@ class _Search:
         session = make_session(dest, target=self.target)
         acc = accuracy(predict(session, self.val_x, self.batch_size), self.val_y)
         drop = self.reference - acc
+        passed = drop <= self.max_drop
         result = Attempt(
-            settings.method, settings.per_channel, list(settings.exclude_nodes), round(acc, 6),
-            round(drop, 6), latency_p50_ms(session, self.val_x[:1]), drop <= self.max_drop,
-            round(time.perf_counter() - start, 3), settings.reduce_range,
+            settings.method, settings.per_channel, list(settings.exclude_nodes), round(acc, 6), round(drop, 6),
+            None, passed, round(time.perf_counter() - start, 3), settings.reduce_range, settings.quant_format,
+            settings.scheme.types, purpose, list(float_units or []),
+            "" if passed else f"accuracy drop {drop:+.4f} > {self.max_drop:g}",
         )
         self.attempts.append(result)
         self.files.append((dest, settings, facts))
         return result
 
-    def finish(self, out_path: Path) -> GateResult:
-        chosen = self.attempts[-1]
-        dest, settings, facts = self.files[-1]
+    # ------------------------------------------------------------------ then fastest
+
+    def speed_phase(self, index: int) -> None:
+        """Steps 5-7 from the passing attempt `index`; every candidate is a full attempt (accuracy checked)."""
+        from edgekd.quantize.profile import Units, costly_units, profile_model, totals, unit_costs
+
+        base_file, base, _ = self.files[index]
+        if "qoperator" in base.scheme.formats and base.quant_format != "qoperator":
+            self.attempt(replace(base, quant_format="qoperator"), "speed: QOperator form")
+        units = Units(self.pre)
+        x1 = self.val_x[:1]
+        costs, rest = unit_costs(units, profile_model(self.pre, x1, self.tmp, self.target),
+                                 profile_model(base_file, x1, self.tmp, self.target))
+        costly = costly_units(costs)
+        self.speed["profile"] = {"of": "the INT8 attempt that first passed, against the FP32 graph, batch 1",
+                                 "kernel_totals_us": totals(costs, rest), "units": len(costs),
+                                 "costly_units": [c.as_dict() for c in costly[:SHOWN_UNITS]],
+                                 "costly_count": len(costly), "unattributed_us": rest}
+        quantizable = [c for c in costs if _runs_int8(c)]
+        for purpose, kept_float in (("speed: units that cost more in INT8 kept float", costly),
+                                    ("speed: best contiguous INT8 region", _outside_best_region(costs))):
+            kept_float = [c for c in kept_float if _runs_int8(c)]
+            if not kept_float or len(kept_float) >= len(quantizable):
+                continue  # nothing to change, or nothing left in INT8
+            nodes = tuple(dict.fromkeys([*base.exclude_nodes, *(n for c in kept_float for n in c.nodes)]))
+            if any(self.files[i][1].exclude_nodes == nodes for i in range(len(self.files))):
+                continue
+            self.attempt(replace(base, exclude_nodes=nodes), purpose, [c.unit for c in kept_float])
+
+    def finish(self, out_path: Path, timed: bool) -> GateResult:
+        chosen_index = self.choose(timed)
+        chosen = self.attempts[chosen_index]
+        dest, settings, facts = self.files[chosen_index]
         gate = {
             "reference_accuracy": self.reference,
             "max_accuracy_drop": self.max_drop,
             "attempts": [asdict(a) for a in self.attempts],
             "sensitivity": self.sensitivity,
+            "speed": self.speed,
         }
         quant = publish(dest, out_path, self.fp32_onnx, settings, facts, chosen.seconds, {"gate": gate})
         return GateResult(quant.path, quant.sidecar, self.reference, self.max_drop, self.attempts, chosen,
-                          quant, self.sensitivity)
+                          quant, self.sensitivity, settings.scheme.as_dict(), self.speed)
+
+    def choose(self, timed: bool) -> int:
+        """The fastest passing attempt (timed here), else the first passing one; sets every outcome."""
+        passing = [i for i, a in enumerate(self.attempts) if a.passed]
+        if not timed:
+            chosen = passing[0]
+            for i in passing[1:]:
+                self.attempts[i].outcome = "a passing attempt came first (speed not measurable here)"
+            self.speed["timed"] = False
+            self.speed["why"] = ("Not timed: this machine does not run the file as its targets do; the first "
+                                 "attempt within the accuracy bound is kept")
+        else:
+            latencies = race_latency([self.fp32_onnx] + [self.files[i][0] for i in passing], self.val_x[:1], self.target)
+            fp32_ms = latencies[0]
+            for i, ms in zip(passing, latencies[1:]):
+                self.attempts[i].latency_ms_p50 = ms
+            chosen = pick_fastest([self.attempts[i] for i in passing])
+            chosen = passing[chosen]
+            best = self.attempts[chosen].latency_ms_p50
+            for i in passing:
+                if i != chosen:
+                    ms = self.attempts[i].latency_ms_p50
+                    self.attempts[i].outcome = (f"slower: {ms:.3f} ms vs {best:.3f} ms ({ms / best:.2f}x)" if ms > best else
+                                                f"as fast within {TIE_MARGIN:.0%} ({ms:.3f} vs {best:.3f} ms): the "
+                                                "chosen one has fewer float nodes or comes first")
+            self.speed.update(self.speed_record(fp32_ms, best))
+        self.attempts[chosen].outcome = "chosen"
+        return chosen
+
+    def speed_record(self, fp32_ms: float, int8_ms: float) -> dict:
+        """Batch-1 timing of the chosen INT8 file against FP32 (same process, interleaved), and the verdict."""
+        speedup = fp32_ms / int8_ms
+        record = {"timed": True, "fp32_ms_p50": fp32_ms, "int8_ms_p50": int8_ms, "speedup_vs_fp32": round(speedup, 3)}
+        if speedup >= 1 + TIE_MARGIN:
+            record["verdict"] = f"INT8 is {speedup:.2f}x faster than FP32 at batch 1"
+        elif speedup >= 1 - TIE_MARGIN:
+            record["verdict"] = (f"The fastest INT8 variant is as fast as FP32, within {TIE_MARGIN:.0%} ({int8_ms:.3f} "
+                                 f"vs {fp32_ms:.3f} ms at batch 1): no quantization pays here")
+        else:
+            record["verdict"] = (f"No INT8 variant tried beat FP32: the fastest is {1 / speedup:.2f}x slower "
+                                 f"({int8_ms:.3f} vs {fp32_ms:.3f} ms at batch 1)")
+        return record
+
+    # ------------------------------------------------------------------ sensitivity (step 4)
 
     def default_exclusion_limit(self) -> int:
         import onnx
@@ -250,6 +376,35 @@ class _Search:
                 yield from (replace(settings, method=m, exclude_nodes=nodes) for m in methods)
 
 
+def pick_fastest(attempts: Sequence[Attempt]) -> int:
+    """Index of the attempt to keep among timed passing ones: the fastest, where "as fast" means
+    within TIE_MARGIN of it; among those, fewest float nodes, then QDQ (any runtime reads it), then first."""
+    fastest = min(a.latency_ms_p50 for a in attempts)
+    tied = [i for i, a in enumerate(attempts) if a.latency_ms_p50 <= fastest * (1 + TIE_MARGIN)]
+    return min(tied, key=lambda i: (len(attempts[i].excluded_nodes), attempts[i].quant_format != "qdq", i))
+
+
+def _runs_int8(cost) -> bool:
+    """Whether a unit ran integer kernels in the profiled INT8 model."""
+    return any(op.startswith("QLinear") or op in ("QGemm", "MatMulInteger", "ConvInteger") for op in cost.int8_kernels)
+
+
+def _outside_best_region(costs: list) -> list:
+    """Units outside the contiguous run (graph order) with the largest summed INT8 saving
+    (maximum-subarray): one int8 region, float before and after it."""
+    best, best_span, running, start = 0.0, None, 0.0, 0
+    for i, cost in enumerate(costs):
+        if running <= 0:
+            running, start = 0.0, i
+        running += cost.saving_us
+        if running > best:
+            best, best_span = running, (start, i)
+    if best_span is None:
+        return list(costs)
+    first, last = best_span
+    return costs[:first] + costs[last + 1 :]
+
+
 def _doubling(n: int) -> list[int]:
     """1, 2, 4, ... below n, then n: few attempts, and the last one tries every group."""
     counts = [1 << k for k in range(max(n - 1, 0).bit_length()) if (1 << k) < n]
@@ -264,17 +419,27 @@ def _union(groups) -> tuple[str, ...]:
     return tuple(seen)
 
 
-def latency_p50_ms(session, x1: np.ndarray, runs: int = LATENCY_RUNS) -> float:
-    """Median batch-1 latency over a few runs after warm-up: a quick ranking, not the bench stage."""
-    feed = {session.get_inputs()[0].name: np.ascontiguousarray(x1[:1], dtype=np.float32)}
-    for _ in range(3):
-        session.run(None, feed)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append(time.perf_counter() - start)
-    return round(statistics.median(times) * 1e3, 4)
+def race_latency(paths: Sequence[Path], x1: np.ndarray, target=None) -> list[float]:
+    """Median batch-1 latency (ms) of each model, timed in interleaved rounds in this process
+    (rotating the order each round) so that load from other jobs lands on all alike.
+    A ranking for the gate; the bench stage measures each artifact in its own process."""
+    sessions = [make_session(p, target=target) for p in paths]
+    feeds = [{s.get_inputs()[0].name: np.ascontiguousarray(x1[:1], dtype=np.float32)} for s in sessions]
+    for session, feed in zip(sessions, feeds):
+        for _ in range(3):
+            session.run(None, feed)
+    times: list[list[float]] = [[] for _ in sessions]
+    for round_ in range(RACE_ROUNDS):
+        order = list(range(len(sessions)))
+        order = order[round_ % len(order):] + order[: round_ % len(order)]
+        for i in order:
+            began, calls = time.perf_counter(), 0
+            while calls < RACE_MIN_CALLS or time.perf_counter() - began < RACE_MIN_SECONDS:
+                start = time.perf_counter()
+                sessions[i].run(None, feeds[i])
+                times[i].append(time.perf_counter() - start)
+                calls += 1
+    return [round(statistics.median(t) * 1e3, 4) for t in times]
 
 
 # ---------------------------------------------------------------------------
@@ -353,19 +518,19 @@ def activation_sqnr(pre_onnx: Path, qdq_onnx: Path, x: np.ndarray, tmp: Path) ->
     name, fixed = model_input(pre_onnx)
     augmented = tmp / "float_debug.onnx"
     debug.modify_model_output_intermediate_tensors(str(pre_onnx), str(augmented))
-    activations = debug.collect_activations(str(augmented), ArrayReader(name, x, fixed or len(x)))
+    activations = debug.collect_activations(str(augmented), BatchReader(name, x, fixed or len(x)))
     shapes = _tensor_shapes(pre_onnx)
     result = {}
-    for tensor, (scale, zero_point) in activation_qparams(qdq_onnx).items():
+    for tensor, (scale, zero_point, dtype) in activation_qparams(qdq_onnx).items():
         if tensor not in activations:
             continue
         reference = [_unflatten(a, shapes.get(tensor)) for a in activations[tensor]]
-        result[tensor] = channel_sqnr(reference, [fake_quant(a, scale, zero_point) for a in reference])
+        result[tensor] = channel_sqnr(reference, [fake_quant(a, scale, zero_point, dtype) for a in reference])
     return result
 
 
-def activation_qparams(qdq_onnx: Path) -> dict[str, tuple[float, int]]:
-    """Tensor -> (scale, zero point) of the per-tensor int8 QuantizeLinear that reads it."""
+def activation_qparams(qdq_onnx: Path) -> dict[str, tuple[float, int, str]]:
+    """Tensor -> (scale, zero point, "int8" | "uint8") of the per-tensor QuantizeLinear that reads it."""
     import onnx
     from onnx import numpy_helper
 
@@ -376,15 +541,20 @@ def activation_qparams(qdq_onnx: Path) -> dict[str, tuple[float, int]]:
         if node.op_type != "QuantizeLinear" or node.input[0] in inits or node.input[1] not in inits:
             continue
         scale = inits[node.input[1]]
-        zero_point = inits.get(node.input[2], np.zeros(1, np.int8)) if len(node.input) > 2 else np.zeros(1, np.int8)
-        if scale.size == 1 and zero_point.dtype == np.int8:
-            params[node.input[0]] = (float(scale.reshape(())), int(zero_point.reshape(())))
+        # no zero point: uint8 and 0, per the ONNX spec
+        zero_point = inits.get(node.input[2], np.zeros(1, np.uint8)) if len(node.input) > 2 else np.zeros(1, np.uint8)
+        if scale.size == 1 and zero_point.dtype in (np.int8, np.uint8):
+            params[node.input[0]] = (float(scale.reshape(())), int(zero_point.reshape(())), zero_point.dtype.name)
     return params
 
 
-def fake_quant(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    """ONNX QuantizeLinear + DequantizeLinear to int8 (round half to even, saturate)."""
-    q = np.clip(np.rint(x / scale) + zero_point, -128, 127)
+_INT_RANGE = {"int8": (-128, 127), "uint8": (0, 255)}
+
+
+def fake_quant(x: np.ndarray, scale: float, zero_point: int, dtype: str = "int8") -> np.ndarray:
+    """ONNX QuantizeLinear + DequantizeLinear to `dtype` (round half to even, saturate)."""
+    low, high = _INT_RANGE[dtype]
+    q = np.clip(np.rint(x / scale) + zero_point, low, high)
     return ((q - zero_point) * scale).astype(np.float32)
 
 

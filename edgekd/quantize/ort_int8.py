@@ -1,11 +1,12 @@
-"""Post-training INT8 quantization with ONNX Runtime: QDQ format, signed int8 (torch-free).
+"""Post-training INT8 quantization with ONNX Runtime, typed for the file's target (torch-free).
 
-    quantize_int8(fp32_onnx, out_path, calib_x, method=..., per_channel=..., trt_ready=...)
+    quantize_int8(fp32_onnx, out_path, calib_x, method=..., per_channel=..., scheme=choose_scheme(...))
 
 Steps: `quant_pre_process` (shape inference + ORT basic fusions, which quantization
-needs to place Q/DQ well), then `quantize_static` in QDQ format with int8 weights
-and activations, calibrated on `calib_x`. The QDQ file runs on ONNX Runtime CPU and,
-with `trt_ready=True`, is TensorRT's explicit-quantization form (see TRT_OPTIONS).
+needs to place Q/DQ well; unnamed nodes then get names so they can be kept float),
+calibration streamed one batch at a time, then `quantize_static` with the scheme's
+types (edgekd.quantize.schemes: U8S8 for x86 ONNX Runtime, S8S8 for aarch64, symmetric
+S8 for TensorRT) in QDQ or QOperator form.
 
 onnx / onnxruntime are the `[ort]` extra and are imported inside the functions.
 """
@@ -17,17 +18,17 @@ import io
 import json
 import logging
 import os
-import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgekd.artifacts import sha256_file, sidecar_path, versions, write_json_atomic
-from edgekd.onnxtools.trt_rules import check_qdq_for_tensorrt
 from edgekd.errors import ConfigError, DataError, ModelError
+from edgekd.onnxtools.trt_rules import TRT_QUANTIZE_OPTIONS, check_qdq_for_tensorrt
+from edgekd.quantize.schemes import Int8Scheme, choose_scheme, host_arch, host_cpu_features
 from edgekd.rundir import scratch
 from edgekd.runtime.ort import import_ort, make_session
 
@@ -46,50 +47,48 @@ METHODS = {
     "percentile": ("Percentile", {"percentile": 99.999}),  # ORT's default: clip the top 0.001%
 }
 
-# TensorRT explicit quantization (option names as in onnxruntime/quantization/quantize.py):
-# zero point 0 everywhere (TRT's int8 is symmetric), bias kept float (TRT quantizes and fuses
-# bias itself; no int32 bias DequantizeLinear), one Q/DQ pair per consumer (so each DQ can be
-# fused into its own consumer). `edgekd.onnxtools.trt_rules.check_qdq_for_tensorrt` checks the result; see DESIGN.md.
-TRT_OPTIONS = {
-    "ActivationSymmetric": True,
-    "WeightSymmetric": True,
-    "QuantizeBias": False,
-    "DedicatedQDQPair": True,
-}
+# TensorRT explicit quantization's extra_options (zero point 0, float bias, one Q/DQ pair per
+# consumer): one table, in edgekd.onnxtools.trt_rules, which also checks the result; see DESIGN.md.
+TRT_OPTIONS = TRT_QUANTIZE_OPTIONS
 
-
-# x86 CPUs without VNNI multiply u8 x s8 with VPMADDUBSW, whose int16 pair sums saturate when
-# weights use all 8 bits; ONNX Runtime's CPU kernels then return wrong INT8 results. Seen with
-# onnxruntime 1.32 on an AVX2-only AMD EPYC: a 0.945-accurate CNN fell to 0.378 in INT8 (with
-# graph optimizations off, or reduce_range, 0.942). ORT's documented remedy is reduce_range:
-# 7-bit weights, which cannot saturate. ARM and VNNI CPUs have exact int8 dot products.
-VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+CHECK_CHUNK = 256  # samples checked for NaN/inf at a time
 SATURATION_NOTE = ("weights quantized to 7 bits (reduce_range): this x86 CPU has no VNNI, and ONNX Runtime's "
                    "u8 x s8 kernels saturate with 8-bit weights here")
 
 
-def u8s8_saturates_here() -> bool:
-    """True on an x86 CPU without VNNI (see VNNI_FLAGS); False on ARM or where unknown."""
-    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
-        return False
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return False
-    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), None)
-    return flags is not None and not VNNI_FLAGS & set(flags)
+def host_scheme(trt_ready: bool = False, reduce_range: bool | None = None) -> Int8Scheme:
+    """The scheme for this machine's ONNX Runtime (or TensorRT), with reduce_range forced when given."""
+    scheme = choose_scheme("tensorrt" if trt_ready else "onnxruntime", host_arch(), host_cpu_features())
+    if reduce_range is not None and not trt_ready and reduce_range != scheme.reduce_range:
+        scheme = replace(scheme, reduce_range=bool(reduce_range))
+    return scheme
 
 
 @dataclass(frozen=True)
 class QuantSettings:
     method: str = "minmax"
     per_channel: bool = True
-    trt_ready: bool = False
     exclude_nodes: tuple[str, ...] = ()
-    reduce_range: bool = False  # 7-bit weights; see u8s8_saturates_here
+    scheme: Int8Scheme = field(default_factory=host_scheme)
+    quant_format: str = "qdq"  # "qdq" | "qoperator" (ORT CPU runs both; TensorRT only QDQ)
+
+    @property
+    def trt_ready(self) -> bool:
+        return self.scheme.trt_ready
+
+    @property
+    def reduce_range(self) -> bool:
+        return self.scheme.reduce_range
 
     def extra_options(self) -> dict[str, Any]:
-        return dict(TRT_OPTIONS) if self.trt_ready else {}
+        return self.scheme.extra_options()
+
+    def describe(self) -> dict[str, Any]:
+        """What decides the file's contents, as plain data (sidecar, metadata, attempts)."""
+        return {"method": self.method, "per_channel": self.per_channel, "format": self.quant_format,
+                "activations": self.scheme.activations, "weights": self.scheme.weights,
+                "types": self.scheme.types, "activation_symmetric": self.scheme.activation_symmetric,
+                "reduce_range": self.reduce_range, "trt_ready": self.trt_ready, "scheme": self.scheme.key}
 
 
 @dataclass
@@ -108,30 +107,36 @@ class QuantResult:
     qdq_nodes: int  # QuantizeLinear + DequantizeLinear count
     sha256: str
     seconds: float
+    quant_format: str = "qdq"
+    scheme: dict[str, Any] = field(default_factory=dict)  # Int8Scheme.as_dict(): types and why
     notes: list[str] = field(default_factory=list)
 
 
-class ArrayReader:
-    """A CalibrationDataReader over an in-memory array (ORT accepts any object with get_next)."""
+class BatchReader:
+    """A CalibrationDataReader that slices one batch at a time out of `source` (ORT takes any
+    object with get_next). `source` is any (N, C, H, W) array-like that slices lazily, e.g. an
+    np.memmap: only the batch being run is ever read into memory."""
 
-    def __init__(self, input_name: str, x: np.ndarray, batch_size: int):
-        self.input_name = input_name
-        self.x = np.ascontiguousarray(x, dtype=np.float32)
-        self.batch_size = batch_size
-        self.set_range(0, len(self.x))
+    def __init__(self, input_name: str, source, batch_size: int, start: int = 0, end: int | None = None):
+        self.input_name, self.source, self.batch_size = input_name, source, batch_size
+        self.set_range(start, len(source) if end is None else end)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self._pos >= self._end:
             return None
-        batch = self.x[self._pos : min(self._pos + self.batch_size, self._end)]
+        batch = np.ascontiguousarray(self.source[self._pos : min(self._pos + self.batch_size, self._end)],
+                                     dtype=np.float32)
+        if not np.isfinite(batch).all():
+            raise DataError(f"Calibration samples {self._pos}..{self._pos + len(batch) - 1} contain NaN or inf.",
+                            "Check the data pipeline's normalisation.")
         self._pos += self.batch_size
         return {self.input_name: batch}
 
     def set_range(self, start_index: int, end_index: int) -> None:
-        self._pos, self._end = start_index, min(end_index, len(self.x))
+        self._pos, self._end = start_index, min(end_index, len(self.source))
 
     def rewind(self) -> None:
-        self.set_range(0, len(self.x))
+        self.set_range(0, len(self.source))
 
     def __iter__(self):
         return self
@@ -143,7 +148,42 @@ class ArrayReader:
         return item
 
     def __len__(self) -> int:
-        return -(-len(self.x) // self.batch_size)
+        return -(-(self._end - self._pos) // self.batch_size)
+
+
+ArrayReader = BatchReader  # the name the QDQ debugging helpers use
+
+
+def npz_array(path: str | Path, key: str) -> np.ndarray:
+    """Array `key` of an .npz file, memory-mapped when stored uncompressed (np.savez), else read.
+
+    A memory map lets calibration read one batch at a time instead of the whole set
+    (2,000 samples at 3x224x224 are 1.2 GB as float32).
+    """
+    import struct
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} does not exist.", "Run the data stage first (edgekd compress makes it).")
+    with zipfile.ZipFile(path) as archive:
+        try:
+            info = archive.getinfo(f"{key}.npy")
+        except KeyError:
+            raise DataError(f"{path.name} has no array {key!r}.", "Re-run the data stage.") from None
+        if info.compress_type != zipfile.ZIP_STORED:
+            with np.load(path) as npz:
+                return npz[key]
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)  # zip local file header; name and extra field lengths at bytes 26-29
+        name_len, extra_len = struct.unpack("<HH", local[26:30])
+        f.seek(info.header_offset + 30 + name_len + extra_len)
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
+        offset = f.tell()
+    return np.memmap(path, dtype=dtype, mode="r", shape=shape, order="F" if fortran else "C", offset=offset)
 
 
 # ---------------------------------------------------------------------------
@@ -160,15 +200,27 @@ def validate_settings(settings: QuantSettings) -> None:
             "trt_ready INT8 needs per-channel weights (TensorRT's explicit-quantization form).",
             "Set per_channel: true, or trt_ready: false for ONNX Runtime-only targets.",
         )
+    if settings.quant_format not in settings.scheme.formats:
+        raise ConfigError(
+            f"{settings.scheme.runtime} does not run the {settings.quant_format!r} INT8 form.",
+            f"Use one of: {', '.join(settings.scheme.formats)}.",
+        )
 
 
-def check_samples(x: np.ndarray, what: str) -> np.ndarray:
-    x = np.asarray(x)
-    if x.ndim != 4 or len(x) == 0:
-        raise DataError(f"{what} has shape {x.shape}.", f"Pass {what} as a non-empty (N, C, H, W) float32 array.")
-    if not np.isfinite(x).all():
-        raise DataError(f"{what} contains NaN or inf.", "Check the data pipeline's normalisation.")
-    return np.ascontiguousarray(x, dtype=np.float32)
+def check_samples(x, what: str, finite: bool = True):
+    """(N, C, H, W) samples, non-empty, returned as given (an np.memmap stays one).
+
+    `finite` checks for NaN/inf a chunk at a time; calibration leaves it to BatchReader,
+    which reads one batch at a time anyway.
+    """
+    if not hasattr(x, "shape"):
+        x = np.asarray(x, dtype=np.float32)
+    if len(x.shape) != 4 or x.shape[0] == 0:
+        raise DataError(f"{what} has shape {tuple(x.shape)}.", f"Pass {what} as a non-empty (N, C, H, W) float32 array.")
+    for start in range(0, len(x) if finite else 0, CHECK_CHUNK):
+        if not np.isfinite(x[start : start + CHECK_CHUNK]).all():
+            raise DataError(f"{what} contains NaN or inf.", "Check the data pipeline's normalisation.")
+    return x
 
 
 def preprocess(fp32_onnx: str | Path, out: str | Path) -> Path:
@@ -180,7 +232,25 @@ def preprocess(fp32_onnx: str | Path, out: str | Path) -> Path:
     if not source.is_file():
         raise ModelError(f"FP32 ONNX file {str(source)!r} does not exist.", "Run the export stage first.")
     quant_pre_process(str(source), str(out))
+    name_unnamed_nodes(out)
     return Path(out)
+
+
+def name_unnamed_nodes(path: str | Path) -> int:
+    """Name every unnamed node `<op>:<first output>` (unique: outputs are); returns how many.
+
+    quant_pre_process inlines functions (HardSwish -> HardSigmoid + Mul) into unnamed nodes;
+    nodes_to_exclude and the profiler address nodes by name.
+    """
+    import onnx
+
+    proto = onnx.load(str(path))
+    unnamed = [node for node in proto.graph.node if not node.name]
+    for node in unnamed:
+        node.name = f"{node.op_type}:{node.output[0]}"
+    if unnamed:
+        onnx.save_model(proto, str(path))
+    return len(unnamed)
 
 
 def model_input(path: str | Path) -> tuple[str, int | None]:
@@ -215,11 +285,15 @@ def check_excludes(pre_onnx: Path, exclude: tuple[str, ...]) -> None:
         )
 
 
-def calibrate(pre_onnx: Path, calib_x: np.ndarray, method: str, batch_size: int, cache: Path) -> dict:
+def calibrate(pre_onnx: Path, calib_x, method: str, batch_size: int, cache: Path) -> dict:
     """Activation ranges for `method`, saved where quantize_static reads them (calibration_cache_path).
 
+    Streamed: the calibrator sees one batch per collect_data call, so it holds one batch's
+    activations at a time (ORT's calibrators keep every batch of one call in memory: a
+    2,000-image 224-px histogram calibration reached 9 GB). MinMax merges ranges across
+    calls; the histogram calibrators merge histograms. `calib_x` may be a memmap.
     The ranges depend on the method only, so the gate calibrates once per method and reuses
-    them for per-channel toggles and float-node exclusions.
+    them for every type, form, granularity and float-node choice.
     """
     import_ort()
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
@@ -227,7 +301,8 @@ def calibrate(pre_onnx: Path, calib_x: np.ndarray, method: str, batch_size: int,
 
     name, fixed = model_input(pre_onnx)
     batch = fixed or batch_size
-    usable = len(calib_x) - len(calib_x) % batch  # a fixed batch > 1 cannot take a short last batch
+    # a fixed batch > 1 cannot take a short last batch; a dynamic one takes every sample (N < batch_size too)
+    usable = len(calib_x) - len(calib_x) % batch if fixed else len(calib_x)
     if usable == 0:
         raise DataError(
             f"{len(calib_x)} calibration samples, but the model takes batches of exactly {batch}.",
@@ -243,25 +318,27 @@ def calibrate(pre_onnx: Path, calib_x: np.ndarray, method: str, batch_size: int,
             providers=["CPUExecutionProvider"],
             extra_options=dict(options),
         )
-        calibrator.collect_data(ArrayReader(name, calib_x[:usable], batch))
+        for start in range(0, usable, batch):
+            calibrator.collect_data(BatchReader(name, calib_x, batch, start, start + batch))
         save_tensors_data(calibrator.compute_data(), cache)
     log.debug("calibration output:\n%s", printed.getvalue())
     return {"calibration_samples": usable, "calibration_batch_size": batch}
 
 
 def quantize_file(pre_onnx: Path, dest: Path, settings: QuantSettings, cache: Path) -> None:
-    """quantize_static (QDQ, int8) of a pre-processed model into `dest`, with ranges from `cache`."""
+    """quantize_static of a pre-processed model into `dest`: the scheme's types and form, ranges from `cache`."""
     import_ort()
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+    types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     quantize_static(
         str(pre_onnx),
         str(dest),
         None,  # ranges come from the cache written by `calibrate`
         calibration_cache_path=str(cache),
-        quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QInt8,
-        weight_type=QuantType.QInt8,
+        quant_format=QuantFormat.QDQ if settings.quant_format == "qdq" else QuantFormat.QOperator,
+        activation_type=types[settings.scheme.activations],
+        weight_type=types[settings.scheme.weights],
         per_channel=settings.per_channel,
         reduce_range=settings.reduce_range,
         calibrate_method=getattr(CalibrationMethod, METHODS[settings.method][0]),
@@ -332,10 +409,7 @@ def copy_metadata(fp32_onnx: Path, qdq_onnx: Path, settings: QuantSettings) -> N
     proto = onnx.load(str(qdq_onnx))
     props = {p.key: p.value for p in source.metadata_props}
     props["edgekd.precision"] = json.dumps("int8")
-    props["edgekd.quantization"] = json.dumps(
-        {"method": settings.method, "per_channel": settings.per_channel, "trt_ready": settings.trt_ready,
-         "reduce_range": settings.reduce_range}
-    )
+    props["edgekd.quantization"] = json.dumps(settings.describe())
     del proto.metadata_props[:]
     for key, value in sorted(props.items()):
         proto.metadata_props.add(key=key, value=value)
@@ -370,7 +444,8 @@ def publish(
         path=str(out_path), sidecar=str(sidecar_path(out_path)), source=str(fp32_onnx),
         method=settings.method, per_channel=settings.per_channel, trt_ready=settings.trt_ready,
         excluded_nodes=list(settings.exclude_nodes), reduce_range=settings.reduce_range,
-        extra_options=settings.extra_options(), qdq_nodes=qdq_count(qdq_tmp), sha256=sha256_file(qdq_tmp), seconds=round(seconds, 3), notes=notes,
+        extra_options=settings.extra_options(), qdq_nodes=qdq_count(qdq_tmp), sha256=sha256_file(qdq_tmp),
+        seconds=round(seconds, 3), quant_format=settings.quant_format, scheme=settings.scheme.as_dict(), notes=notes,
         **facts,
     )
     os.replace(qdq_tmp, out_path)
@@ -394,22 +469,26 @@ def quantize_int8(
     exclude_nodes: tuple[str, ...] | list[str] = (),
     batch_size: int = 16,
     reduce_range: bool | None = None,
+    scheme: Int8Scheme | None = None,
+    quant_format: str = "qdq",
 ) -> QuantResult:
-    """Quantize `fp32_onnx` to a QDQ int8 model at `out_path`, calibrated on `calib_x` (N, C, H, W).
+    """Quantize `fp32_onnx` to an int8 model at `out_path`, calibrated on `calib_x` (N, C, H, W).
 
     method: "minmax" | "entropy" | "percentile" (options in METHODS).
     per_channel: per-output-channel weight scales (activations are always per-tensor).
-    trt_ready: TensorRT's explicit-quantization form (TRT_OPTIONS); needs per_channel.
+    scheme: the types for the file's target (edgekd.quantize.schemes.choose_scheme); default:
+        this machine's ONNX Runtime, or TensorRT's form with `trt_ready` (needs per_channel).
     exclude_nodes: node names (of the pre-processed graph) kept in float.
     batch_size: calibration batch, unless the model's batch dimension is fixed.
-    reduce_range: 7-bit weights; None = where this CPU's int8 kernels would saturate (u8s8_saturates_here).
+    reduce_range: 7-bit weights, overriding the default scheme's choice (only without `scheme`).
+    quant_format: "qdq" or "qoperator" (ONNX Runtime CPU only).
     `out_path` only appears once the result passed the ONNX checker and loads in ONNX
-    Runtime; its sidecar `<out_path>.json` records settings, sample count and hashes.
+    Runtime; its sidecar `<out_path>.json` records settings, types, sample count and hashes.
     """
-    reduce_range = u8s8_saturates_here() if reduce_range is None else reduce_range
-    settings = QuantSettings(method, bool(per_channel), bool(trt_ready), tuple(exclude_nodes), bool(reduce_range))
+    scheme = scheme or host_scheme(bool(trt_ready), reduce_range)
+    settings = QuantSettings(method, bool(per_channel), tuple(exclude_nodes), scheme, quant_format)
     validate_settings(settings)
-    calib_x = check_samples(calib_x, "calib_x")
+    calib_x = check_samples(calib_x, "calib_x", finite=False)
     fp32_onnx, out_path = Path(fp32_onnx), Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

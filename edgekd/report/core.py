@@ -5,6 +5,9 @@ Schema version 2, top level:
     dataset {source, splits {train, val, test}, split_origin, test_file, classes, preprocess},
     machine, measurement {arch, cores, session_target, threads, graph_optimization_level, notes},
     teacher, student, export, quantization, recommended, recommended_by_target, on_device[], notes[]
+quantization: reference_val_accuracy, files[] (one per INT8 scheme: file, artifact, targets, scheme {types,
+    activations, weights, reduce_range, reason, ...}, max_int8_drop, gate_passed, val_accuracy, attempts[],
+    chosen, speed {timed, verdict, fp32_ms_p50, int8_ms_p50, profile {costly_units[], ...}}).
 Each artifact (see `ARTIFACT_KEYS`):
     name, model (teacher|student), runtime, precision, path, targets, accuracy (test split),
     accuracy_samples, accuracy_drop_vs_teacher, latency_ms {p50,p90,p95,p99,mean,std,min,max},
@@ -106,8 +109,10 @@ def assemble(*, run: dict, targets: list[dict], dataset: dict, machine: dict, me
 
 
 def recommend(rows: list[dict], target: str) -> dict | None:
-    """The fastest student artifact that passes every check of `target` — measured there, never assumed."""
-    passing = [r for r in rows if r["model"] == "student" and r["budgets"][target]["pass"]]
+    """The fastest student artifact made for `target` (an INT8 file is typed for its targets' CPUs) that
+    passes every check of `target` — measured there, never assumed."""
+    passing = [r for r in rows if r["model"] == "student" and r["budgets"][target]["pass"]
+               and (not r.get("targets") or target in r["targets"])]
     if not passing:
         return None
     best = min(passing, key=lambda r: r["latency_ms"]["p50"])
@@ -170,10 +175,10 @@ def _target_lines(report: dict) -> list[str]:
         lines.append(f"Target **{t['name']}** ({t.get('description', '')}), {where}: p50 ≤ {b['latency_ms']:g} ms at "
                      f"batch 1" + (f", peak memory ≤ {b['memory_mb']:g} MB" if b.get("memory_mb") else "")
                      + f", student accuracy ≤ {b['max_accuracy_drop']:.3f} below the teacher's (test split).")
-    q = report.get("quantization") or {}
-    if q.get("max_int8_drop") is not None:
-        lines.append(f"INT8 gate: an INT8 file's val accuracy ≤ {q['max_int8_drop']:.3f} below the FP32 student's "
-                     "(`quantize.max_int8_drop`, else the targets' `budgets.max_int8_drop`).")
+    for file in (report.get("quantization") or {}).get("files") or []:
+        lines.append(f"INT8 gate for `{file['file']}` ({', '.join(file['targets'])}): its val accuracy ≤ "
+                     f"{file['max_int8_drop']:.3f} below the FP32 student's (`quantize.max_int8_drop`, else the "
+                     "strictest `budgets.max_int8_drop` of the targets it serves).")
     return lines + [""]
 
 
@@ -183,16 +188,8 @@ def _sections(report: dict) -> list[str]:
         out.append(f"- {note}")
     if out:
         out = ["## Notes", "", *out, ""]
-    q = report.get("quantization")
-    if q and q.get("attempts"):
-        out += ["## INT8 calibration attempts", "",
-                "The gate's search, on the validation split (selection): these accuracies are not the report's test "
-                "figures.", "", "| # | method | per-channel | float layers | val accuracy | p50 ms | gate |",
-                "|---:|---|---|---:|---:|---:|---|"]
-        for i, att in enumerate(q["attempts"], 1):
-            out.append(f"| {i} | {att['method']} | {att['per_channel']} | {len(att.get('excluded_nodes', []))} | "
-                       f"{att['accuracy']:.4f} | {_num(att.get('latency_ms_p50'), 3)} | {'pass' if att['passed'] else 'fail'} |")
-        out.append("")
+    for file in (report.get("quantization") or {}).get("files") or []:
+        out += _int8_section(file)
     out += _on_device_section(report.get("on_device") or [])
     out += _tensorrt_section(report.get("tensorrt"))
     out += ["## How to read this", "",
@@ -208,6 +205,29 @@ def _sections(report: dict) -> list[str]:
             "that passes every check of the first target.",
             ""]
     return out
+
+
+def _int8_section(file: dict) -> list[str]:
+    """One INT8 file: its types and why, then every gate attempt and why it lost (accuracy first, then speed)."""
+    s, speed = file["scheme"], file.get("speed") or {}
+    verdict = speed.get("verdict") or speed.get("why") or ""
+    outcome = (f"Accuracy bound: val accuracy drop ≤ {file['max_int8_drop']:g} vs the FP32 student. " + verdict
+               if file.get("gate_passed", True) else
+               f"**No attempt stayed within the bound** (val accuracy drop ≤ {file['max_int8_drop']:g} vs the FP32 "
+               "student): no such file, ship FP32 to these targets")
+    out = [f"## INT8 file `{file['file']}` for {', '.join(file['targets'])}", "",
+           f"Types {s['types']} ({s['activations']} activations, {s['weights']} weights"
+           + (", 7-bit" if s.get("reduce_range") else "") + f"): {s['reason']}. {outcome}".rstrip() + ".", "",
+           "The gate's search, on the validation split (selection): these accuracies are not the report's test "
+           "figures.", "",
+           "| # | step | method | per-channel | form | float nodes | val accuracy | p50 ms | outcome |",
+           "|---:|---|---|---|---|---:|---:|---:|---|"]
+    for i, att in enumerate(file["attempts"], 1):
+        out.append(f"| {i} | {att.get('purpose', '')} | {att['method']} | {att['per_channel']} | "
+                   f"{att.get('quant_format', 'qdq').upper()} | {len(att.get('excluded_nodes', []))} | "
+                   f"{att['accuracy']:.4f} | {_num(att.get('latency_ms_p50'), 3)} | "
+                   f"{att.get('outcome') or ('pass' if att['passed'] else 'fail')} |")
+    return out + [""]
 
 
 def _on_device_section(steps: list[dict]) -> list[str]:

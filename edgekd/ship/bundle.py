@@ -4,8 +4,8 @@ A bundle is a directory:
 
     manifest.json            what is in it, with the SHA-256 of every other file
     SHA256SUMS               the same hashes, `sha256sum -c` format (manifest.json included)
-    student.int8.onnx        the model files for the target's runtime ...
-    student.int8.onnx.json   ... each with its sidecar, when the run has one
+    student.int8.arm64.onnx  the model files for the target (INT8 files typed for its CPU) ...
+    student.int8.arm64.onnx.json   ... each with its sidecar, when the run has one
     golden/inputs.npy        the first N test samples, preprocessed, float32 (N, C, H, W)
     golden/labels.npy        their labels
     golden/<name>.npy        each model's outputs on them through ONNX Runtime here
@@ -110,6 +110,8 @@ def _by_name(by_name: dict, name: str) -> dict:
 
 def _default_pick(a: dict, target: "TargetProfile") -> bool:
     if a.get("model") != "student" or not str(a.get("path", "")).endswith(".onnx"):
+        return False
+    if a.get("targets") and target.name not in a["targets"]:  # e.g. an INT8 file typed for other targets' CPUs
         return False
     if target.runtime == "onnxruntime":
         return a.get("runtime") == "onnxruntime" and a.get("precision") in target.precisions

@@ -68,8 +68,8 @@ def _finished(run_dir: Path) -> dict:
 
 def test_run_directory_holds_every_artifact(run):
     _, run_dir = run
-    for name in ("teacher.safetensors", "student.safetensors", "teacher.onnx", "student.onnx", "student.int8.onnx",
-                 "student.onnx.json", "student.int8.onnx.json", "report.json", "report.md", "report.html",
+    for name in ("teacher.safetensors", "student.safetensors", "teacher.onnx", "student.onnx", "student.int8.x86.onnx",
+                 "student.onnx.json", "student.int8.x86.onnx.json", "report.json", "report.md", "report.html",
                  "data/val.npz", "data/test.npz", "data/calib.npz", "student.int8.trt.onnx"):
         assert (run_dir / name).is_file(), name
     assert not (run_dir / "staging").exists() and not (run_dir / RETIRED).exists()
@@ -81,7 +81,7 @@ def test_report_json_keeps_its_contract(run):
         assert key in report
     assert report["schema_version"] == 2
     names = [a["name"] for a in report["artifacts"]]
-    assert names == ["teacher-pytorch", "teacher-fp32", "student-fp32", "student-int8"]
+    assert names == ["teacher-pytorch", "teacher-fp32", "student-fp32", "student-int8-arm64", "student-int8-x86"]
     for a in report["artifacts"]:
         assert {"name", "model", "runtime", "precision", "path", "accuracy", "peak_rss_mb", "size_mb"} <= set(a)
         assert set(a["latency_ms"]) >= {"p50", "p90", "p99"} and a["latency_ms"]["p50"] > 0
@@ -107,7 +107,8 @@ def test_accuracy_is_on_a_test_split_no_choice_used(run):
 
 def test_artifacts_come_from_the_stage_records(run):
     listed = [(a.name, a.path, a.targets) for a in current_artifacts(run[1])]
-    assert ("student-int8", "student.int8.onnx", ("host-cpu", "rpi5")) in listed
+    assert ("student-int8-x86", "student.int8.x86.onnx", ("host-cpu",)) in listed  # one INT8 file per CPU type
+    assert ("student-int8-arm64", "student.int8.arm64.onnx", ("rpi5",)) in listed
     assert ("student-int8-trt", "student.int8.trt.onnx", ("jetson-orin-nano",)) in listed
     assert [a.name for a in current_artifacts(run[1], target="jetson-orin-nano")] == ["student-fp16-trt",
                                                                                       "student-int8-trt"]
@@ -121,7 +122,7 @@ def test_onnx_carries_preprocessing_and_the_jetson_opset(run):
 
 
 def test_sidecars_carry_the_targets_session_options(run):
-    for name in ("student.onnx.json", "student.int8.onnx.json"):
+    for name in ("student.onnx.json", "student.int8.x86.onnx.json"):
         side = json.loads((run[1] / name).read_text())
         assert side["onnxruntime_sessions"]["host-cpu"]["intra_op_num_threads"] == 2
         assert side["onnxruntime_sessions"]["host-cpu"]["graph_optimization_level"] == "all"
@@ -156,17 +157,18 @@ def test_changed_quantize_setting_reruns_from_quantize_only(run, tmp_path):
     rerun = {stage for stage in before if after[stage]["finished"] != before[stage]["finished"]}
     # The gate's bound decides both INT8 files; bench re-runs only if they came out different.
     assert rerun - {"bench"} == {"quantize", "tensorrt", "report"}
-    assert after["quantize"]["result"]["max_int8_drop"] == 0.25
+    assert {f["max_int8_drop"] for f in after["quantize"]["result"]["files"]} == {0.25}
 
 
 def test_quantize_off_leaves_no_int8_row_and_moves_the_old_file_aside(run, tmp_path):
     config, run_dir = _copy(run, tmp_path, lambda text: text.replace("quantize:\n", "quantize:\n  enabled: false\n"))
-    int8 = (run_dir / "student.int8.onnx").read_bytes()
+    int8 = {name: (run_dir / name).read_bytes() for name in ("student.int8.x86.onnx", "student.int8.arm64.onnx")}
     compress(config, out=run_dir, ui=UI(quiet=True))
     names = [a["name"] for a in _report(run_dir)["artifacts"]]
     assert names == ["teacher-pytorch", "teacher-fp32", "student-fp32"]
-    assert not (run_dir / "student.int8.onnx").exists()
-    assert (run_dir / RETIRED / "student.int8.onnx").read_bytes() == int8  # aside, not lost
+    for name, data in int8.items():
+        assert not (run_dir / name).exists()
+        assert (run_dir / RETIRED / name).read_bytes() == data  # aside, not lost
     assert (run_dir / "data" / "calib.npz").is_file()  # the Jetson INT8 file still calibrates
 
 
@@ -185,14 +187,18 @@ def test_a_failed_int8_gate_still_writes_the_report_then_exits_5(run, tmp_path, 
         compress(config, out=run_dir, ui=UI(quiet=True))
     report = _report(run_dir)
     assert [a["name"] for a in report["artifacts"]] == ["teacher-pytorch", "teacher-fp32", "student-fp32"]
-    assert report["quantization"]["gate_passed"] is False and len(report["quantization"]["attempts"]) == 1
-    assert report["failures"][0]["check"] == "INT8 accuracy gate (quantize)"
-    assert "INT8 calibration attempts" in (run_dir / "report.md").read_text()
-    assert (run_dir / "student.onnx").read_bytes() == fp32 and not (run_dir / "student.int8.onnx").exists()
+    files = report["quantization"]["files"]
+    assert [(f["file"], f["gate_passed"], len(f["attempts"])) for f in files] == [
+        ("student.int8.x86.onnx", False, 1), ("student.int8.arm64.onnx", False, 1)]
+    assert [f["check"] for f in report["failures"]][:2] == ["INT8 accuracy gate (quantize, student.int8.x86.onnx)",
+                                                        "INT8 accuracy gate (quantize, student.int8.arm64.onnx)"]
+    assert "No attempt stayed within the bound" in (run_dir / "report.md").read_text()
+    assert (run_dir / "student.onnx").read_bytes() == fp32
+    assert not (run_dir / "student.int8.x86.onnx").exists() and not (run_dir / "student.int8.arm64.onnx").exists()
     monkeypatch.setattr(gate, "quantize_with_gate", real)
     with pytest.raises(GateError):  # the same config: the recorded failure, not a new search
         compress(config, out=run_dir, ui=UI(quiet=True))
-    assert read_record(run_dir, "quantize")["result"]["gate_passed"] is False
+    assert not any(f["gate_passed"] for f in read_record(run_dir, "quantize")["result"]["files"])
 
 
 def test_a_target_this_host_is_not_gets_its_own_verdicts_without_a_pass(run):

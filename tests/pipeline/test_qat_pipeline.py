@@ -46,13 +46,17 @@ def run(tmp_path_factory):
 def test_report_has_a_measured_qat_row(run):
     report = json.loads((run[1] / "report.json").read_text())
     rows = {a["name"]: a for a in report["artifacts"]}
-    assert list(rows) == ["teacher-pytorch", "teacher-fp32", "student-fp32", "student-int8", "student-qat-int8"]
+    assert list(rows) == ["teacher-pytorch", "teacher-fp32", "student-fp32", "student-int8-x86", "student-qat-int8"]
     row = rows["student-qat-int8"]
     assert (row["runtime"], row["precision"], row["path"]) == ("onnxruntime", "int8", "student.qat.onnx")
     assert row["latency_ms"]["p50"] > 0 and row["accuracy"] > 0.8  # 10 classes: chance is 0.1
-    # the measured ONNX Runtime accuracy is the fake-quantized PyTorch model's (parity: top-1 agreement >= 0.98)
-    assert abs(row["accuracy"] - report["qat"]["val_accuracy"]) <= 0.02
-    assert report["qat"]["export"]["parity"]["passed"]
+    # the ONNX file predicts what the fake-quantized PyTorch model predicts (checked on validation images) ...
+    parity = report["qat"]["export"]["parity"]
+    assert parity["passed"] and parity["top1_agreement"] >= parity["min_top1_agreement"]
+    # ... but the row is scored on the test split and val_accuracy on the validation split: digits' ~180-image
+    # splits differ by a few points (sampling s.e. ~0.015 each), so only a cross-split bound holds
+    assert row["accuracy_split"] == "test"
+    assert abs(row["accuracy"] - report["qat"]["val_accuracy"]) <= 0.06
     assert any("Quantization-aware" in note for note in report["notes"])
 
 

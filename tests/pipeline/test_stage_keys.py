@@ -116,7 +116,7 @@ KEY_READERS: dict[str, Case | None] = {
     "quantize.method": Case("entropy", {"quantize", "tensorrt"}),
     "quantize.per_channel": Case(False, {"quantize"}),
     "quantize.max_int8_drop": Case(0.05, {"quantize", "tensorrt"}),
-    "quantize.fallbacks": Case(False, {"quantize"}),
+    "quantize.fallbacks": Case(False, {"quantize", "tensorrt"}),  # the Jetson PTQ file follows it too (#11 item 6)
     "targets": Case(["rpi5", "jetson-orin-nano"], {"export", "qat", "quantize", "tensorrt", "bench"}),
     **{f"bench.{k}": Case(v, {"bench"}) for k, v in {
         "warmup_s": 0.5, "min_iterations": 50, "min_seconds": 1.0, "batch_sizes": [1], "rounds": 3}.items()},

@@ -6,6 +6,7 @@ accuracy drop means something.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,3 +114,63 @@ def digits(tmp_path_factory) -> Digits:
 @pytest.fixture(scope="session")
 def outlier_model(digits) -> nn.Module:
     return with_outlier(digits.model)
+
+
+class HardSwishNet(nn.Module):
+    """Two plain Conv+Relu layers (INT8 pays for them on x86), then MobileNetV3's costly patterns
+    at digits size: a depthwise Conv+HardSwish, squeeze-excite (tiny 1x1 convs, HardSigmoid,
+    Mul) and a residual Add. Untrained: only speed is looked at."""
+
+    def __init__(self, width: int = 64):
+        super().__init__()
+        self.conv_a, self.conv_b = nn.Conv2d(1, width // 2, 3, padding=1), nn.Conv2d(width // 2, width, 3, padding=1)
+        self.dw = nn.Conv2d(width, width, 3, padding=1, groups=width)
+        self.se_reduce, self.se_expand = nn.Conv2d(width, 4, 1), nn.Conv2d(4, width, 1)
+        self.pw = nn.Conv2d(width, width, 1)
+        self.fc = nn.Linear(width, 10)
+
+    def forward(self, x):
+        x = F.relu(self.conv_b(F.relu(self.conv_a(x))))
+        y = F.hardswish(self.dw(x))
+        gate = F.hardsigmoid(self.se_expand(F.relu(self.se_reduce(y.mean((2, 3), keepdim=True)))))
+        x = x + self.pw(y * gate)
+        return self.fc(x.mean((2, 3)))  # (N, 10)
+
+
+@pytest.fixture(scope="session")
+def hardswish_onnx(tmp_path_factory) -> Path:
+    from edgekd.export import export_onnx
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = HardSwishNet().eval()
+    path = tmp_path_factory.mktemp("hardswish") / "hardswish.onnx"
+    export_onnx(model, path, input_shape=(1, 1, 32, 32), opset=18, dynamic_batch=True)
+    return path
+
+
+def assert_tensorrt_form(path) -> None:
+    """TensorRT explicit quantization, checked on the ONNX itself (and by trt_rules)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgekd.onnxtools.trt_rules import check_qdq_for_tensorrt
+
+    assert check_qdq_for_tensorrt(path) == []
+    graph = onnx.load(str(path)).graph
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    readers = Counter([*(name for node in graph.node for name in node.input), *(o.name for o in graph.output)])
+    for node in graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        assert len(node.input) > 2 and inits[node.input[2]].dtype == np.int8, node.name  # signed int8
+        assert not inits[node.input[2]].any(), node.name  # zero point 0
+        assert readers[node.output[0]] == 1, node.name  # no Q/DQ pair shared between consumers
+        if node.op_type == "DequantizeLinear" and node.input[0] in inits:
+            weight = inits[node.input[0]]
+            assert weight.dtype != np.int32, node.name  # bias stays float
+            if weight.ndim == 4:
+                axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+                assert axis == 0 and inits[node.input[1]].size == weight.shape[0], node.name  # per out-channel
+        elif node.op_type == "QuantizeLinear":
+            assert inits[node.input[1]].size == 1, node.name  # per-tensor activations
