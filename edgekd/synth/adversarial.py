@@ -43,26 +43,27 @@ from edgekd.synth.tensors import frozen, model_device
 
 
 class Generator(nn.Module):
-    """DAFL's generator (ZSKT's is the same but for its upsampling factors):
-    z (B, z_dim) -> linear -> (128, h/4, w/4) -> BN -> [x2, conv 128, BN, LeakyReLU]
-    -> [x2, conv 64, BN, LeakyReLU] -> conv C -> [tanh] -> BN without affine (B, C, H, W).
+    """DAFL's generator (ZSKT's is the same but for its upsampling factors), `width` 128 as published:
+    z (B, z_dim) -> linear -> (width, h/4, w/4) -> BN -> [x2, conv width, BN, LeakyReLU]
+    -> [x2, conv width/2, BN, LeakyReLU] -> conv C -> [tanh] -> BN without affine (B, C, H, W).
     The last BN keeps every output channel at zero mean and unit variance over the batch: the
     scale of a normalised model input."""
 
-    def __init__(self, z_dim: int, shape: tuple[int, int, int], tanh: bool = False):
+    def __init__(self, z_dim: int, shape: tuple[int, int, int], tanh: bool = False, width: int = 128):
         super().__init__()
         channels, self.height, self.width = shape
-        self.h0, self.w0 = math.ceil(self.height / 4), math.ceil(self.width / 4)
-        self.project = nn.Linear(z_dim, 128 * self.h0 * self.w0)
-        self.bn0 = nn.BatchNorm2d(128)
-        self.block1 = nn.Sequential(nn.Conv2d(128, 128, 3, padding=1), nn.BatchNorm2d(128), nn.LeakyReLU(0.2))
-        self.block2 = nn.Sequential(nn.Conv2d(128, 64, 3, padding=1), nn.BatchNorm2d(64), nn.LeakyReLU(0.2))
-        self.to_image = nn.Conv2d(64, channels, 3, padding=1)
+        self.h0, self.w0, self.channels = math.ceil(self.height / 4), math.ceil(self.width / 4), width
+        self.project = nn.Linear(z_dim, width * self.h0 * self.w0)
+        self.bn0 = nn.BatchNorm2d(width)
+        half = max(1, width // 2)
+        self.block1 = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.LeakyReLU(0.2))
+        self.block2 = nn.Sequential(nn.Conv2d(width, half, 3, padding=1), nn.BatchNorm2d(half), nn.LeakyReLU(0.2))
+        self.to_image = nn.Conv2d(half, channels, 3, padding=1)
         self.tanh = tanh
         self.out_bn = nn.BatchNorm2d(channels, affine=False)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.bn0(self.project(z).view(len(z), 128, self.h0, self.w0))
+        x = self.bn0(self.project(z).view(len(z), self.channels, self.h0, self.w0))
         x = self.block1(F.interpolate(x, scale_factor=2))
         x = self.block2(F.interpolate(x, scale_factor=2))
         if x.shape[-2:] != (self.height, self.width):  # sizes that are not multiples of 4
@@ -102,7 +103,8 @@ class AdversarialSource:
         self.rng = torch.Generator().manual_seed(seed)  # latents
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.generator = Generator(settings.z_dim, shape, settings.tanh).to(self.device).train()
+            self.generator = Generator(settings.z_dim, shape, settings.tanh, settings.generator_width)
+            self.generator.to(self.device).train()
         self.student = copy.deepcopy(student).to(self.device).train() if settings.needs_student else None
         self.g_opt, self.g_sched = self._optimizer(self.generator, settings.generator_lr)
         self.s_opt, self.s_sched = self._optimizer(self.student, settings.student_lr) if self.student else (None, None)

@@ -87,6 +87,8 @@ class AdversarialSettings(Strict):
     rounds: int = Field(80_000, ge=1, description="training rounds (ZSKT: pseudo-batches) of generator + student")
     batch_size: int = Field(128, ge=2, description="generated images per round")
     z_dim: int = Field(100, ge=1, description="latent size")
+    generator_width: int = Field(128, ge=2, description="channels of the generator's first block (the second has "
+                                                         "half); compute grows with its square")
     generator_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the generator")
     student_lr: float = Field(2e-3, gt=0, description="Adam learning rate of the proxy student")
     generator_steps: int = Field(1, ge=1, description="generator steps per round")

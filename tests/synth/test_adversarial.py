@@ -9,14 +9,14 @@ from edgekd.synth.adversarial import AdversarialSource, Generator, class_balance
 from tests.synth.conftest import CLASSES, SHAPE
 from tests.synth.test_deepinversion import vit_teacher
 
-ZSKT = {"method": "zskt", "rounds": 10, "batch_size": 16, "student_steps": 2}
-DAFL = {"method": "dafl", "rounds": 10, "batch_size": 16, "generator_lr": 0.02}  # (0.2, the MNIST recipe, jumps about at first)
+ZSKT = {"method": "zskt", "rounds": 10, "batch_size": 16, "student_steps": 2, "generator_width": 32}
+DAFL = {"method": "dafl", "rounds": 10, "batch_size": 16, "generator_lr": 0.02, "generator_width": 32}  # (0.2, the MNIST recipe, jumps about at first)
 
 
 @pytest.mark.parametrize("shape", [(1, 12, 12), (3, 10, 14)])
 def test_generator_gives_normalised_images_of_any_size(shape):
     torch.manual_seed(0)
-    x = Generator(8, shape, tanh=True)(torch.randn(6, 8))
+    x = Generator(8, shape, tanh=True, width=16)(torch.randn(6, 8))
     assert x.shape == (6, *shape) and torch.isfinite(x).all()
     assert x.mean(dim=(0, 2, 3)).abs().max() < 1e-4  # final non-affine BN: per-channel standardised
     assert x.var(dim=(0, 2, 3), unbiased=False).sub(1).abs().max() < 1e-2

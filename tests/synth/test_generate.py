@@ -18,7 +18,7 @@ from edgekd.synth.tensors import from_uint8
 from tests.synth.conftest import MEAN, SHAPE, STD
 
 DI = {"method": "deepinversion", "iterations": 4, "batch_size": 8, "lr": 0.1}
-ZSKT = {"method": "zskt", "rounds": 6, "batch_size": 8, "student_steps": 2}
+ZSKT = {"method": "zskt", "rounds": 6, "batch_size": 8, "student_steps": 2, "generator_width": 32}
 
 
 def run(teacher, settings, cache_dir, count=20, **kw):
