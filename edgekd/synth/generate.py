@@ -30,7 +30,7 @@ from edgekd.synth import store
 from edgekd.synth.adversarial import AdversarialSource
 from edgekd.synth.deepinversion import DeepInversionSource
 from edgekd.synth.settings import SynthSettings
-from edgekd.synth.tensors import from_uint8, teacher_labels, to_uint8, weights_sha256
+from edgekd.synth.tensors import from_uint8, num_classes, teacher_labels, to_uint8, weights_sha256
 
 ALGORITHM_VERSION = 1  # bump when a method's code changes what it generates: old caches stop matching
 
@@ -111,7 +111,8 @@ def generate_transfer_set(teacher: nn.Module, settings: SynthSettings, *, count:
         if writer.state_path is not None:
             source.load(writer.state_path)
         _fill(writer, source, teacher, count, mean, std, ui, settings.method)
-        final = writer.finish(_provenance(identity, key, writer.labels(), time.perf_counter() - started))
+        final = writer.finish(_provenance(identity, key, writer.labels(), num_classes(teacher, tuple(shape)),
+                                          time.perf_counter() - started))
     finally:
         source.close()
     return TransferSet(final, count, key, reused=False, resumed_from=resumed_from,
@@ -137,9 +138,9 @@ def _fill(writer: store.U8StoreWriter, source, teacher: nn.Module, count: int, m
             advance(len(pixels), **{k: round(v, 4) for k, v in source.losses.items()})
 
 
-def _provenance(identity: dict, key: str, labels: np.ndarray, seconds: float) -> dict:
+def _provenance(identity: dict, key: str, labels: np.ndarray, classes: int, seconds: float) -> dict:
     """index.json's fields beyond the format's own: how the images were made."""
-    counts = np.bincount(labels[labels >= 0]).tolist() if (labels >= 0).any() else []
+    counts = np.bincount(labels[labels >= 0], minlength=classes).tolist()
     return {"source": "synthetic", "method": identity["settings"]["method"], "settings": identity["settings"],
             "seed": identity["seed"], "key": key, "mean": identity["mean"], "std": identity["std"],
             "teacher_sha256": identity["teacher"], "student": identity["student"],
