@@ -10,7 +10,8 @@ in every row, and only the transfer set changes:
     dafl                 images from the DAFL generator (with DeepInversion's BN prior) only
     zskt                 images from the ZSKT generator only (not run by default: --rows zskt)
     3% real              a seeded, class-stratified 3% of the real images alone
-    3% real + dafl       that 3% plus the dafl set
+    3% real + dafl       that 3% plus the dafl set (83% of the images synthetic)
+    3% real + dafl, 1:1  the same, the real images repeated to as many as the synthetic ones
     cross-resolution     a 28-px grey student taught on the real images by a 64-px RGB teacher
                          (each model its own view of the same decoded sample: edgekd.synth.views)
 
@@ -38,6 +39,7 @@ import argparse
 import hashlib
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -66,9 +68,11 @@ from edgekd.ui import UI  # noqa: E402
 HERE = Path(__file__).resolve().parent
 STUDENT = StudentConfig(width=0.125, depth=0.5)
 KD = [{"kind": "kd", "temperature": 4.0, "alpha": 1.0}]  # soft targets only: the same signal in every row
-ROWS = ["teacher", "real", "deepinversion", "dafl", "zskt", "3% real", "3% real + dafl", "cross-resolution"]
+ROWS = ["teacher", "real", "deepinversion", "dafl", "zskt", "3% real", "3% real + dafl", "3% real + dafl, 1:1",
+        "cross-resolution"]
 DEFAULT_ROWS = [r for r in ROWS if r != "zskt"]  # zskt: --rows zskt (3x dafl's cost per round, see the results)
-SYNTHETIC_ROWS = {"deepinversion": "deepinversion", "dafl": "dafl", "zskt": "zskt", "3% real + dafl": "dafl"}
+SYNTHETIC_ROWS = {"deepinversion": "deepinversion", "dafl": "dafl", "zskt": "zskt", "3% real + dafl": "dafl",
+                  "3% real + dafl, 1:1": "dafl"}
 
 # Settings chosen on the validation split (benchmarks/results/data_free.md, "Tuning"): the published
 # budgets are for GPUs (DeepInversion: 2k iterations per batch; ZSKT: 80k rounds; DAFL: 24k), so they
@@ -274,6 +278,10 @@ def run_row(args, row: str, data: Data, work: Path, teacher, teacher_seconds: tu
         method = SYNTHETIC_ROWS[row]
         result = synthetic_set(args, work, method, teacher, data.pre, new_student())
         sx, sy = load_store(result, data.pre)
+        if row.endswith("1:1"):  # the real images repeated to as many as the synthetic ones: half of each batch
+            repeat = max(1, round(len(sy) / len(y)))
+            x, y = x.repeat(repeat, 1, 1, 1), y.repeat(repeat)
+            parts[-1] += f" (x{repeat})"
         x, y = torch.cat([x, sx]), torch.cat([y, sy])
         parts.append(f"{len(sy)} {method} images" + (" (the set made for its own row, from the cache)" if result.reused
                                                      else ""))
@@ -308,7 +316,8 @@ def cross_resolution(args, data: Data, work: Path) -> dict:
                        == score_y[i : i + 2048]).sum()) for i in range(0, len(score_u8), 2048))
     student, secs = distil(args, work, "cross-resolution", teacher, data.train_x, data.train_y, data.monitor,
                            args.real_epochs, "none", cached=cached)
-    return {"model": student, "transfer": f"{len(data.train_y)} real images, teacher view {size}px RGB, "
+    return {"model": student, "epochs": args.real_epochs,
+            "transfer": f"{len(data.train_y)} real images, teacher view {size}px RGB, "
             f"student view {args.input_size}px grey", "teacher_accuracy": correct / len(score_y),
             "teacher_params": count_params(teacher), "teacher_trained_on": len(subset),
             "seconds": {"teacher training": t_secs, "teacher logits": logit_secs, "distillation": secs}}
@@ -328,7 +337,7 @@ def main(argv=None) -> None:
                                            args.teacher_epochs)
     rows = {}
     for row in [r for r in ROWS if r in args.rows]:
-        path = out / f"{row.replace(' ', '_').replace('%', 'pct').replace('+', 'plus')}.json"
+        path = out / f"{row_slug(row)}.json"
         saved = json.loads(path.read_text()) if path.is_file() else None
         if saved and saved["settings"] == settings_of(args):
             print(f"{row}: done earlier, accuracy {saved['accuracy']:.4f}", flush=True)
@@ -345,6 +354,11 @@ def main(argv=None) -> None:
         rows[row] = result
         print(f"  {row}: accuracy {result['accuracy']:.4f} ({args.score})", flush=True)
     write_reports(args, suffix, rows)
+
+
+def row_slug(row: str) -> str:
+    """A row's file name: "3% real + dafl, 1:1" -> "3pct_real_plus_dafl_1_1"."""
+    return re.sub(r"[^A-Za-z0-9-]+", "_", row.replace("%", "pct").replace("+", "plus")).strip("_")
 
 
 def recovery(acc: float, real: float) -> float:
@@ -390,18 +404,35 @@ def tuning_lines() -> list[str]:
     return lines
 
 
+def cpu_flags() -> list[str]:
+    """The vector-instruction flags that decide CPU training speed."""
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return [f for f in wanted if f in flags]
+
+
 def write_reports(args, suffix: str, rows: dict) -> None:
     real = rows.get("real", {}).get("accuracy")
     split = "5k validation split" if args.score == "val" else "10k test split"
+    machine = machine_info()
     lines = [f"# Data-free distillation on Fashion-MNIST{' (quick smoke run)' if args.quick else ''}", "",
-             f"Scored on the {split}; machine: {json.dumps(machine_info())}. torch {torch.__version__}, "
-             f"{args.threads} threads. Settings: {json.dumps(settings_of(args))}.", "",
+             f"Scored on the {split}. CPU: {machine['cpu']} ({machine['usable_cores']} cores, flags "
+             f"{' '.join(cpu_flags())}; shared with other jobs, so wall seconds vary and CPU seconds are the process "
+             f"time), torch {torch.__version__}, {args.threads} thread(s). Every setting: "
+             f"`{json.dumps(settings_of(args))}`; machine: `{json.dumps(machine)}`.", "",
              "| row | transfer set | params | student epochs | accuracy | recovery vs real | wall seconds | CPU seconds |",
              "|---|---|---:|---:|---:|---:|---|---:|"]
     for r in rows.values():
         rec = f"{recovery(r['accuracy'], real):.2f}" if real and r["row"] not in ("teacher", "real") else "-"
         secs = ", ".join(f"{k} {v:.0f}" for k, v in r["seconds"].items())
-        lines.append(f"| {r['row']} | {r['transfer']} | {r['params']:,} | {r.get('epochs', '-')} | {r['accuracy']:.4f} | "
+        transfer = r["transfer"] + (f"; the teacher's own accuracy {r['teacher_accuracy']:.4f} "
+                                    f"({r['teacher_params']:,} parameters, {r['teacher_trained_on']} images, "
+                                    f"{args.cross_epochs} epochs)" if "teacher_accuracy" in r else "")
+        lines.append(f"| {r['row']} | {transfer} | {r['params']:,} | {r.get('epochs', '-')} | {r['accuracy']:.4f} | "
                      f"{rec} | {secs} | {r.get('cpu_seconds', 0):.0f} |")
     lines += ["", f"Total CPU time (process time, all rows): {sum(r.get('cpu_seconds', 0) for r in rows.values()) / 60:.1f} "
               "min.", "", *target_lines(rows)]
