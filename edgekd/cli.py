@@ -13,29 +13,29 @@ from pathlib import Path
 import click
 
 from edgekd import __version__
-from edgekd.errors import EXIT_CODES, EdgekdError
+from edgekd.errors import EXIT_CODES, project_error
 
 
 class EdgekdGroup(click.Group):
-    """Turns project errors into one paragraph and an exit code."""
+    """Turns every failure of every command into one paragraph and its documented exit code
+    (`edgekd.errors.project_error` decides which)."""
 
     def invoke(self, ctx: click.Context):
         debug = ctx.params.get("debug", False)
         try:
             return super().invoke(ctx)
-        except EdgekdError as exc:
-            if debug:
-                traceback.print_exc()
-            click.secho(f"error: {exc}", fg="red", err=True)
-            ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.secho("interrupted: finished stages and epoch checkpoints are kept; re-run to resume.", err=True)
             ctx.exit(130)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
-        except Exception as exc:  # the CLI edge: anything else is a bug to report
+        except Exception as exc:  # the CLI edge: project errors and file-system faults, else a bug to report
             if debug:
                 traceback.print_exc()
+            error = project_error(exc)
+            if error is not None:
+                click.secho(f"error: {error}", fg="red", err=True)
+                ctx.exit(error.exit_code)
             click.secho(f"internal error: {type(exc).__name__}: {exc}\n"
                         "This is a bug in edgekd. Re-run with --debug for the traceback and report it.", fg="red", err=True)
             ctx.exit(1)
@@ -51,7 +51,9 @@ def main(debug: bool) -> None:
 @main.command()
 @click.argument("config", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory (default: runs/<config name>/).")
-@click.option("--force", is_flag=True, help="Redo every stage, even those whose inputs are unchanged.")
+@click.option("--force", is_flag=True, help="Redo every stage from scratch, even those whose inputs are unchanged: "
+              "stage records, epoch checkpoints (work/**/last.pt), finished chain links and the teacher-output "
+              "cache (cache/) are ignored or removed. Files a stage writes are replaced when it reruns.")
 @click.option("--quiet", is_flag=True, help="Only errors and the final summary.")
 def compress(config: Path, out: Path | None, force: bool, quiet: bool) -> None:
     """Teacher -> student -> ONNX -> INT8 -> benchmark -> report, from CONFIG (model.yaml)."""
@@ -69,8 +71,12 @@ def validate(config: Path) -> None:
     """Check CONFIG without running anything (types, keys, paths, targets, model names)."""
     from edgekd.pipeline.compress import preflight
 
+    from edgekd.config import config_warnings
+
     cfg = preflight(config)
     click.echo(f"{config}: valid — run name {cfg.name!r}, targets {', '.join(cfg.targets)}.")
+    for warning in config_warnings(cfg):
+        click.secho(f"warning: {warning}", fg="yellow", err=True)
 
 
 @main.command()
@@ -103,11 +109,12 @@ def _register_subsystem_commands() -> None:
     """Device-side commands live with their subsystem; their modules import no torch."""
     from edgekd.bench.cli import bench_command
     from edgekd.report.merge import merge_command
+    from edgekd.search.profile import profile_command
     from edgekd.ship.cli import ship_command, verify_command
     from edgekd.trt.cli import register as register_trt
 
     register_trt(main)
-    for command in (bench_command, ship_command, verify_command):
+    for command in (bench_command, profile_command, ship_command, verify_command):
         main.add_command(command)
     report_group.add_command(merge_command)
 

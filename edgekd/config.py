@@ -12,6 +12,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
+from edgekd import BUILTIN_DIR
 from edgekd.errors import ConfigError
 from edgekd.schema import Strict, parse, read_yaml
 
@@ -23,7 +24,12 @@ class DataConfig(Strict):
     path: Path | None = Field(None, description="idx: folder of *-ubyte.gz files; imagefolder: root of class folders")
     input_size: int = Field(32, ge=8, description="square side the model sees, in pixels")
     channels: Literal[1, 3] = 1
-    val_fraction: float = Field(0.2, gt=0, lt=1, description="held out for validation (digits/imagefolder)")
+    val_fraction: float = Field(
+        0.2, gt=0, lt=1, description="carved out of the training data for validation (every choice: best epoch, "
+        "early stopping, INT8 gate) when the source has no validation split (digits, idx, imagefolder without ROOT/val)")
+    test_fraction: float = Field(
+        0.2, gt=0, lt=1, description="carved out for the test split (every reported accuracy, used for no choice) "
+        "when the source has none (digits, imagefolder without ROOT/test); idx uses its t10k files")
     seed: int = 0
     mean: tuple[float, ...] | None = Field(None, description="per channel; default from the teacher's timm config or the data")
     std: tuple[float, ...] | None = None
@@ -40,6 +46,9 @@ class DataConfig(Strict):
             value = getattr(self, name)
             if value is not None and len(value) != self.channels:
                 raise ValueError(f"data.{name} needs {self.channels} value(s), one per channel")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(f"data.val_fraction {self.val_fraction:g} + data.test_fraction {self.test_fraction:g} "
+                             "leave nothing to train on: keep their sum below 1")
         return self
 
 
@@ -66,6 +75,9 @@ class TeacherConfig(Strict):
     model: str = Field("resnet18", description="a timm model name")
     pretrained: bool = Field(False, description="download timm's pretrained weights (needs the model hub)")
     checkpoint: Path | None = Field(None, description="a state dict, timm checkpoint, safetensors or edgekd checkpoint")
+    trust_checkpoint: bool = Field(
+        False, description="unpickle a torch checkpoint fully (it can run code: only for a file you trust); "
+        "off: torch files are read weights-only (docs/security.md)")
     train: TrainConfig = Field(
         default_factory=lambda: TrainConfig(epochs=8, lr=2e-3),
         description="how the teacher is trained or fine-tuned when no ready checkpoint is given",
@@ -76,6 +88,8 @@ class TeacherConfig(Strict):
     def _one_source(self) -> "TeacherConfig":
         if self.pretrained and self.checkpoint is not None:
             raise ValueError("give teacher.pretrained or teacher.checkpoint, not both")
+        if self.trust_checkpoint and self.checkpoint is None:
+            raise ValueError("trust_checkpoint applies to a teacher.checkpoint file, and none is given")
         return self
 
 
@@ -236,10 +250,6 @@ class AssistantConfig(Strict):
         return self
 
 
-SCHEME_DEFAULTS = {"scheme": "offline", "peers": 2, "peer_temperature": 1.0, "assistants": [], "generations": 1,
-                   "unlabeled_fraction": 0.0}
-
-
 class DistillConfig(Strict):
     losses: list[LossConfig] = Field(default_factory=lambda: [KDConfig()], min_length=1)
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=15, lr=3e-3))
@@ -306,11 +316,22 @@ class ExportConfig(Strict):
 
 class QuantizeConfig(Strict):
     enabled: bool = True
-    calibration: Path = Field(Path("calib/digits.yaml"), description="calibration manifest (see calib/)")
+    calibration: Path = Field(Path("calib/digits.yaml"), description="calibration manifest; a relative path is the "
+                              "config folder's file, else the one shipped with edgekd (edgekd/builtin/calib/)")
     method: Literal["minmax", "entropy", "percentile"] = "minmax"
     per_channel: bool = True
-    max_accuracy_drop: float | None = Field(None, ge=0, le=1, description="vs the FP32 student; default: the target's")
+    max_int8_drop: float | None = Field(
+        None, ge=0, le=1, description="the INT8 gate: the INT8 file's val accuracy may sit this much below the FP32 "
+        "student's; default: the strictest `budgets.max_int8_drop` of the targets it serves")
     fallbacks: bool = Field(True, description="try other calibrations / float layers when the gate fails")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data):
+        if isinstance(data, dict) and "max_accuracy_drop" in data:
+            raise ValueError("quantize.max_accuracy_drop is now quantize.max_int8_drop (INT8 vs the FP32 student); "
+                             "a target's budgets.max_accuracy_drop bounds the student vs the teacher")
+        return data
 
 
 class BenchConfig(Strict):
@@ -329,7 +350,7 @@ class CompressConfig(Strict):
     data: DataConfig = DataConfig()
     teacher: TeacherConfig = TeacherConfig()
     teachers: list[WeightedTeacherConfig] | None = Field(
-        None, min_length=1, description="multi-teacher distillation; the first is the primary teacher (teacher.pt)")
+        None, min_length=1, description="multi-teacher distillation; the first is the primary teacher (teacher.safetensors)")
     student: StudentConfig = StudentConfig()
     distill: DistillConfig = DistillConfig()
     export: ExportConfig = ExportConfig()
@@ -387,8 +408,8 @@ def load_config(path: str | Path) -> CompressConfig:
     if config.name is None:
         config = config.model_copy(update={"name": path.stem})
     config = _resolve_paths(config, path.resolve().parent)
-    _check_files_exist(config)
-    _check_targets(config)
+    profiles = _check_targets(config)
+    _check_files_exist(config, profiles)
     _check_qat(config)
     return config
 
@@ -397,10 +418,9 @@ def _resolve_paths(config: CompressConfig, base: Path) -> CompressConfig:
     def resolve(p: Path | None) -> Path | None:
         if p is None or p.is_absolute():
             return p
-        here = base / p
-        # Manifests shipped with edgekd (calib/...) also resolve from the repo root.
-        repo = Path(__file__).resolve().parent.parent / p
-        return here if here.exists() or not repo.exists() else repo
+        # `calib/digits.yaml` is the config folder's file when it has one, else the one shipped with edgekd
+        here, shipped = base / p, BUILTIN_DIR / p
+        return here if here.exists() or not shipped.exists() else shipped
 
     data = config.data.model_copy(update={"path": resolve(config.data.path)})
     teacher = config.teacher.model_copy(update={"checkpoint": resolve(config.teacher.checkpoint)})
@@ -409,13 +429,22 @@ def _resolve_paths(config: CompressConfig, base: Path) -> CompressConfig:
     return config.model_copy(update={"data": data, "teacher": teacher, "teachers": teachers, "quantize": quantize})
 
 
-def _check_files_exist(config: CompressConfig) -> None:
+def needs_calibration(config: CompressConfig, targets: list) -> bool:
+    """Whether a run draws calibration samples (data/calib.npz): for ONNX Runtime INT8 (`quantize.enabled`),
+    and for a TensorRT target's post-training INT8 file (int8 among its precisions, unless the student
+    is quantization-aware: its own QDQ export is that file)."""
+    trt_ptq = config.student.quantization != "qat" and any(
+        t.runtime == "tensorrt" and "int8" in t.precisions for t in targets)
+    return config.quantize.enabled or trt_ptq
+
+
+def _check_files_exist(config: CompressConfig, targets: list) -> None:
     checks = [("data.path", config.data.path)]
     if config.teachers:  # `teacher` is a copy of teachers[0]: name the key the user wrote
         checks += [(f"teachers[{i}].checkpoint", t.checkpoint) for i, t in enumerate(config.teachers)]
     else:
         checks.append(("teacher.checkpoint", config.teacher.checkpoint))
-    if config.quantize.enabled:
+    if needs_calibration(config, targets):
         checks.append(("quantize.calibration", config.quantize.calibration))
     for key, path in checks:
         if path is not None and not path.exists():
@@ -425,7 +454,8 @@ def _check_files_exist(config: CompressConfig) -> None:
             )
 
 
-def _check_targets(config: CompressConfig) -> None:
+def _check_targets(config: CompressConfig) -> list:
+    """The target profiles, loaded; an explicit opset every one of them reads."""
     from edgekd.targets import load_target, strictest_opset
 
     profiles = [load_target(name) for name in config.targets]
@@ -436,6 +466,7 @@ def _check_targets(config: CompressConfig) -> None:
             f"(max opset {worst.max_opset}).",
             f"Remove export.opset to use {worst.max_opset}, or drop that target.",
         )
+    return profiles
 
 
 QAT_OPSETS = range(13, 21)  # per-channel QuantizeLinear needs 13; modelopt exports via TorchScript (<= 20)
@@ -453,9 +484,47 @@ def _check_qat(config: CompressConfig) -> None:
         )
 
 
+def config_warnings(config: CompressConfig) -> list[str]:
+    """Settings that are valid but do not do what they seem to: said at validation, at the start
+    of a run and in the report."""
+    sections = [("teacher.train", config.teacher.train), ("distill.train", config.distill.train)]
+    sections += [(f"teachers[{i}].train", t.train) for i, t in enumerate(config.teachers or []) if i > 0]
+    if config.student.quantization == "qat":
+        sections.append(("distill.qat", config.distill.qat))
+    out = []
+    for key, train in sections:
+        if train.schedule != "onecycle" and 0 < train.epochs <= train.warmup_epochs:
+            after = "the cosine decay never runs" if train.schedule == "cosine" else "the constant rate is never reached"
+            out.append(f"{key}.warmup_epochs {train.warmup_epochs:g} >= epochs {train.epochs}: the whole run is the "
+                       f"linear warm-up and {after}. Lower warmup_epochs or raise epochs.")
+    return out
+
+
 def config_dict(section) -> dict:
     """A section as plain JSON-able data (used for stage hashes and checkpoints)."""
     return section.model_dump(mode="json")
+
+
+WHOLE_CONFIG = "*"
+
+
+def config_value(config: CompressConfig, path: str):
+    """The JSON-able value at a dotted key path: `data.augment`; `teachers[*].model` (one value per
+    entry, None without the list); `*` (the whole config). Stages declare their reads this way."""
+    data = config_dict(config)
+    return data if path == WHOLE_CONFIG else _lookup(data, path.split("."), path)
+
+
+def _lookup(node, parts: list[str], path: str):
+    if not parts:
+        return node
+    part, rest = parts[0], parts[1:]
+    name = part.removesuffix("[*]")
+    if not isinstance(node, dict) or name not in node:  # a stage declared a key the schema lacks: a bug
+        raise KeyError(f"config key {path!r}: no {name!r} here")
+    if part.endswith("[*]"):
+        return None if node[name] is None else [_lookup(item, rest, path) for item in node[name]]
+    return _lookup(node[name], rest, path)
 
 
 def assistant_student(config: CompressConfig, assistant: AssistantConfig) -> StudentConfig:
@@ -483,13 +552,3 @@ def check_single_process(config: CompressConfig, world_size: int) -> None:
     if world_size > 1 and used:
         raise ConfigError(f"{', '.join(used)} is not supported under torchrun yet ({world_size} processes).",
                           "Run this config in a single process (without torchrun), or remove those keys.")
-
-
-def distill_params(distill: DistillConfig) -> dict:
-    """distill as stage-key data: scheme keys left at their defaults are left out, so runs made
-    before the schemes existed keep their keys (and are reused) while any scheme change re-runs."""
-    data = config_dict(distill)
-    for name, default in SCHEME_DEFAULTS.items():
-        if data[name] == default:
-            del data[name]
-    return data

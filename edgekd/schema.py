@@ -1,13 +1,20 @@
 """Typed, strict YAML loading shared by model.yaml and target profiles.
 
-Config is data: `yaml.safe_load` into pydantic models that forbid unknown keys.
+Config is data: YAML's safe loader into pydantic models that forbid unknown keys.
 Pydantic's errors are rewritten into one paragraph that names the key path,
 what was wrong, and (for a misspelt key) the nearest valid name.
+
+Input is bounded before it is built (docs/security.md): the file's size, and the
+size and depth of the document with every alias expanded, counted on the composed
+node graph, where an alias is still one shared node. A 300-byte "billion laughs"
+file is refused in milliseconds instead of expanding to gigabytes, and messages
+show values through a short repr, never an expanded one.
 """
 
 from __future__ import annotations
 
 import difflib
+import reprlib
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,16 +32,54 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+MAX_YAML_BYTES = 256 * 1024  # model.yaml with every key commented is ~7 KB
+MAX_YAML_NODES = 10_000  # scalars + mappings + sequences, aliases expanded; the full template has ~200
+MAX_YAML_DEPTH = 50
+
+def short_repr(value: Any) -> str:
+    """A repr for messages: a few elements, cut strings; never the whole of a large value."""
+    short = reprlib.Repr()  # keyword arguments only from Python 3.12
+    short.maxlevel, short.maxstring, short.maxother = 2, 60, 60
+    short.maxdict = short.maxlist = short.maxtuple = short.maxset = 4
+    return short.repr(value)
+
+
 def read_yaml(path: str | Path, what: str = "config") -> dict:
     """Parse a YAML mapping, turning every failure into a ConfigError."""
     path = Path(path)
+    start_over = ("run `edgekd init` to write a commented template" if what == "config"
+                  else "see the shipped files (targets/, calib/) for the layout")
     if not path.is_file():
+        raise ConfigError(f"The {what} file {str(path)!r} does not exist.", f"Check the path, or {start_over}.")
+    size = path.stat().st_size
+    if size > MAX_YAML_BYTES:
+        raise ConfigError(f"The {what} file {path} is {size / 1024:.0f} KiB; edgekd reads at most "
+                          f"{MAX_YAML_BYTES // 1024} KiB.", f"Is it the right file? If so, {start_over}.")
+    data = _load_bounded(path, what)
+    if data is None:
+        raise ConfigError(f"The {what} file {path} is empty (or only comments).",
+                          f"Give at least one key; or {start_over}"
+                          + (" (edgekd init --force overwrites the file)." if what == "config" else "."))
+    if not isinstance(data, dict):
         raise ConfigError(
-            f"The {what} file {str(path)!r} does not exist.",
-            "Check the path, or run `edgekd init` to write a commented template.",
+            f"{path} must be a mapping of keys to values, got a {type(data).__name__}.",
+            f"Start over: {start_over}.",
         )
+    return data
+
+
+def _load_bounded(path: Path, what: str) -> Any:
+    """yaml.safe_load, but the composed graph is measured before any Python object is built."""
     try:
-        data = yaml.safe_load(path.read_text())
+        loader = yaml.SafeLoader(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"The {what} file {path} is not UTF-8 text.", "Is it the right file?") from None
+    try:
+        node = loader.get_single_node()  # aliases are shared nodes here: nothing is expanded yet
+        if node is None:
+            return None
+        _check_expansion(node, path)
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
         where = ""
         mark = getattr(exc, "problem_mark", None)
@@ -45,14 +90,56 @@ def read_yaml(path: str | Path, what: str = "config") -> dict:
             f"{path} is not valid YAML{where}: {problem}.",
             "Fix the indentation or quoting there (tabs are not allowed in YAML).",
         ) from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"{path} must be a mapping of keys to values, got a {type(data).__name__}.",
-            "Start from `edgekd init`'s template.",
-        )
-    return data
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ConfigError(f"{path} nests collections too deeply (more than {MAX_YAML_DEPTH} levels).",
+                          "A config is a few levels deep: is it the right file?") from None
+    finally:
+        loader.dispose()
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _check_expansion(root: yaml.Node, path: Path) -> None:
+    """Refuse a document whose alias-expanded size or depth is out of bounds, or that refers to itself.
+
+    Iterative post-order walk; an alias reuses its anchor's node, so each node's expanded
+    size and height are computed once (memoised by identity) however often it is referenced.
+    """
+    done: dict[int, tuple[int, int]] = {}  # id(node) -> (expanded size, height)
+    open_nodes: set[int] = set()  # on the path from the root: meeting one again is a recursive alias
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if finished:
+            open_nodes.discard(key)
+            below = [done[id(child)] for child in _children(node)]
+            size, height = 1 + sum(b[0] for b in below), 1 + max((b[1] for b in below), default=0)
+            if size > MAX_YAML_NODES:
+                raise ConfigError(f"{path} expands to more than {MAX_YAML_NODES:,} values once its aliases (*name) "
+                                  "are resolved.", "Use fewer nested aliases; a config needs a few hundred values.")
+            if height > MAX_YAML_DEPTH:
+                raise ConfigError(f"{path} nests collections too deeply (more than {MAX_YAML_DEPTH} levels).",
+                                  "A config is a few levels deep: is it the right file?")
+            done[key] = (size, height)
+            continue
+        if key in done:
+            continue
+        if key in open_nodes:
+            raise ConfigError(f"{path} has an alias that refers to itself (line {node.start_mark.line + 1}).",
+                              "Remove the recursive alias.")
+        open_nodes.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in _children(node) if id(child) not in done)
+
+
+MAX_PROBLEMS = 10  # listed in one message; the count says how many there are
 
 
 def parse(model: type[M], data: Any, source: str) -> M:
@@ -61,9 +148,11 @@ def parse(model: type[M], data: Any, source: str) -> M:
         return model.model_validate(data)
     except ValidationError as exc:
         problems = [_describe(model, err) for err in exc.errors()]
+        shown = problems[:MAX_PROBLEMS] + ([f"and {len(problems) - MAX_PROBLEMS} more"]
+                                           if len(problems) > MAX_PROBLEMS else [])
         raise ConfigError(
             f"{source} has {len(problems)} problem{'s' if len(problems) > 1 else ''}: "
-            + "; ".join(problems)
+            + "; ".join(shown)
             + "."
         ) from None
 
@@ -84,7 +173,7 @@ def _describe(model: type[BaseModel], err: dict) -> str:
     if err["type"] == "missing":
         return f"{loc!r} is required"
     got = err.get("input")
-    shown = repr(got) if not isinstance(got, dict) else "a mapping"
+    shown = short_repr(got) if not isinstance(got, dict) else "a mapping"
     return f"{loc!r}: {err['msg'].rstrip('.')} (got {shown})"
 
 

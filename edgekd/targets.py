@@ -1,6 +1,7 @@
 """Device profiles: what runtime a target has and what it must meet.
 
-A profile is one YAML file under `targets/` (schema: `TargetProfile`). It is
+A profile is one YAML file (schema: `TargetProfile`); edgekd's own live in
+`edgekd/builtin/targets/`, package data every install carries. It is
 read on the workstation, to choose opset, precisions and ONNX variants, and on
 the device, to set runtime threads and judge budgets, so this module is
 torch-free.
@@ -9,13 +10,13 @@ torch-free.
 from __future__ import annotations
 
 import os
-import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
 
+from edgekd import BUILTIN_DIR
 from edgekd.errors import ConfigError
 from edgekd.schema import Strict, parse, read_yaml
 
@@ -25,7 +26,10 @@ Precision = Literal["fp32", "fp16", "int8"]
 class Budgets(Strict):
     latency_ms: float = Field(50.0, gt=0, description="p50 latency at batch 1 must stay under this")
     memory_mb: float | None = Field(None, gt=0, description="peak resident memory over baseline")
-    max_accuracy_drop: float = Field(0.02, ge=0, le=1, description="vs the FP32 teacher, absolute")
+    max_accuracy_drop: float = Field(0.02, ge=0, le=1, description="a student's accuracy may sit this much below the "
+                                     "PyTorch teacher's (absolute, on the test split): the report's verdict")
+    max_int8_drop: float = Field(0.02, ge=0, le=1, description="the INT8 gate for this target's INT8 file: its "
+                                 "accuracy may sit this much below the FP32 student's (absolute, on the val split)")
 
 
 class TensorRTInfo(Strict):
@@ -54,6 +58,16 @@ class TargetProfile(Strict):
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
     budgets: Budgets = Budgets()
     tensorrt: TensorRTInfo | None = None
+    # Where the device is, for measuring on it (`student.search`); all optional.
+    host: str | None = Field(
+        None, pattern=r"^([^@/:\s]+@)?[^@/:\s]+$",
+        description="user@name of the device over ssh (keys or ssh-agent, no password prompt)")
+    edgekd_command: str = Field(
+        "python3 -m edgekd", min_length=1,
+        description="how edgekd starts on the device over ssh, e.g. ~/venv/bin/edgekd")
+    runtime_version: str | None = Field(
+        None, pattern=r"^\d+(\.\d+)*$",
+        description="the runtime version on the device, e.g. '1.18'; a latency table from another version is refused")
 
     @model_validator(mode="after")
     def _runtime_fields_agree(self) -> "TargetProfile":
@@ -64,15 +78,15 @@ class TargetProfile(Strict):
         return self
 
 
-def search_dirs() -> list[Path]:
-    """Where profiles are looked up, first match wins.
+BUILTIN_TARGETS = BUILTIN_DIR / "targets"
 
-    $EDGEKD_TARGETS (colon-separated), the repository's `targets/` (editable
-    installs and checkouts), then `<prefix>/share/edgekd/targets` (wheels).
-    """
+
+def search_dirs() -> list[Path]:
+    """Where profiles are looked up, first match wins: $EDGEKD_TARGETS (colon-separated),
+    then the profiles shipped inside the package (the same in a checkout, an editable
+    install and a wheel)."""
     dirs = [Path(p) for p in os.environ.get("EDGEKD_TARGETS", "").split(os.pathsep) if p]
-    dirs.append(Path(__file__).resolve().parent.parent / "targets")
-    dirs.append(Path(sys.prefix) / "share" / "edgekd" / "targets")
+    dirs.append(BUILTIN_TARGETS)
     return [d for d in dirs if d.is_dir()]
 
 

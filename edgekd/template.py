@@ -9,24 +9,30 @@ seed: 0                     # one seed for splits, init, shuffling: same seed, s
 device: auto                # auto | cpu | cuda — where training runs
 
 data:
-  kind: digits              # digits (built in) | idx (MNIST-format .gz files) | imagefolder (ROOT/<class>/*.png)
+  kind: digits              # digits (built in) | idx (MNIST-format .gz files) | imagefolder (ROOT/<class>/*.png,
+                            #   or ROOT/train with ROOT/val and/or ROOT/test)
   # path: /usr/share/datasets/fashion-mnist   # idx / imagefolder root (relative paths: from this file)
   input_size: 32            # square side the model sees
   channels: 1               # 1 (grey) or 3 (RGB)
-  val_fraction: 0.2         # held out when the source has no validation split
+  val_fraction: 0.2         # carved from the training data for validation (every choice: best epoch, INT8 gate)
+                            #   when the source has none (digits, idx, imagefolder without ROOT/val)
+  test_fraction: 0.2        # carved for the test split (every reported accuracy) when the source has none
+                            #   (digits, imagefolder without ROOT/test); idx uses its t10k files
   augment: none             # none | crop | crop_flip (crop_flip disables the teacher cache)
   train_fraction: 1.0       # the student trains on this stratified share of the training split (the teacher on all)
   # mean: [0.5]             # default: measured on the training split (digits/idx) or the teacher's timm config
   # std: [0.5]
 
 # teachers:                 # multi-teacher distillation, instead of `teacher:` (not both); same keys plus weight.
-#   - {model: resnet34, weight: 2.0}   # the first is the primary: teacher.pt, report rows, export, QAT
-#   - {model: resnet18, weight: 1.0}   # the others -> teachers/<i>.pt
+#   - {model: resnet34, weight: 2.0}   # the first is the primary: teacher.safetensors, report rows, export, QAT
+#   - {model: resnet18, weight: 1.0}   # the others -> teachers/<i>.safetensors
 #                           # soft targets: log of the weighted mean of probabilities; ce/kd/dkd losses only
 teacher:
   model: resnet18           # any timm model name
   pretrained: false         # true downloads timm's weights (needs the model hub)
-  # checkpoint: teacher.pth # a state dict, timm checkpoint, .safetensors or edgekd .pt
+  # checkpoint: teacher.pth # a state dict, timm checkpoint, .safetensors or edgekd checkpoint
+  trust_checkpoint: false   # true unpickles a torch checkpoint fully: it can run code, use only for a file you
+                            # trust; false reads torch files weights-only (docs/security.md)
   # finetune: true          # default: train only when the weights are random or the head was reset
   train:
     epochs: 8
@@ -97,13 +103,16 @@ export:
 
 quantize:
   enabled: true             # ONNX Runtime static INT8 (QDQ)
-  calibration: calib/digits.yaml   # which split, how many samples, seed
+  calibration: calib/digits.yaml   # which split, how many samples, seed; calib/... is shipped with edgekd
   method: minmax            # minmax | entropy | percentile
   per_channel: true
-  # max_accuracy_drop: 0.02 # vs the FP32 student; default: the first target's budget
+  # max_int8_drop: 0.02     # INT8 gate: val accuracy vs the FP32 student; default: the strictest
+                            #   budgets.max_int8_drop of the targets the INT8 file serves
   fallbacks: true           # on a failed gate, try other calibrations and float-kept layers
 
-targets: [host-cpu]         # `edgekd targets` lists profiles; the first one's budgets judge the report
+targets: [host-cpu]         # `edgekd targets` lists profiles; each gets its own budget verdicts, judged only
+                            # where this machine is that target (others: measure on the device, the report says how);
+                            # budgets.max_accuracy_drop there bounds the student vs the teacher
 
 bench:
   warmup_s: 1.0

@@ -11,7 +11,9 @@ import time
 from contextlib import contextmanager
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+from rich.text import Text
 
 
 class UI:
@@ -36,13 +38,20 @@ class UI:
         self.console.print(f"  [yellow]! {message}[/]")
 
     @contextmanager
-    def progress(self, description: str, total: int):
-        """Yields `advance(n=1, **fields)`; fields show after the bar (loss=…, acc=…)."""
+    def progress(self, description: str, total: int, unit: str | None = None):
+        """Yields `advance(n=1, **fields)`; fields show after the bar (loss=…, acc=…).
+
+        With a `unit` ("images", "files"), the bar shows the rate in units/s and the time left, and
+        plain output (not a terminal) prints a line every few seconds instead of every step:
+        loops over 100k images must not print 100k lines."""
         if not sys.stderr.isatty():
-            yield _PlainProgress(self, description, total)
+            yield _PlainProgress(self, description, total, unit)
             return
         columns = [TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TextColumn("{task.fields[status]}")]
+                   TimeElapsedColumn()]
+        if unit:
+            columns += [_RateColumn(unit), TextColumn("ETA"), TimeRemainingColumn()]
+        columns.append(TextColumn("{task.fields[status]}"))
         with Progress(*columns, console=self.console, transient=False) as bar:
             task = bar.add_task(description, total=total, status="")
 
@@ -53,16 +62,53 @@ class UI:
             yield advance
 
 
-class _PlainProgress:
-    """Non-terminal output: a line per step (epochs are few; no per-batch spam)."""
+@contextmanager
+def quiet_progress():
+    """An `advance` that shows nothing: for callers given no UI."""
+    yield lambda n=1, **fields: None
 
-    def __init__(self, ui: UI, description: str, total: int):
-        self.ui, self.description, self.total, self.done = ui, description, total, 0
+
+class _RateColumn(ProgressColumn):
+    def __init__(self, unit: str):
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.0f} {self.unit}/s" if speed else f"- {self.unit}/s")
+
+
+class _PlainProgress:
+    """Non-terminal output. Without a unit: a line per step (epochs are few). With a unit: a line
+    at most every `every_s` seconds and at the end, with the rate and the time left."""
+
+    every_s = 5.0
+
+    def __init__(self, ui: UI, description: str, total: int, unit: str | None = None):
+        self.ui, self.description, self.total, self.unit, self.done = ui, description, total, unit, 0
+        self.started = self.last = time.perf_counter()
 
     def __call__(self, n: int = 1, **fields):
         self.done += n
         status = "  ".join(f"{k}={_fmt(v)}" for k, v in fields.items())
-        self.ui.console.print(f"  {self.description} {self.done}/{self.total}  {status}")
+        if self.unit is None:
+            self.ui.console.print(f"  {self.description} {self.done}/{self.total}  {status}")
+            return
+        now = time.perf_counter()
+        if now - self.last < self.every_s and self.done < self.total:
+            return
+        self.last = now
+        self.ui.console.print(f"  {self.description} {self.done}/{self.total}  "
+                              f"{rate_eta(self.done, self.total, now - self.started, self.unit)}  {status}".rstrip())
+
+
+def rate_eta(done: int, total: int, seconds: float, unit: str) -> str:
+    """'1,234 images/s, ETA 0:01:05' (the ETA from the average rate so far)."""
+    rate = done / seconds if seconds > 0 else 0.0
+    if not rate:
+        return f"- {unit}/s"
+    left = max(0, total - done) / rate
+    return f"{rate:,.0f} {unit}/s, ETA {int(left // 3600)}:{int(left % 3600 // 60):02d}:{int(left % 60):02d}"
 
 
 def _fmt(value) -> str:

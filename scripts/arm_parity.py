@@ -4,7 +4,7 @@ Runs each model on this machine's x86 onnxruntime and on the aarch64
 onnxruntime wheel inside the arm64 chroot that scripts/arm_env.sh builds
 (qemu-user emulation), with the session settings of each Raspberry Pi target
 profile, and compares the outputs. The emulated CPU is the target's own
-(`cpu:` in targets/rpi4.yaml, rpi5.yaml -> QEMU_CPU), so onnxruntime sees the
+(`cpu:` in edgekd/builtin/targets/rpi4.yaml, rpi5.yaml -> QEMU_CPU), so onnxruntime sees the
 instruction set of the board (e.g. SDOT on the Pi 5's Cortex-A76, none on the
 Pi 4's A72) and picks the kernels it would pick there.
 

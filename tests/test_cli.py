@@ -38,7 +38,19 @@ def test_targets_lists_profiles():
 
 def test_validate_the_builtin_default():
     result = invoke("validate", REPO / "examples" / "digits.yaml")
-    assert result.exit_code == 0 and "valid" in result.output
+    assert result.exit_code == 0 and "valid" in result.output and "warning" not in result.output
+
+
+def test_validate_says_when_a_setting_misleads(tmp_path):
+    config = tmp_path / "model.yaml"
+    config.write_text("distill:\n  train: {epochs: 1}\n")  # warmup_epochs 1.0 by default: all warm-up
+    result = invoke("validate", config)
+    assert result.exit_code == 0 and "warning: distill.train.warmup_epochs 1 >= epochs 1" in result.output
+
+
+def test_force_help_says_what_it_redoes():
+    text = " ".join(invoke("compress", "--help").output.split())
+    assert "epoch checkpoints" in text and "teacher-output cache" in text and "chain links" in text
 
 
 @pytest.mark.parametrize(

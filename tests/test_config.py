@@ -176,19 +176,53 @@ def test_scheme_combinations_that_are_refused(tmp_path, text, message):
         load_config(write(tmp_path, text))
 
 
-def test_default_scheme_keys_leave_the_student_key_as_before():
-    from edgekd.config import DistillConfig, config_dict, distill_params
-
-    before = {k: v for k, v in config_dict(DistillConfig()).items()
-              if k not in ("scheme", "peers", "peer_temperature", "assistants", "generations", "unlabeled_fraction")}
-    assert distill_params(DistillConfig()) == before
-    assert distill_params(DistillConfig(generations=2))["generations"] == 2
-    assert distill_params(DistillConfig(unlabeled_fraction=0.5))["unlabeled_fraction"] == 0.5
-
-
 def test_schemes_are_refused_under_torchrun_before_any_work(tmp_path, monkeypatch):
     from edgekd.pipeline.compress import preflight
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="distill.scheme: online is not supported under torchrun"):
         preflight(write(tmp_path, "quantize: {enabled: false}\ndistill: {scheme: online}\n"))
+
+
+def test_the_default_calibration_and_targets_are_found_from_any_folder(tmp_path):
+    from edgekd import BUILTIN_DIR
+
+    cfg = load_config(write(tmp_path, "targets: [rpi5, jetson-orin-nano]\n"))  # calibration left at its default
+    assert cfg.quantize.calibration == BUILTIN_DIR / "calib" / "digits.yaml" and cfg.quantize.calibration.is_file()
+    (tmp_path / "calib").mkdir()
+    (tmp_path / "calib" / "digits.yaml").write_text("samples: 64\n")
+    assert load_config(write(tmp_path, "name: own\n")).quantize.calibration == tmp_path / "calib" / "digits.yaml"
+
+
+def test_the_old_int8_bound_name_says_what_it_became(tmp_path):
+    with pytest.raises(ConfigError, match="quantize.max_int8_drop") as err:
+        load_config(write(tmp_path, "quantize: {max_accuracy_drop: 0.02}\n"))
+    assert "budgets.max_accuracy_drop" in str(err.value)  # the other bound: the student vs the teacher
+
+
+def test_val_and_test_fractions_leave_data_to_train_on(tmp_path):
+    with pytest.raises(ConfigError, match="leave nothing to train on"):
+        load_config(write(tmp_path, "data: {val_fraction: 0.5, test_fraction: 0.5}\n"))
+
+
+def test_a_jetson_int8_target_needs_calibration_even_with_quantize_off(tmp_path):
+    from edgekd.config import needs_calibration
+    from edgekd.targets import load_target
+
+    text = "quantize: {enabled: false, calibration: missing.yaml}\ntargets: [jetson-orin-nano]\n"
+    with pytest.raises(ConfigError, match="quantize.calibration"):  # refused at validation, not mid-run
+        load_config(write(tmp_path, text))
+    off = CompressConfig(quantize={"enabled": False})
+    assert needs_calibration(off, [load_target("jetson-orin-nano")])
+    assert not needs_calibration(off, [load_target("host-cpu")])
+    qat = CompressConfig(quantize={"enabled": False}, student={"quantization": "qat"})
+    assert not needs_calibration(qat, [load_target("jetson-orin-nano")])  # the QAT export is the INT8 file
+
+
+def test_a_warmup_as_long_as_training_is_said(tmp_path):
+    from edgekd.config import config_warnings
+
+    cfg = load_config(write(tmp_path, "teacher: {train: {epochs: 1}}\ndistill: {train: {epochs: 4, warmup_epochs: 0.5}}\n"))
+    [warning] = config_warnings(cfg)  # the teacher's default warmup_epochs 1.0 covers its one epoch
+    assert warning.startswith("teacher.train.warmup_epochs 1 >= epochs 1") and "cosine decay never runs" in warning
+    assert config_warnings(load_config(write(tmp_path, "name: fine\n"))) == []

@@ -19,6 +19,10 @@ DEVICE_MODULES = [
     "edgekd.trt.engine",
     "edgekd.report.core",
     "edgekd.report.merge",
+    "edgekd.rundir",
+    "edgekd.tolerances",
+    "edgekd.onnxtools.read",
+    "edgekd.search.profile",
 ]
 
 
@@ -37,6 +41,7 @@ def test_cli_help_runs_with_torch_unimportable(tmp_path):
     # A sitecustomize that makes `import torch` fail, as on a board without it.
     (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['torch'] = None\nsys.modules['timm'] = None\n")
     env = {"PYTHONPATH": f"{tmp_path}:{REPO}", "PATH": "/usr/bin:/bin"}
-    for args in (["--help"], ["targets"], ["verify", "--help"], ["bench", "--help"], ["build", "--help"]):
+    for args in (["--help"], ["targets"], ["verify", "--help"], ["bench", "--help"], ["build", "--help"],
+                 ["profile", "--help"], ["profile", "--probe"]):
         out = subprocess.run([sys.executable, "-m", "edgekd", *args], capture_output=True, text=True, cwd=REPO, env=env)
         assert out.returncode == 0, out.stderr

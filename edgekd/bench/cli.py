@@ -15,11 +15,12 @@ import click
 import numpy as np
 
 from edgekd import __version__
-from edgekd.artifacts import read_sidecar
-from edgekd.bench.measure import ArtifactToMeasure, BenchSettings, measure_artifacts
+from edgekd.artifacts import read_sidecar, write_text_atomic
+from edgekd.bench.measure import ArtifactToMeasure, BenchSettings, measure_artifacts, measurement_context
 from edgekd.bench.runners import runtime_for_path
-from edgekd.errors import ConfigError, DataError
-from edgekd.report.core import judge
+from edgekd.errors import ConfigError, DataError, FileSystemError
+from edgekd.report.core import SCHEMA_VERSION, judge
+from edgekd.rundir import RECORDS
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgekd.targets import TargetProfile
@@ -48,7 +49,9 @@ def _onnx_facts(path: Path) -> tuple[str | None, int | None]:
         import onnx
     except ImportError:  # onnx is optional on a device; fall back to the sidecar and file name
         return None, None
-    graph = onnx.load(str(path), load_external_data=False).graph
+    from edgekd.onnxtools.read import load_onnx
+
+    graph = load_onnx(path).graph  # RuntimeBackendError (exit 6) for a truncated or non-ONNX file
     qdq = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     # Scales and zero points of Q/DQ nodes are quantization metadata, not parameters.
     qparams = {n.input[i] for n in qdq for i in (1, 2) if len(n.input) > i}
@@ -63,7 +66,7 @@ def _onnx_facts(path: Path) -> tuple[str | None, int | None]:
 def _read_val(data: Path) -> tuple[dict, tuple[int, ...]]:
     with np.load(data, allow_pickle=False) as npz:
         if "x" not in npz.files or "y" not in npz.files:
-            raise DataError(f"{data} must hold arrays `x` (N, C, H, W) and `y` (N,).", "Use a run's data/val.npz.")
+            raise DataError(f"{data} must hold arrays `x` (N, C, H, W) and `y` (N,).", "Use a run's data/test.npz.")
         shape, n = tuple(npz["x"].shape[1:]), len(npz["y"])
     return {"path": str(data), "samples": n}, shape
 
@@ -83,16 +86,18 @@ def bench_artifacts(
     names = _unique([i["name"] for i in info])
     todo = [ArtifactToMeasure(n, runtime_for_path(p), p) for n, p in zip(names, paths)]
     measured = measure_artifacts(todo, input_shape or data_shape, target, settings, data)
-    rows = [_row(p, n, i, measured[n], target) for p, n, i in zip(paths, names, info)]
+    measurement = measurement_context(target, settings)
+    rows = [_row(p, n, i, measured[n], target, measurement) for p, n, i in zip(paths, names, info)]
     _compare_to_teacher(rows)
     return {
-        "schema_version": 1,
+        "schema_version": SCHEMA_VERSION,
         "edgekd_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "kind": "device",
         "target": target.model_dump() if target is not None else None,
         "dataset": dataset,
         "machine": machine_info(),
+        "measurement": measurement,
         "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(settings).items()},
         "artifacts": rows,
     }
@@ -107,7 +112,7 @@ def _unique(names: list[str]) -> list[str]:
     return out
 
 
-def _row(path: Path, name: str, info: dict, m, target) -> dict:
+def _row(path: Path, name: str, info: dict, m, target, measurement: dict) -> dict:
     row = {
         "name": name,
         "model": info["model"],
@@ -120,8 +125,10 @@ def _row(path: Path, name: str, info: dict, m, target) -> dict:
         "flops": None,
         **m.report_fields(),
     }
-    # No teacher measured here: only latency and memory are judged on a device report.
-    row["budget"] = judge(row, target.budgets.model_dump(), teacher_accuracy=None) if target else None
+    # No teacher measured here: only latency and memory are judged on a device report, and only
+    # when this machine is the target (its CPU architecture and runtime).
+    row["budget"] = judge(row, target.model_dump(), None, measurement) if target else None
+    row["budgets"] = {target.name: row["budget"]} if target else {}
     return row
 
 
@@ -137,12 +144,23 @@ def _compare_to_teacher(rows: list[dict]) -> None:
             r["memory_ratio_vs_teacher"] = r["peak_rss_mb"] / ref["peak_rss_mb"]
 
 
+def claim_output(out_dir: Path, force: bool) -> None:
+    """Refuse to overwrite an earlier report: `out_dir` must be new or empty, unless `force`."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileSystemError(f"--out {out_dir} is a file, not a folder.", "Choose a folder (it is created if missing).")
+    earlier = sorted(p.name for p in out_dir.iterdir() if p.name != RECORDS) if out_dir.is_dir() else []
+    if earlier and not force:
+        raise ConfigError(f"--out {out_dir} already holds {', '.join(earlier[:4])}"
+                          f"{' …' if len(earlier) > 4 else ''} (an earlier report).",
+                          "Choose another --out, or pass --force to replace its report files.")
+
+
 def write_device_report(report: dict, out_dir: Path, html: bool = False) -> list[Path]:
     from edgekd.report.merge import artifact_rows, markdown_table
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / "report.json", out_dir / "report.md"]
-    written[0].write_text(json.dumps(report, indent=1) + "\n")
+    write_text_atomic(written[0], json.dumps(report, indent=1) + "\n")
     machine = report["machine"]
     md = [
         f"# edgekd device report: {machine.get('device') or machine.get('hostname')}",
@@ -155,7 +173,7 @@ def write_device_report(report: dict, out_dir: Path, html: bool = False) -> list
         "baseline after importing the runtime.",
         "",
     ]
-    written[1].write_text("\n".join(md))
+    write_text_atomic(written[1], "\n".join(md))
     if html:
         from edgekd.report.html import write_html
 
@@ -175,9 +193,10 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--target", "-t", "target_name", default=None, help="Target profile (threads, budgets).")
 @click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="A val.npz (x, y) to measure accuracy on.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-report"),
-              show_default=True, help="Directory for report.json and report.md.")
+              help="A run's data/test.npz (x, y: the test split its report's accuracy is on) to measure accuracy on.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-report"), show_default=True,
+              help="Directory for report.json and report.md; must be new or empty unless --force.")
+@click.option("--force", is_flag=True, help="Replace the report files of an earlier bench in --out.")
 @click.option("--input-shape", default=None, help="C,H,W when the artifact does not fix it and no --data is given.")
 @click.option("--batch-sizes", default="1,8", show_default=True)
 @click.option("--warmup", "warmup_s", type=float, default=1.0, show_default=True, help="Seconds per batch size.")
@@ -186,15 +205,20 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
 @click.option("--rounds", type=int, default=5, show_default=True)
 @click.option("--threads", type=int, default=None, help="Runtime threads (default: the target's).")
 @click.option("--html", is_flag=True, help="Also write report.html (needs matplotlib).")
-def bench_command(artifacts, target_name, data, out, input_shape, batch_sizes, warmup_s, min_iterations,
+def bench_command(artifacts, target_name, data, out, force, input_shape, batch_sizes, warmup_s, min_iterations,
                   min_seconds, rounds, threads, html) -> None:
     """Benchmark ONNX files or TensorRT engines on this machine and write a device report."""
+    from edgekd import rundir
     from edgekd.targets import load_target
 
     target = load_target(target_name) if target_name else None
     settings = BenchSettings(warmup_s, min_iterations, min_seconds, _ints(batch_sizes, "--batch-sizes"), rounds, threads)
     shape = _ints(input_shape, "--input-shape") if input_shape else None
-    report = bench_artifacts(list(artifacts), target, data, settings, shape)
-    for path in write_device_report(report, out, html=html):
+    claim_output(out, force)
+    with rundir.hold(out, "edgekd bench"):  # a concurrent bench into the same --out stops here
+        claim_output(out, force)  # (checked again: another bench may have written it meanwhile)
+        report = bench_artifacts(list(artifacts), target, data, settings, shape)
+        written = write_device_report(report, out, html=html)
+    for path in written:
         click.echo(f"wrote {path}")
     click.echo(Path(out, "report.md").read_text())

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from edgekd import errors
 from edgekd.bench.stats import summarize, throughput_ips
+from edgekd.bench.sysinfo import host_arch, usable_cores
 from edgekd.errors import ConfigError, RuntimeBackendError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -83,6 +84,7 @@ class Measurement:
     accuracy: float | None = None
     accuracy_samples: int | None = None
     providers: list | None = None
+    notes: list = field(default_factory=list)  # e.g. the target's threads capped to this host's cores
 
     def report_fields(self) -> dict:
         """The keys of a report.json artifact entry this measurement fills."""
@@ -93,6 +95,7 @@ class Measurement:
         fields["latency_samples_ms"] = [round(s, 5) for s in self.latency_samples_ms]
         if self.accuracy is not None:
             fields["accuracy"] = self.accuracy
+            fields["accuracy_samples"] = self.accuracy_samples
         fields["bench"] = {
             "batch_size": self.batch_size,
             "threads": self.threads,
@@ -101,6 +104,7 @@ class Measurement:
             "memory_method": self.memory_method,
             "skipped_batches": self.skipped_batches,
             "providers": self.providers,
+            "notes": self.notes,
         }
         return fields
 
@@ -116,12 +120,13 @@ def measure_artifacts(
     settings: BenchSettings = BenchSettings(),
     data: str | Path | None = None,
 ) -> dict[str, Measurement]:
-    """Benchmark every artifact in its own worker; accuracy too when `data` (a val.npz) is given."""
+    """Benchmark every artifact in its own worker; accuracy too when `data` (an (x, y) .npz: a run's
+    data/test.npz) is given."""
     settings.check()
     names = [a.name for a in artifacts]
     if len(set(names)) != len(names):
         raise ConfigError(f"Artifact names must be unique, got {names}.", "Rename the duplicates.")
-    threads = settings.threads if settings.threads is not None else (target.threads if target else None)
+    threads, note = resolve_threads(settings, target)
     workers: list[_Worker] = []
     try:
         for artifact in artifacts:  # loads one at a time so load_s is not contended
@@ -129,20 +134,57 @@ def measure_artifacts(
             workers[-1].load(threads, target, input_shape)
         for batch in sorted({int(b) for b in settings.batch_sizes}):
             _measure_batch(workers, batch, settings)
-        if data is not None:  # after the timed rounds: loading val.npz must not count as model memory
+        if data is not None:  # after the timed rounds: loading the data must not count as model memory
             for w in workers:
                 w.accuracy = w.call("accuracy", data=str(data))
-        return {w.artifact.name: w.result(threads) for w in workers}
+        return {w.artifact.name: w.result(threads, [note] if note else []) for w in workers}
     finally:
         for w in workers:
             w.close()
 
 
+def resolve_threads(settings: BenchSettings, target: "TargetProfile | None") -> tuple[int | None, str | None]:
+    """(threads to measure with, a note when they differ from what was asked).
+
+    Explicit `settings.threads` win. A target's `threads` above this host's usable cores is
+    capped to them: oversubscribed threads measure contention, not the model (a 4-thread
+    profile on 2 cores took a ResNet-18 from 2.0 to 7.3 ms)."""
+    if settings.threads is not None:
+        return settings.threads, None
+    if target is None:
+        return None, None
+    cores = usable_cores()
+    if target.threads > cores:
+        return cores, (f"target {target.name} asks for {target.threads} threads but this host has {cores} usable "
+                       f"core(s): measured with {cores} threads")
+    return target.threads, None
+
+
+def measurement_context(target: "TargetProfile | None", settings: BenchSettings) -> dict:
+    """Where and how measurements were taken, as reports record it: budget verdicts compare it
+    with each target (edgekd.report.core.measured_on)."""
+    threads, note = resolve_threads(settings, target)
+    return {"arch": host_arch(), "cores": usable_cores(), "session_target": target.name if target else None,
+            "threads": threads, "graph_optimization_level": target.graph_optimization_level if target else "all",
+            "notes": [note] if note else []}
+
+
+def batch_refusal(loaded: dict, batch: int) -> str | None:
+    """Why an artifact cannot run `batch` as one call (None: it can), from what its worker reported.
+    Never split or padded into a batch it does not take: the figure would not be that batch's."""
+    fixed, low, high = loaded.get("fixed_batch"), loaded.get("min_batch"), loaded.get("max_batch")
+    if fixed is not None and batch != fixed:
+        return f"the artifact takes only batch {fixed}"
+    if (low is not None and batch < low) or (high is not None and batch > high):
+        return f"the engine's optimization profile admits batch {low}..{high}; rebuild it with --max-batch {batch}"
+    return None
+
+
 def _measure_batch(workers: list["_Worker"], batch: int, settings: BenchSettings) -> None:
-    active = [w for w in workers if w.accepts(batch)]
+    active = [w for w in workers if batch_refusal(w.loaded, batch) is None]
     for w in workers:
         if w not in active:
-            w.skipped[str(batch)] = f"the artifact takes only batch {w.loaded.get('fixed_batch')}"
+            w.skipped[str(batch)] = batch_refusal(w.loaded, batch)
     for w in active:
         w.call("warmup", batch=batch, seconds=settings.warmup_s)
     per_round = {
@@ -185,10 +227,6 @@ class _Worker:
             target=target.model_dump() if target is not None else None,
             input_shape=list(input_shape) if input_shape else None,
         )
-
-    def accepts(self, batch: int) -> bool:
-        fixed = self.loaded.get("fixed_batch")
-        return fixed is None or fixed == batch
 
     def add_round(self, batch: int, reply: dict) -> None:
         self.rounds.setdefault(batch, []).append(reply)
@@ -235,7 +273,7 @@ class _Worker:
         text = self._stderr.read().decode(errors="replace").strip()
         return f"\nWorker stderr:\n{text[-limit:]}" if text else ""
 
-    def result(self, threads) -> Measurement:
+    def result(self, threads, notes: list) -> Measurement:
         sweep = {}
         for batch, replies in sorted(self.rounds.items()):
             samples = [s for r in replies for s in r["samples_ms"]]
@@ -248,9 +286,9 @@ class _Worker:
             }
         if not sweep:
             raise RuntimeBackendError(
-                f"{self.artifact.name} takes only batch {self.loaded.get('fixed_batch')}, "
-                "which is not among the benchmarked batch sizes.",
-                f"Add {self.loaded.get('fixed_batch')} to the batch sizes.",
+                f"{self.artifact.name} runs none of the benchmarked batch sizes: "
+                + "; ".join(f"batch {b}: {why}" for b, why in self.skipped.items()) + ".",
+                "Benchmark a batch size it takes (--batch-sizes), or rebuild it for these.",
             )
         first = min(self.rounds)
         return Measurement(
@@ -272,6 +310,7 @@ class _Worker:
             accuracy=self.accuracy["accuracy"] if self.accuracy else None,
             accuracy_samples=self.accuracy["samples"] if self.accuracy else None,
             providers=self.loaded.get("providers"),
+            notes=notes,
         )
 
     def close(self) -> None:

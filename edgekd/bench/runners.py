@@ -1,10 +1,11 @@
 """Runners: load one artifact and run a batch through it. A name -> backend table.
 
 A runner is any object with `run(x: np.ndarray) -> np.ndarray` taking a
-float32 (N, C, H, W) batch and returning (N, classes). Two optional
-attributes tell the benchmark what it accepts:
+float32 (N, C, H, W) batch and returning (N, classes). Optional attributes
+tell the benchmark what it accepts:
 
     fixed_batch: int | None       the only batch size the artifact takes
+    min_batch, max_batch: int     the batch range of a TensorRT engine's profile
     input_shape: tuple | None     (C, H, W) when the artifact fixes it
 
 Each backend is split in two so the worker can take its memory baseline
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 import numpy as np
 
 from edgekd.errors import RuntimeBackendError
+from edgekd.runtime.batches import run_in_batches
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgekd.targets import TargetProfile
@@ -131,7 +133,8 @@ BACKENDS: dict[str, Backend] = {
     "tensorrt": Backend("tensorrt", _import_trt, _load_trt),
 }
 
-_SUFFIXES = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt", ".pt": "pytorch", ".pth": "pytorch"}
+_SUFFIXES = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt", ".safetensors": "pytorch",
+             ".pt": "pytorch", ".pth": "pytorch"}  # .pt/.pth: edgekd checkpoints of earlier versions
 
 
 def backend(name: str) -> Backend:
@@ -154,24 +157,15 @@ def runtime_for_path(path: str | Path) -> str:
 
 
 def supports_batch(runner: Runner, batch_size: int) -> bool:
+    """Whether one `run` call of `batch_size` samples is one call of the artifact at that batch."""
     fixed = getattr(runner, "fixed_batch", None)
-    limit = getattr(runner, "max_batch", None)
+    low, high = getattr(runner, "min_batch", None), getattr(runner, "max_batch", None)
     if fixed is not None and batch_size != fixed:
         return False
-    return limit is None or batch_size <= limit
+    return (low is None or batch_size >= low) and (high is None or batch_size <= high)
 
 
 def predict(runner: Runner, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
     """Logits (N, classes) for x (N, C, H, W), in the largest batches the runner takes."""
-    fixed = getattr(runner, "fixed_batch", None)
-    limit = getattr(runner, "max_batch", None)
-    step = fixed or min(batch_size, limit or batch_size)
-    out = []
-    for start in range(0, len(x), step):
-        chunk = x[start : start + step]
-        if fixed is not None and len(chunk) < fixed:  # tail of a static-batch model: pad, then drop
-            pad = np.zeros((fixed - len(chunk),) + chunk.shape[1:], dtype=chunk.dtype)
-            out.append(np.asarray(runner.run(np.concatenate([chunk, pad])))[: len(chunk)])
-            continue
-        out.append(np.asarray(runner.run(chunk)))
-    return np.concatenate([o.reshape(o.shape[0], -1) for o in out]).astype(np.float32)
+    return run_in_batches(runner.run, x, fixed=getattr(runner, "fixed_batch", None),
+                          limit=getattr(runner, "max_batch", None), batch_size=batch_size)

@@ -6,11 +6,12 @@ from typing import Sequence
 
 import numpy as np
 
-STAT_KEYS = ("p50", "p90", "p99", "mean", "std", "min", "max")
+STAT_KEYS = ("p50", "p90", "p95", "p99", "mean", "std", "min", "max")
 
 
 def summarize(samples_ms: Sequence[float]) -> dict[str, float]:
-    """p50/p90/p99/mean/std/min/max of latency samples in milliseconds.
+    """p50/p90/p95/p99/mean/std/min/max of latency samples in milliseconds (CPU runs and
+    TensorRT engines alike).
 
     Percentiles use numpy's default linear interpolation; std is the
     population std (ddof=0), so one sample gives 0 rather than NaN.
@@ -18,10 +19,11 @@ def summarize(samples_ms: Sequence[float]) -> dict[str, float]:
     a = np.asarray(samples_ms, dtype=np.float64)
     if a.size == 0:
         raise ValueError("no latency samples to summarize")
-    p50, p90, p99 = np.percentile(a, [50, 90, 99])
+    p50, p90, p95, p99 = np.percentile(a, [50, 90, 95, 99])
     return {
         "p50": float(p50),
         "p90": float(p90),
+        "p95": float(p95),
         "p99": float(p99),
         "mean": float(a.mean()),
         "std": float(a.std()),

@@ -9,20 +9,9 @@ from __future__ import annotations
 import os
 import platform
 import socket
-from importlib import metadata
 from pathlib import Path
 
-from edgekd import __version__
-
-# Distribution names differ from module names, and Jetsons ship TensorRT and
-# ONNX Runtime under several of them.
-_PACKAGES = {
-    "numpy": ("numpy",),
-    "onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"),
-    "onnx": ("onnx",),
-    "torch": ("torch",),
-    "tensorrt": ("tensorrt", "tensorrt-cu12", "tensorrt-cu11", "tensorrt_lean"),
-}
+from edgekd.artifacts import versions  # re-exported: what a measurement ran with
 
 
 def machine_info() -> dict:
@@ -32,25 +21,27 @@ def machine_info() -> dict:
         "device": device_model(),
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "usable_cores": usable_cores(),
         "memory_mb": total_memory_mb(),
-        "arch": platform.machine(),
+        "arch": host_arch(),
         "os": platform.platform(),
         "python": platform.python_version(),
         "versions": versions(),
     }
 
 
-def versions() -> dict[str, str]:
-    found = {"edgekd": __version__, "python": platform.python_version()}
-    for key, dists in _PACKAGES.items():
-        for dist in dists:
-            try:
-                found[key] = metadata.version(dist)
-                break
-            except metadata.PackageNotFoundError:
-                continue
-    return found
+_ARCH_NAMES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64", "armv8": "aarch64"}
+
+
+def host_arch() -> str:
+    """This machine's architecture in target-profile terms (x86_64, aarch64)."""
+    machine = platform.machine()
+    return _ARCH_NAMES.get(machine.lower(), machine)
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity), which a container or taskset may limit."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def cpu_model() -> str:

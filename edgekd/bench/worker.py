@@ -114,10 +114,15 @@ class Worker:
             "memory_method": self.memory.method,
             "input_shape": list(self.input_shape) if self.input_shape else None,
             "fixed_batch": getattr(self.runner, "fixed_batch", None),
+            "min_batch": getattr(self.runner, "min_batch", None),  # a TensorRT engine's optimization profile
+            "max_batch": getattr(self.runner, "max_batch", None),
             "providers": getattr(self.runner, "providers", None),
         }
 
     def _input(self, batch: int) -> np.ndarray:
+        if not runners.supports_batch(self.runner, batch):  # timing it would time smaller calls, or padding
+            raise DataError(f"The artifact cannot run batch {batch} as one call.",
+                            "Benchmark the batch sizes it takes (its fixed batch or its engine profile).")
         if batch not in self.inputs:
             if self.input_shape is None:
                 raise DataError(

@@ -5,6 +5,16 @@ resized and normalised exactly as the exported model expects its input, plus
 the `Preprocess` record that travels with every artifact (ONNX metadata,
 sidecars, bundles) so a device can reproduce it.
 
+Three splits, each with one job: `train` fits weights; `val` makes every choice
+(best epoch, early stopping, the online peer, the INT8 gate's search); `test` is
+used for no choice and scores every accuracy the report shows. Where they come
+from: an official held-out file or folder is the test split (idx: the t10k files;
+imagefolder: ROOT/test); what a source lacks is carved, class-stratified and seeded
+(`data.seed`), out of its training data (`carve`): idx and imagefolder without
+ROOT/val carve val; digits (no split at all) carves both. The split logic is small
+pure functions over labels (`carve`, `stratified_subsample`) so a streaming data
+layer can call the same ones.
+
 Arrays (rather than a lazy loader) keep the teacher cache and batched tensor
 augmentation simple; they cost N×C×H×W×4 bytes (Fashion-MNIST at 32×32:
 245 MB).
@@ -14,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,11 +54,14 @@ class Preprocess:
 class Data:
     train_x: np.ndarray  # (N, C, H, W) float32, normalised
     train_y: np.ndarray  # (N,) int64
-    val_x: np.ndarray
+    val_x: np.ndarray  # validation: every choice is made on it
     val_y: np.ndarray
+    test_x: np.ndarray  # test: used for no choice; every reported accuracy
+    test_y: np.ndarray
     classes: list[str]
     preprocess: Preprocess
     source: str  # where the data came from, for the report
+    origin: dict = field(default_factory=dict)  # split -> where it came from ("official test file", "carved from train")
 
     @property
     def num_classes(self) -> int:
@@ -57,7 +70,7 @@ class Data:
     def fingerprint(self) -> str:
         """Hash of the exact arrays: stage caches key on it, not on file dates."""
         h = hashlib.sha256()
-        for arr in (self.train_x, self.train_y, self.val_x, self.val_y):
+        for arr in (self.train_x, self.train_y, self.val_x, self.val_y, self.test_x, self.test_y):
             h.update(np.ascontiguousarray(arr).tobytes())
         h.update(json.dumps([self.classes, self.preprocess.to_dict()]).encode())
         return h.hexdigest()
@@ -65,8 +78,8 @@ class Data:
     def summary(self) -> dict:
         return {
             "source": self.source,
-            "train": int(len(self.train_y)),
-            "val": int(len(self.val_y)),
+            "splits": {"train": int(len(self.train_y)), "val": int(len(self.val_y)), "test": int(len(self.test_y))},
+            "split_origin": self.origin,
             "classes": self.classes,
             "preprocess": self.preprocess.to_dict(),
         }
@@ -81,29 +94,54 @@ def load_data(cfg: DataConfig, teacher_model: str | None = None) -> Data:
 
 
 def _from_arrays(raw: RawData, cfg: DataConfig, source: str) -> Data:
-    train_x, train_y, val_x, val_y = raw.train_x, raw.train_y, raw.test_x, raw.test_y
-    if val_x is None:
-        train_idx, val_idx = stratified_split(train_y, cfg.val_fraction, cfg.seed)
-        train_x, val_x, val_y, train_y = train_x[train_idx], train_x[val_idx], train_y[val_idx], train_y[train_idx]
-    train = _to_unit_nchw(train_x, raw.pixel_max, cfg)
-    val = _to_unit_nchw(val_x, raw.pixel_max, cfg)
+    has_test = raw.test_x is not None
+    train_idx, val_idx, test_idx = carve(raw.train_y, cfg.val_fraction, 0.0 if has_test else cfg.test_fraction, cfg.seed)
+    test_x, test_y = (raw.test_x, raw.test_y) if has_test else (raw.train_x[test_idx], raw.train_y[test_idx])
+    train = _to_unit_nchw(raw.train_x[train_idx], raw.pixel_max, cfg)
     mean = cfg.mean or tuple(float(m) for m in train.mean(axis=(0, 2, 3)))
     std = cfg.std or tuple(float(s) for s in train.std(axis=(0, 2, 3)))
     pre = Preprocess(cfg.input_size, cfg.channels, tuple(mean), tuple(std), "bilinear", 1.0, raw.pixel_max)
-    return Data(_normalise(train, pre), train_y, _normalise(val, pre), val_y, raw.classes, pre, source)
+
+    def ready(images: np.ndarray) -> np.ndarray:
+        return _normalise(_to_unit_nchw(images, raw.pixel_max, cfg), pre)
+
+    origin = {"val": CARVED, "test": "the source's own test files" if has_test else CARVED}
+    return Data(_normalise(train, pre), raw.train_y[train_idx], ready(raw.train_x[val_idx]), raw.train_y[val_idx],
+                ready(test_x), np.asarray(test_y, dtype=np.int64), raw.classes, pre, source, origin)
+
+
+CARVED = "carved from the training data (stratified, data.seed)"
+
+
+def carve(labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, val, test) indices into `labels`: the streaming layer's rule
+    (edgekd.data.splits.three_way_split), so both layers split a dataset the same way.
+    A fraction of 0 carves nothing (the source has that split)."""
+    from edgekd.data.splits import three_way_split
+
+    return tuple(three_way_split(labels, val_fraction, test_fraction, seed))
 
 
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-class shuffled split: same seed, same split, on every machine."""
+    """(train, val) indices: `carve` without a test split."""
+    train, val, _ = carve(labels, val_fraction, 0.0, seed)
+    return train, val
+
+
+def stratified_subsample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Sorted indices of about `n` samples keeping every class's share (largest remainder;
+    every class keeps at least one sample); all of them when n >= len(labels)."""
+    if n >= len(labels):
+        return np.arange(len(labels))
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = counts * n / len(labels)
+    take = np.maximum(1, np.floor(quota)).astype(int)
+    for i in np.argsort(-(quota - np.floor(quota)))[: max(0, n - int(take.sum()))]:
+        take[i] += 1
     rng = np.random.default_rng(seed)
-    train_idx, val_idx = [], []
-    for cls in np.unique(labels):
-        idx = np.flatnonzero(labels == cls)
-        rng.shuffle(idx)
-        n_val = max(1, int(round(len(idx) * val_fraction)))
-        val_idx.append(idx[:n_val])
-        train_idx.append(idx[n_val:])
-    return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx))
+    picks = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)]
+    return np.sort(np.concatenate(picks))
 
 
 @dataclass(frozen=True)
@@ -175,19 +213,34 @@ def _load_imagefolder(cfg: DataConfig, teacher_model: str | None) -> Data:
     if not root.is_dir():
         raise DataError(f"data.path {str(root)!r} is not a directory.", "Point it at the ImageFolder root.")
     pre = _imagefolder_preprocess(cfg, teacher_model)
-    if (root / "train").is_dir() and (root / "val").is_dir():
-        train_items, classes = list_imagefolder(root / "train")
-        val_items, val_classes = list_imagefolder(root / "val")
-        if val_classes != classes:
-            raise DataError(f"{root}/train and {root}/val have different class folders.", "Make them match.")
-    else:
-        items, classes = list_imagefolder(root)
-        labels = np.array([label for _, label in items])
-        train_idx, val_idx = stratified_split(labels, cfg.val_fraction, cfg.seed)
-        train_items, val_items = [items[i] for i in train_idx], [items[i] for i in val_idx]
-    train_x, train_y = _read_images(train_items, pre)
-    val_x, val_y = _read_images(val_items, pre)
-    return Data(train_x, train_y, val_x, val_y, classes, pre, f"imagefolder:{root}")
+    folders = imagefolder_layout(root)
+    listed = {split: list_imagefolder(folder) for split, folder in folders.items()}
+    classes = listed["train"][1]
+    for split, (_, found) in listed.items():
+        if found != classes:
+            raise DataError(f"{folders[split]} and {folders['train']} have different class folders.", "Make them match.")
+    items = listed["train"][0]
+    labels = np.array([label for _, label in items])
+    train_idx, val_idx, test_idx = carve(labels, 0.0 if "val" in listed else cfg.val_fraction,
+                                         0.0 if "test" in listed else cfg.test_fraction, cfg.seed)
+    chosen = {"train": [items[i] for i in train_idx],
+              "val": listed["val"][0] if "val" in listed else [items[i] for i in val_idx],
+              "test": listed["test"][0] if "test" in listed else [items[i] for i in test_idx]}
+    arrays = {split: _read_images(split_items, pre) for split, split_items in chosen.items()}
+    origin = {split: f"{folders[split]}" if split in listed else CARVED for split in ("val", "test")}
+    return Data(*arrays["train"], *arrays["val"], *arrays["test"], classes, pre, f"imagefolder:{root}", origin)
+
+
+SPLIT_FOLDERS = ("train", "val", "test")
+
+
+def imagefolder_layout(root: Path) -> dict[str, Path]:
+    """{"train": folder[, "val": folder][, "test": folder]}: ROOT/train (+ ROOT/val, ROOT/test) when
+    ROOT holds only split folders, else ROOT itself is the training data (class folders)."""
+    subdirs = {d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")}
+    if "train" not in subdirs or not subdirs <= set(SPLIT_FOLDERS):
+        return {"train": root}
+    return {split: root / split for split in SPLIT_FOLDERS if split in subdirs}
 
 
 def _imagefolder_preprocess(cfg: DataConfig, teacher_model: str | None) -> Preprocess:
@@ -217,7 +270,7 @@ def preprocess_image(path: Path, pre: Preprocess) -> np.ndarray:
     try:
         img = Image.open(path)
         img = img.convert("L" if pre.channels == 1 else "RGB")
-    except (OSError, UnidentifiedImageError) as exc:
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:  # bomb: > 2x PIL's pixel limit
         raise DataError(f"Cannot read image {path}: {exc}.", "Remove or replace the file.") from None
     scale = pre.input_size / pre.crop_pct
     w, h = img.size

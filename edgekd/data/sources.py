@@ -86,15 +86,28 @@ def _check_md5(file: Path, expected: tuple[str, ...]) -> None:
         )
 
 
+MAX_IDX_BYTES = 2 << 30  # Fashion-MNIST's largest file is 47 MB; a gzip bomb stops here, not at RAM's end
+
+
 def _read_idx(file: Path) -> np.ndarray:
+    """The array an IDX file declares, reading no more than its header says (and at most MAX_IDX_BYTES)."""
     opener = gzip.open if file.suffix == ".gz" else open
     with opener(file, "rb") as fh:
-        data = fh.read()
-    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0 or dtype_code != 0x08:
-        raise DataError(f"{file} is not an unsigned-byte IDX file.", "Check data.kind and data.path.")
-    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+        head = fh.read(4)
+        if len(head) < 4 or head[:2] != b"\0\0" or head[2] != 0x08:
+            raise DataError(f"{file} is not an unsigned-byte IDX file.", "Check data.kind and data.path.")
+        ndim = head[3]
+        shape = struct.unpack(f">{ndim}I", fh.read(4 * ndim))
+        size = int(np.prod(shape, dtype=np.int64))
+        if size > MAX_IDX_BYTES:
+            raise DataError(f"{file} declares {size / 2**30:.1f} GiB of pixels; edgekd reads IDX files up to "
+                            f"{MAX_IDX_BYTES / 2**30:.0f} GiB.", "Is it the right file? Use data.kind imagefolder "
+                            "for large datasets.")
+        data = fh.read(size)
+    if len(data) < size:
+        raise DataError(f"{file} is truncated: its header declares {size} bytes, it holds {len(data)}.",
+                        "Reinstall or re-download it.")
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}

@@ -28,6 +28,7 @@ from torch import nn
 from edgekd.config import TrainConfig
 from edgekd.distill.trainer import Amp, _optimizer, _scheduler, augment_batch, evaluate
 from edgekd.models.io import build
+from edgekd.models.torchfile import load_epoch_checkpoint, save_atomic
 
 # ---------------------------------------------------------------- multi-teacher
 
@@ -178,6 +179,8 @@ def train_peers(peers: list[nn.Module], train_xy, val_xy, cfg: TrainConfig, work
                      Amp(cfg.amp, device), device, memory_format, augment, seed, temperature)
     state = _resume_peers(work_dir / "last.pt", key, loop)
     start_epoch = state["epoch"]
+    if start_epoch == 0:  # a fresh training: rows of an earlier one must not be read as this one's
+        (work_dir / "metrics.jsonl").unlink(missing_ok=True)
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
         loss = _peers_epoch(loop, x, y, epoch)
@@ -260,23 +263,20 @@ def _record_peers(state: dict, row: dict, peers: list[nn.Module], epoch: int) ->
 
 
 def _resume_peers(path: Path, key: str, loop: _PeerLoop) -> dict:
-    if path.is_file():
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        if ckpt.get("key") == key and len(ckpt["peers"]) == len(loop.peers):
-            for peer, sd in zip(loop.peers, ckpt["peers"]):
-                peer.load_state_dict(sd)
-            loop.optimizer.load_state_dict(ckpt["optimizer"])
-            loop.scheduler.load_state_dict(ckpt["scheduler"])
-            if loop.amp.scaler is not None and ckpt.get("scaler") is not None:
-                loop.amp.scaler.load_state_dict(ckpt["scaler"])
-            torch.set_rng_state(ckpt["rng"])
-            return ckpt["state"]
-    return _fresh_peers_state(len(loop.peers))
+    ckpt = load_epoch_checkpoint(path, key)
+    if ckpt is None or len(ckpt["peers"]) != len(loop.peers):
+        return _fresh_peers_state(len(loop.peers))
+    for peer, sd in zip(loop.peers, ckpt["peers"]):
+        peer.load_state_dict(sd)
+    loop.optimizer.load_state_dict(ckpt["optimizer"])
+    loop.scheduler.load_state_dict(ckpt["scheduler"])
+    if loop.amp.scaler is not None and ckpt.get("scaler") is not None:
+        loop.amp.scaler.load_state_dict(ckpt["scaler"])
+    torch.set_rng_state(ckpt["rng"])
+    return ckpt["state"]
 
 
 def _save_peers(path: Path, key: str, loop: _PeerLoop, state: dict) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    torch.save({"key": key, "peers": [p.state_dict() for p in loop.peers], "optimizer": loop.optimizer.state_dict(),
-                "scheduler": loop.scheduler.state_dict(), "rng": torch.get_rng_state(), "state": state,
-                "scaler": loop.amp.scaler.state_dict() if loop.amp.scaler else None}, tmp)
-    tmp.replace(path)
+    save_atomic({"key": key, "peers": [p.state_dict() for p in loop.peers], "optimizer": loop.optimizer.state_dict(),
+                 "scheduler": loop.scheduler.state_dict(), "rng": torch.get_rng_state(), "state": state,
+                 "scaler": loop.amp.scaler.state_dict() if loop.amp.scaler else None}, path)

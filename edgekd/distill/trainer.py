@@ -36,6 +36,7 @@ from edgekd.config import TrainConfig
 from edgekd.distill.distributed import Dist, shard_size
 from edgekd.distill.losses import LossFn
 from edgekd.errors import ConfigError
+from edgekd.models.torchfile import load_epoch_checkpoint, save_atomic
 
 TeacherFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None]  # (indices, inputs) -> logits
 
@@ -98,6 +99,8 @@ def train(
     key = key if not dist.enabled else f"{key}+world{dist.world_size}"
     state = _resume(work_dir / "last.pt", key, loop)
     start_epoch = state["epoch"]
+    if start_epoch == 0 and dist.is_main:  # a fresh training: rows of an earlier one must not be read as this one's
+        (work_dir / "metrics.jsonl").unlink(missing_ok=True)
     writer, notes = _tensorboard(cfg, work_dir) if dist.is_main else (None, [])
     try:
         for epoch in range(start_epoch, cfg.epochs):
@@ -341,10 +344,8 @@ def _fresh_state() -> dict:
 
 def _resume(path: Path, key: str, loop: _Loop) -> dict:
     """Continue from last.pt when it belongs to this exact training (same key)."""
-    if not path.is_file():
-        return _fresh_state()
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if ckpt.get("key") != key:
+    ckpt = load_epoch_checkpoint(path, key)
+    if ckpt is None:
         return _fresh_state()
     loop.model.load_state_dict(ckpt["model"])
     loop.optimizer.load_state_dict(ckpt["optimizer"])
@@ -358,9 +359,7 @@ def _resume(path: Path, key: str, loop: _Loop) -> dict:
 
 
 def _save(path: Path, key: str, loop: _Loop, state: dict) -> None:
-    tmp = path.with_name(path.name + ".partial")
     loss_state = loop.loss_fn.state_dict() if isinstance(loop.loss_fn, torch.nn.Module) else None
-    torch.save({"key": key, "model": loop.model.state_dict(), "optimizer": loop.optimizer.state_dict(),
-                "scheduler": loop.scheduler.state_dict(), "rng": torch.get_rng_state(), "state": state,
-                "loss": loss_state, "scaler": loop.amp.scaler.state_dict() if loop.amp.scaler else None}, tmp)
-    tmp.replace(path)
+    save_atomic({"key": key, "model": loop.model.state_dict(), "optimizer": loop.optimizer.state_dict(),
+                 "scheduler": loop.scheduler.state_dict(), "rng": torch.get_rng_state(), "state": state,
+                 "loss": loss_state, "scaler": loop.amp.scaler.state_dict() if loop.amp.scaler else None}, path)

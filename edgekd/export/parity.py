@@ -2,7 +2,8 @@
 
 Compared on real validation samples, on the logits: the largest absolute
 difference and how often the top-1 class agrees. The default tolerances depend
-on what the ONNX file holds (`TOLERANCES`); the why is next to each number.
+on what the ONNX file holds: the "export" row of edgekd.tolerances (one table
+with the device check of `edgekd verify`), the why next to each number.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import numpy as np
 
 from edgekd.errors import ConfigError, GateError
 from edgekd.runtime.ort import make_session, predict
+from edgekd.tolerances import TOLERANCES as ALL_TOLERANCES
+from edgekd.tolerances import Tolerance, compare
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
@@ -22,31 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from edgekd.targets import TargetProfile
 
 
-@dataclass(frozen=True)
-class Tolerance:
-    atol: float  # max |logit_torch - logit_onnx| over all samples and classes
-    min_top1_agreement: float  # fraction of samples whose argmax agrees
-    why: str
-
-
-TOLERANCES: dict[str, Tolerance] = {
-    # Same arithmetic, different kernels: ONNX Runtime's MLAS sums in another order and fuses
-    # LayerNorm/GELU, so logits differ by float32 rounding only (measured here: <= 1.5e-6 on
-    # tiny ResNet / MobileNetV3 / EfficientNet / ConvNeXt / ViT). 1e-4 leaves ~60x headroom and
-    # still catches real bugs (a baked-in branch or wrong layout moves logits by >= 1e-2).
-    # Top-1 may flip only on near-ties, hence 0.99 rather than 1.0.
-    "fp32": Tolerance(1e-4, 0.99, "float32 rounding from different kernels and summation order"),
-    # float16 keeps 11 significant bits (~1e-3 relative per op) and the error grows with depth:
-    # the 3-conv digits CNN moved by 0.016 with logits up to 8.4 (torch CPU half); 0.15 leaves
-    # room for 20-50 layer students. Near-tie flips are more frequent than in fp32.
-    "fp16": Tolerance(0.15, 0.98, "11-bit mantissa, ~1e-3 relative per op, accumulated over depth"),
-    # int8 fake-quant (QDQ) vs float: 256 levels per tensor, i.e. a step of ~0.4-0.8% of each
-    # tensor's range. Measured on the digits CNN (logits up to 8.4): max diff 0.9-1.7, top-1
-    # agreement 0.97-0.997 across minmax/entropy/percentile. This is a sanity bound that catches
-    # a broken graph (wrong scales, layout: agreement near chance); the accuracy gate
-    # (edgekd.quantize.gate) judges the real cost on labelled data.
-    "int8": Tolerance(3.0, 0.90, "256 levels per tensor; the accuracy gate judges the real loss"),
-}
+TOLERANCES = ALL_TOLERANCES["export"]  # edgekd.tolerances: PyTorch vs ONNX Runtime, per precision
 
 
 @dataclass
@@ -88,15 +67,14 @@ def check_parity(
             f"ONNX output shape {logits.shape} differs from PyTorch's {reference.shape} for {Path(onnx_path).name}.",
             "Re-export the model; the ONNX file does not belong to this model.",
         )
-    diff = float(np.abs(logits - reference).max())
-    agreement = float((logits.argmax(axis=1) == reference.argmax(axis=1)).mean())
-    passed = diff <= tolerance.atol and agreement >= tolerance.min_top1_agreement
-    result = ParityResult(diff, agreement, len(x), tolerance.atol, tolerance.min_top1_agreement, precision, passed)
-    if raise_on_fail and not passed:
+    check = compare(logits, reference, tolerance)
+    diff, agreement = check.max_abs_diff, check.top1_agreement
+    result = ParityResult(diff, agreement, len(x), tolerance.atol, tolerance.min_top1, precision, check.passed)
+    if raise_on_fail and not check.passed:
         raise GateError(
             f"ONNX parity ({precision}) failed for {Path(onnx_path).name} on {len(x)} samples: "
             f"max |logit difference| {diff:.3g} (tolerance {tolerance.atol:g}), "
-            f"top-1 agreement {agreement:.2%} (minimum {tolerance.min_top1_agreement:.2%}).",
+            f"top-1 agreement {agreement:.2%} (minimum {tolerance.min_top1:.2%}).",
             "Re-export with the other exporter (`export.exporter`) or without simplification; "
             "if the difference is expected, loosen the parity tolerance (atol, min_top1_agreement).",
         )
@@ -122,13 +100,13 @@ def _tolerance(precision: str, atol: float | None, min_top1: float | None) -> To
         raise ConfigError(f"Unknown precision {precision!r} for parity.", f"Use one of {', '.join(TOLERANCES)}.")
     base = TOLERANCES[precision]
     atol = base.atol if atol is None else float(atol)
-    min_top1 = base.min_top1_agreement if min_top1 is None else float(min_top1)
+    min_top1 = base.min_top1 if min_top1 is None else float(min_top1)
     if atol < 0 or not 0 <= min_top1 <= 1:
         raise ConfigError(
             f"Parity limits atol={atol}, min_top1_agreement={min_top1} are invalid.",
             "atol must be >= 0 and min_top1_agreement within [0, 1].",
         )
-    return Tolerance(atol, min_top1, base.why if (atol, min_top1) == (base.atol, base.min_top1_agreement) else "caller")
+    return Tolerance(atol, min_top1, base.why if (atol, min_top1) == (base.atol, base.min_top1) else "caller")
 
 
 def _as_batch(x: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ import torch
 
 from edgekd.config import TeacherConfig
 from edgekd.errors import ModelError
-from edgekd.models.io import FORMAT, build
+from edgekd.models.io import FORMAT, LEGACY_FORMAT, build, is_safetensors, read_safetensors
 
 
 @dataclass
@@ -36,7 +36,7 @@ def build_teacher(cfg: TeacherConfig, num_classes: int, in_chans: int) -> Teache
     model = build(cfg.model, arch_kwargs)
     if cfg.checkpoint is None:
         return TeacherInit(model, cfg.model, arch_kwargs, "random", head_reset=False)
-    head_reset = load_weights(model, cfg.checkpoint)
+    head_reset = load_weights(model, cfg.checkpoint, trust=cfg.trust_checkpoint)
     return TeacherInit(model, cfg.model, arch_kwargs, f"checkpoint:{cfg.checkpoint}", head_reset)
 
 
@@ -58,17 +58,22 @@ def _from_hub(arch: str, arch_kwargs: dict) -> TeacherInit:
     return TeacherInit(model, arch, arch_kwargs, "pretrained", head_reset)
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from .safetensors, an edgekd checkpoint, a timm checkpoint or a bare state dict."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+TRUST_HINT = "set `teacher.trust_checkpoint: true` to unpickle it fully (see docs/security.md)"
 
-        return load_file(str(path))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
-        raise ModelError(f"Cannot read checkpoint {path}: {exc}", "Is it a PyTorch or safetensors file?") from None
-    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+
+def read_state_dict(path: Path, trust: bool = False) -> dict[str, torch.Tensor]:
+    """A state dict from safetensors, an edgekd checkpoint, a timm checkpoint or a bare state dict.
+
+    torch files are read weights-only (edgekd.models.torchfile) unless `trust` (the user's
+    `teacher.trust_checkpoint: true`) allows a full unpickle.
+    """
+    from edgekd.models.torchfile import load_trusted, load_weights_only
+
+    if is_safetensors(path):
+        return read_safetensors(path)[0]
+    obj = (load_trusted(path, "teacher.checkpoint") if trust
+           else load_weights_only(path, "teacher.checkpoint", trust_hint=TRUST_HINT))
+    if isinstance(obj, dict) and obj.get("format") in (FORMAT, LEGACY_FORMAT):
         return obj["state_dict"]
     for key in ("state_dict_ema", "state_dict", "model"):  # timm train.py / common trainer layouts
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
@@ -79,14 +84,14 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}  # DDP-saved keys
 
 
-def load_weights(model: torch.nn.Module, path: Path) -> bool:
+def load_weights(model: torch.nn.Module, path: Path, trust: bool = False) -> bool:
     """Load `path` into `model`, adapting the stem to in_chans and dropping a mismatched head.
 
     Returns True when the classifier was left at random init.
     """
     from timm.models import adapt_input_conv
 
-    state = read_state_dict(path)
+    state = read_state_dict(path, trust=trust)
     own = model.state_dict()
     first_conv = model.pretrained_cfg.get("first_conv") if hasattr(model, "pretrained_cfg") else None
     classifier = model.default_cfg.get("classifier", "") if hasattr(model, "default_cfg") else ""

@@ -3,7 +3,7 @@
 On TensorRT 11 (and optionally 10) precision is carried by the tensor types in
 the ONNX, so the workstation converts weights and activations to float16 and
 keeps the model's inputs/outputs float32 (Cast nodes at the edges): the device
-code and the bundle's val.npz stay float32.
+code and the bundle's test.npz stay float32.
 
 The conversion is onnxruntime's own `convert_float_to_float16` (shipped in the
 onnxruntime wheel, no extra dependency), with its default op block list, which

@@ -1,17 +1,28 @@
 """`edgekd compress`: the whole loop as one plain function.
 
 Validation happens entirely in `preflight`, before the run directory is
-touched, so a bad config never damages an earlier run's results.
+touched, so a bad config never damages an earlier run's results. Then the run
+directory's lock (edgekd.rundir; rank 0 under torchrun): a second command on
+the same directory stops there. Only then is anything written: the previous
+command's scratch space and half files are removed, config.json is replaced
+atomically, and the stages run.
+
+A failed quality gate that leaves the other artifacts usable (an INT8 gate)
+does not stop the run: the stage records the failure, the report is written
+with everything else and every attempt, and then `compress` raises GateError
+(exit code 5).
 """
 
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgekd.config import CompressConfig, load_config
-from edgekd.errors import ModelError
+from edgekd.artifacts import write_text_atomic
+from edgekd.config import CompressConfig, config_warnings, load_config
+from edgekd.errors import FileSystemError, GateError, ModelError
 from edgekd.ui import UI
 
 
@@ -27,22 +38,25 @@ class CompressResult:
         report = self.run_dir / "report.json"
         lines = [f"run directory: {self.run_dir}"]
         if report.is_file():
+            from edgekd.report.core import verdict_word
+
             for a in json.loads(report.read_text())["artifacts"]:
                 lines.append(f"  {a['name']:<22} acc {a['accuracy']:.4f}  p50 {a['latency_ms']['p50']:.3f} ms  "
-                             f"{a['size_mb']:.2f} MB  budget {'pass' if a['budget']['pass'] else 'FAIL'}")
+                             f"{a['size_mb']:.2f} MB  budget {verdict_word(a['budget'])}")
             lines.append(f"report: {self.run_dir / 'report.md'}")
         return "\n".join(lines)
 
 
 def preflight(config_path: str | Path) -> CompressConfig:
     """Everything that can be checked before any work: config, targets, model names."""
-    from edgekd.config import check_single_process
+    from edgekd.config import check_single_process, needs_calibration
     from edgekd.distill.distributed import torchrun_world
+    from edgekd.targets import load_target
 
     config = load_config(config_path)
     check_single_process(config, torchrun_world())
     _check_model_names(config)
-    if config.quantize.enabled:
+    if needs_calibration(config, [load_target(name) for name in config.targets]):
         from edgekd.data.calib import load_manifest
 
         load_manifest(config.quantize.calibration)
@@ -96,24 +110,77 @@ def _check_prunable(teacher: str) -> None:
 
 
 def compress(config_path: str | Path, out: Path | None = None, force: bool = False, ui: UI | None = None) -> CompressResult:
+    config = preflight(config_path)  # before torch is imported or anything is written
     from edgekd.distill.distributed import init_from_env, shutdown
-    from edgekd.pipeline.context import RunContext
-    from edgekd.pipeline.engine import run_stages
-    from edgekd.pipeline.stages import STAGES
 
-    config = preflight(config_path)
     dist, _ = init_from_env(config.device)  # torchrun: join the process group; else single process
     ui = (ui or UI()) if dist.is_main else UI(quiet=True)
     run_dir = (out or Path("runs") / config.name).resolve()
     try:
-        if dist.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.json").write_text(config.model_dump_json(indent=2))
-        dist.barrier()
-        ctx = RunContext(config=config, run_dir=run_dir, ui=ui, dist=dist)
-        records = run_stages(STAGES, ctx, ui, force=force)
-    except BaseException:
+        with _held(run_dir, dist.is_main):
+            records = _run(config, run_dir, dist, ui, force)
+    except BaseException as exc:
+        if isinstance(exc, OSError) and exc.filename is None:  # e.g. np.savez on a full disk names no file
+            exc.filename = str(run_dir)
         shutdown(dist, failed=True)
         raise
     shutdown(dist)
-    return CompressResult(run_dir, records, main=dist.is_main)
+    result = CompressResult(run_dir, records, main=dist.is_main)
+    _raise_failed_gates(result)
+    return result
+
+
+@contextmanager
+def _held(run_dir: Path, main: bool):
+    """Rank 0 holds the run directory for the whole run; on failure its scratch and half files go."""
+    from edgekd import rundir
+
+    if not main:  # torchrun ranks > 0 write nothing; rank 0's lock covers them
+        yield
+        return
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FileSystemError(f"--out {run_dir} is a file, not a folder.", "Choose a folder (it is created if missing).")
+    with rundir.hold(run_dir, "edgekd compress"):
+        rundir.clean(run_dir)  # a killed earlier run's leftovers
+        try:
+            yield
+        except BaseException:
+            rundir.clean(run_dir)
+            raise
+
+
+def _run(config: CompressConfig, run_dir: Path, dist, ui: UI, force: bool) -> dict:
+    from edgekd.pipeline.context import RunContext
+    from edgekd.pipeline.engine import run_stages
+    from edgekd.pipeline.stages import STAGES
+
+    if dist.is_main:
+        for warning in config_warnings(config):
+            ui.warn(warning)
+        write_text_atomic(run_dir / "config.json", config.model_dump_json(indent=2))
+        if force:
+            forget_intermediates(run_dir)
+    dist.barrier()
+    ctx = RunContext(config=config, run_dir=run_dir, ui=ui, dist=dist, force=force)
+    return run_stages(STAGES, ctx, ui, force=force)
+
+
+def forget_intermediates(run_dir: Path) -> None:
+    """--force: what lets a stage resume or reuse work goes, so every stage starts from scratch.
+    Finished outputs stay where they are until their stage rewrites them."""
+    import shutil
+
+    shutil.rmtree(run_dir / "cache", ignore_errors=True)
+    for checkpoint in (run_dir / "work").glob("**/last.pt"):
+        checkpoint.unlink()
+
+
+def _raise_failed_gates(result: CompressResult) -> None:
+    """Exit 5 after the report is written, when a stage recorded a failed gate (reused records too:
+    the same config fails the same way)."""
+    failed = [f for record in result.records.values() for f in record["result"].get("failures", [])]
+    if not failed:
+        return
+    raise GateError("; ".join(f"{f['check']} failed: {f['message']}" for f in failed),
+                    f"The report ({result.run_dir / 'report.md'}) shows every other artifact and every attempt. "
+                    + " ".join(f["hint"] for f in failed if f.get("hint")))

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.config import CompressConfig
+from edgekd.config import CompressConfig, config_dict, config_value
 from edgekd.distill.distributed import Dist
+from edgekd.pipeline.records import CALIB_FILE, TEST_FILE, VAL_FILE
 from edgekd.targets import TargetProfile, load_target
 from edgekd.ui import UI
 
@@ -21,6 +22,7 @@ class RunContext:
     ui: UI = field(default_factory=UI)
     stage_key: str = ""  # set by the engine before each stage runs (keys epoch checkpoints)
     dist: Dist = field(default_factory=Dist)  # this process's rank under torchrun (single process: rank 0 of 1)
+    force: bool = False  # --force: redo finished chain links too (the engine already ignores stage records)
 
     @cached_property
     def targets(self) -> list[TargetProfile]:
@@ -28,8 +30,18 @@ class RunContext:
 
     @property
     def primary_target(self) -> TargetProfile:
-        """The first target: the one whose budgets the report judges against."""
+        """The first target: the one `report.json`'s top-level `target`, `budget` and `recommended` speak for."""
         return self.targets[0]
+
+    def targets_for(self, runtime: str, precision: str) -> tuple[str, ...]:
+        """Names of the selected targets that run `precision` on `runtime`: whom an artifact serves."""
+        return tuple(t.name for t in self.targets if t.runtime == runtime and precision in t.precisions)
+
+    def config_values(self, paths: list[str]) -> dict:
+        """The values stage keys are made of. A key naming files resolves to their content:
+        `targets` to the profiles (editing a profile re-runs what reads it), `quantize.calibration`
+        to the manifest."""
+        return {path: _RESOLVED[path](self) if path in _RESOLVED else config_value(self.config, path) for path in paths}
 
     @cached_property
     def data(self):
@@ -48,10 +60,31 @@ class RunContext:
         return pick_device(self.config.device)
 
     def val_arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """The validation split as written by the data stage (what devices see)."""
-        with np.load(self.run_dir / "data" / "val.npz") as npz:
-            return npz["x"], npz["y"]
+        """The validation split as written by the data stage: for choices and checks (gate, parity)."""
+        return _xy(self.run_dir / VAL_FILE)
+
+    def test_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The test split as written by the data stage (what devices score): for reported accuracy only."""
+        return _xy(self.run_dir / TEST_FILE)
 
     def calib_array(self) -> np.ndarray:
-        with np.load(self.run_dir / "data" / "calib.npz") as npz:
+        with np.load(self.run_dir / CALIB_FILE) as npz:
             return npz["x"]
+
+
+def _xy(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(path) as npz:
+        return npz["x"], npz["y"]
+
+
+def _manifest(ctx: RunContext) -> dict:
+    from edgekd.data.calib import load_manifest
+
+    path = ctx.config.quantize.calibration
+    return {"path": str(path), "manifest": config_dict(load_manifest(path))}
+
+
+_RESOLVED = {
+    "targets": lambda ctx: [t.model_dump(mode="json") for t in ctx.targets],
+    "quantize.calibration": _manifest,
+}

@@ -1,80 +1,99 @@
-"""Stages that measure artifacts and write the report."""
+"""Stages that measure artifacts and write the report.
+
+What bench measures, and the report lists, comes from the stage records
+(`edgekd.pipeline.records.current_artifacts`), never from the files in the run
+directory: an artifact an earlier config made is not measured again.
+"""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import shlex
 
-from edgekd.config import config_dict
+from edgekd.artifacts import write_text_atomic
+from edgekd.config import WHOLE_CONFIG, config_warnings
 from edgekd.pipeline.context import RunContext
-from edgekd.pipeline.engine import Stage, read_record
+from edgekd.pipeline.engine import Stage
+from edgekd.pipeline.records import (CHECKPOINTS, RECORDS, STAGE_ORDER, SUMMARY_FILE, TEST_FILE, Artifact,
+                                     current_artifacts, read_record)
 
-# (name, model, runtime, precision, file) of every artifact a compress run can make.
-ARTIFACTS = (
-    ("teacher-pytorch", "teacher", "pytorch", "fp32", "teacher.pt"),
-    ("teacher-fp32", "teacher", "onnxruntime", "fp32", "teacher.onnx"),
-    ("student-fp32", "student", "onnxruntime", "fp32", "student.onnx"),
-    ("student-int8", "student", "onnxruntime", "int8", "student.int8.onnx"),
-    ("student-qat-int8", "student", "onnxruntime", "int8", "student.qat.onnx"),  # student.quantization: qat
-)
+HOST_RUNTIMES = ("pytorch", "onnxruntime")  # what this workstation measures; TensorRT files run on the device
+BENCH_FILE = "bench.json"
+REPORT_FILES = ["report.json", "report.md", "report.html"]
+UPSTREAM = STAGE_ORDER[: STAGE_ORDER.index("bench")]
+RESULT_STAGES = ("teacher", "student", "export", "quantize", "qat", "tensorrt")  # whose results the report shows
 
 
-def present_artifacts(run_dir: Path) -> list[tuple[str, str, str, str, str]]:
-    return [a for a in ARTIFACTS if (run_dir / a[4]).is_file()]
+PRECISION_ORDER = {"fp32": 0, "fp16": 1, "int8": 2}
+
+
+def to_measure(ctx: RunContext) -> list[Artifact]:
+    """The current artifacts this host can run, in the report's order: the teacher (PyTorch first),
+    then the students by precision and name."""
+    found = [a for a in current_artifacts(ctx.run_dir, stages=UPSTREAM) if a.runtime in HOST_RUNTIMES]
+    return sorted(found, key=lambda a: (a.model != "teacher", a.runtime != "pytorch",
+                                        PRECISION_ORDER.get(a.precision, 3), a.name))
+
+
+def measuring_target(ctx: RunContext):
+    """Whose session settings (threads, graph optimization) the measurements use: the first target this
+    host is (its CPU architecture, ONNX Runtime), else the first target."""
+    from edgekd.bench.sysinfo import host_arch
+
+    here = host_arch()
+    return next((t for t in ctx.targets if t.arch == here and t.runtime == "onnxruntime"), ctx.primary_target)
 
 
 # ---------------------------------------------------------------- bench
 
 
-def _bench_params(ctx: RunContext) -> dict:
-    return {"bench": config_dict(ctx.config.bench), "target": ctx.primary_target.model_dump(mode="json")}
-
-
 def _bench_inputs(ctx: RunContext) -> list[str]:
-    return ["data/val.npz"] + [a[4] for a in present_artifacts(ctx.run_dir)]
+    return [TEST_FILE, *CHECKPOINTS.values()] + [a.path for a in to_measure(ctx)]
 
 
 def run_bench(ctx: RunContext) -> dict:
-    from edgekd.bench.measure import ArtifactToMeasure, BenchSettings, measure_artifacts
+    from edgekd.bench.measure import ArtifactToMeasure, BenchSettings, measure_artifacts, measurement_context
+    from edgekd.bench.sysinfo import machine_info
 
     b = ctx.config.bench
     settings = BenchSettings(warmup_s=b.warmup_s, min_iterations=b.min_iterations, min_seconds=b.min_seconds,
                              batch_sizes=tuple(b.batch_sizes), rounds=b.rounds)
-    artifacts = present_artifacts(ctx.run_dir)
-    val_x, _ = ctx.val_arrays()
+    artifacts, target = to_measure(ctx), measuring_target(ctx)
+    test_x, _ = ctx.test_arrays()
     with ctx.ui.progress("measuring (interleaved, one process per artifact)", 1) as advance:
-        measured = measure_artifacts([ArtifactToMeasure(name, runtime, ctx.run_dir / file)
-                                      for name, _, runtime, _, file in artifacts],
-                                     input_shape=tuple(val_x.shape[1:]), target=ctx.primary_target,
-                                     settings=settings, data=ctx.run_dir / "data" / "val.npz")
+        measured = measure_artifacts([ArtifactToMeasure(a.name, a.runtime, ctx.run_dir / a.path) for a in artifacts],
+                                     input_shape=tuple(test_x.shape[1:]), target=target, settings=settings,
+                                     data=ctx.run_dir / TEST_FILE)
         advance()
-    rows = [_row(ctx, spec, measured[spec[0]]) for spec in artifacts]
-    from edgekd.bench.sysinfo import machine_info
-
-    (ctx.run_dir / "bench.json").write_text(json.dumps({"machine": machine_info(), "rows": rows}, indent=2))
+    rows = [_row(ctx, a, measured[a.name], test_x.shape[1:]) for a in artifacts]
+    measurement = measurement_context(target, settings)
+    for note in measurement["notes"]:
+        ctx.ui.warn(note)
+    write_text_atomic(ctx.run_dir / BENCH_FILE, json.dumps({"machine": machine_info(), "measurement": measurement,
+                                                           "rows": rows}, indent=2))
     fastest = min(rows, key=lambda r: r["latency_ms"]["p50"])
-    return {"outputs": ["bench.json"], "summary": f"{len(rows)} artifacts; fastest {fastest['name']} "
+    return {"outputs": [BENCH_FILE], "summary": f"{len(rows)} artifacts; fastest {fastest['name']} "
             f"p50 {fastest['latency_ms']['p50']:.3f} ms"}
 
 
-def _row(ctx: RunContext, spec, measurement) -> dict:
-    name, model, runtime, precision, file = spec
-    path = ctx.run_dir / file
-    return {"name": name, "model": model, "runtime": runtime, "precision": precision, "path": file,
-            "size_mb": path.stat().st_size / 2**20, **_model_cost(ctx, model), **measurement.report_fields()}
+def _row(ctx: RunContext, artifact: Artifact, measurement, sample_shape) -> dict:
+    path = ctx.run_dir / artifact.path
+    return {**artifact.to_dict(), "size_mb": path.stat().st_size / 2**20,
+            **_model_cost(ctx, artifact.model, sample_shape), **measurement.report_fields(), "accuracy_split": "test"}
 
 
-def _model_cost(ctx: RunContext, model: str) -> dict:
+def _model_cost(ctx: RunContext, model: str, sample_shape) -> dict:
     """Params and FLOPs of the PyTorch model an artifact was made from (same for every precision)."""
     from edgekd.models.io import load_model
     from edgekd.models.stats import count_flops, count_params
 
-    net = load_model(ctx.run_dir / f"{model}.pt")
-    val_x, _ = ctx.val_arrays()
-    return {"params": count_params(net), "flops": count_flops(net, val_x.shape[1:])}
+    net = load_model(ctx.run_dir / CHECKPOINTS[model])
+    return {"params": count_params(net), "flops": count_flops(net, tuple(sample_shape))}
 
 
-BENCH = Stage("bench", "latency, memory and accuracy of every artifact", run_bench, _bench_params, _bench_inputs)
+BENCH = Stage("bench", "latency, memory and accuracy of every artifact", run_bench,
+              lambda ctx: ["bench", "targets"], _bench_inputs, lambda ctx: [BENCH_FILE],
+              facts=lambda ctx: {"artifacts": [a.to_dict() for a in to_measure(ctx)]})
 
 # ---------------------------------------------------------------- report
 
@@ -83,53 +102,79 @@ def run_report(ctx: RunContext) -> dict:
     from edgekd.report.core import assemble, render_markdown, write_json
     from edgekd.report.html import write_html
 
-    bench = json.loads((ctx.run_dir / "bench.json").read_text())
-    dataset = json.loads((ctx.run_dir / "data" / "summary.json").read_text())
-    results = {name: (read_record(ctx.run_dir, name) or {}).get("result", {})
-               for name in ("teacher", "student", "export", "quantize", "qat", "tensorrt")}
-    rows = bench["rows"]
+    bench = json.loads((ctx.run_dir / BENCH_FILE).read_text())
+    dataset = json.loads((ctx.run_dir / SUMMARY_FILE).read_text())
+    results = {name: (read_record(ctx.run_dir, name) or {}).get("result", {}) for name in RESULT_STAGES}
+    extra = {"teacher": _public(results["teacher"]), "student": _public(results["student"]),
+             "export": results["export"].get("models"), "quantization": _public(results["quantize"]),
+             **({"qat": _public(results["qat"])} if results["qat"].get("export") else {})}
     report = assemble(run={"name": ctx.config.name, "config": ctx.config.model_dump(mode="json")},
-                      target=ctx.primary_target.model_dump(mode="json"), dataset=dataset, machine=bench["machine"],
-                      rows=rows, extra={"teacher": _public(results["teacher"]), "student": _public(results["student"]),
-                                        "export": results["export"].get("models"),
-                                        "quantization": _public(results["quantize"]),
-                                        **({"qat": _public(results["qat"])} if results["qat"].get("export") else {})})
-    report["recommended"] = recommend(report["artifacts"])
+                      targets=[t.model_dump(mode="json") for t in ctx.targets], dataset=dataset,
+                      machine=bench["machine"], measurement=bench["measurement"], rows=bench["rows"], extra=extra)
     if results["tensorrt"].get("builds"):
         report["tensorrt"] = {"builds": results["tensorrt"]["builds"], "variants": results["tensorrt"]["variants"]}
-    report["notes"] = notes(report, results)
+    report["on_device"] = on_device_steps(ctx, report)
+    report["failures"] = [f for r in results.values() for f in r.get("failures", [])]
+    report["notes"] = notes(ctx, report, results)
     write_json(report, ctx.run_dir / "report.json")
     (ctx.run_dir / "report.md").write_text(render_markdown(report))
     write_html(report, ctx.run_dir / "report.html")
     rec = report["recommended"]
-    return {"outputs": ["report.json", "report.md", "report.html"],
-            "summary": f"recommended: {rec['name']} ({rec['why']})" if rec else "no student artifact passes the budgets"}
+    return {"outputs": REPORT_FILES,
+            "summary": f"recommended: {rec['name']} ({rec['why']})" if rec else
+            f"no student artifact passes every {ctx.primary_target.name} check measured here"}
+
+
+def _report_inputs(ctx: RunContext) -> list[str]:
+    return [BENCH_FILE, SUMMARY_FILE] + [f"{RECORDS}/{stage}.json" for stage in RESULT_STAGES]
 
 
 def _public(result: dict) -> dict:
-    return {k: v for k, v in result.items() if k not in ("summary",)}
+    return {k: v for k, v in result.items() if k not in ("summary", "artifacts", "failures")}
 
 
-def recommend(rows: list[dict]) -> dict | None:
-    """The fastest student artifact that passes every budget check — measured, never assumed."""
-    passing = [r for r in rows if r["model"] == "student" and r["budget"]["pass"]]
-    if not passing:
-        return None
-    best = min(passing, key=lambda r: r["latency_ms"]["p50"])
-    others = [r for r in passing if r is not best]
-    why = "fastest student passing every budget"
-    if others:
-        runner_up = min(others, key=lambda r: r["latency_ms"]["p50"])
-        why += f"; {runner_up['name']} was {runner_up['latency_ms']['p50'] / best['latency_ms']['p50']:.2f}× slower"
-    return {"name": best["name"], "path": best["path"], "why": why}
+def on_device_steps(ctx: RunContext, report: dict) -> list[dict]:
+    """For every ONNX Runtime target this host is not: the commands that measure its artifacts there."""
+    unmeasured = {name: v["not_measured_on_target"] for a in report["artifacts"]
+                  for name, v in a["budgets"].items() if not v["measured_on_target"]}
+    steps = []
+    for target in ctx.targets:
+        files = [a.path for a in current_artifacts(ctx.run_dir, target=target.name, stages=UPSTREAM)
+                 if a.runtime == "onnxruntime" and a.model == "student"]
+        if target.name in unmeasured and target.runtime == "onnxruntime" and files:
+            steps.append({"target": target.name, "why": unmeasured[target.name], "files": files,
+                          "commands": device_commands(ctx, target.name, files)})
+    return steps
 
 
-def notes(report: dict, results: dict) -> list[str]:
+def device_commands(ctx: RunContext, target: str, files: list[str]) -> list[str]:
+    run, bundle = shlex.quote(str(ctx.run_dir)), f"edgekd-{ctx.config.name}"
+    models = " ".join(f"{bundle}/{f}" for f in files)
+    return [f"# here: bundle the {target} files and copy them over (USER@HOST: your device)",
+            f"edgekd ship {run} --target {target} --to USER@HOST:{bundle}",
+            "# on the device (pip install \"edgekd[ort]\", no torch needed)",
+            f"edgekd verify {bundle}",
+            f"edgekd bench {models} --target {target} --data {bundle}/{TEST_FILE} --out {target}-report",
+            f"# here again, after copying {target}-report/report.json back",
+            f"edgekd report merge {run}/report.json {target}-report/report.json -o merged.md"]
+
+
+def notes(ctx: RunContext, report: dict, results: dict) -> list[str]:
     out = []
     teacher = results["teacher"]
     if teacher:
         out.append(f"Teacher weights: {teacher.get('source')}" + (f", trained {teacher.get('epochs')} epochs here"
                                                                    if teacher.get("trained") else ""))
+        out += teacher.get("warnings", [])
+    out += config_warnings(ctx.config)
+    out += report["measurement"].get("notes", [])
+    for step in report["on_device"]:
+        out.append(f"{step['target']}: {step['why']}, so its latency and memory verdicts are left open "
+                   f"(budget pass: null); \"Measuring on {step['target']}\" below says how to measure there.")
+    for fail in report["failures"]:
+        out.append(f"{fail['check']} failed: {fail['message'].splitlines()[0]} Nothing from it is in this report; "
+                   "the other artifacts are unaffected, and `edgekd compress` exits with code 5.")
+    out += _dataset_notes(report["dataset"])
     student = results["student"]
     if student:
         out.append(f"Teacher-output cache: {student.get('teacher_cache')}.")
@@ -138,12 +183,31 @@ def notes(report: dict, results: dict) -> list[str]:
             withheld = " (withheld from teacher training too)" if used["unlabeled"] else ""
             out.append(f"Student training data: {used['samples']} of {used['train_split']} training samples, "
                        f"{used['unlabeled']} of them used without labels{withheld}.")
+    out += _export_notes(report)
+    out += _int8_notes({r["name"]: r for r in report["artifacts"]})
+    return out
+
+
+def _dataset_notes(dataset: dict) -> list[str]:
+    test_file = dataset.get("test_file") or {}
+    if test_file and test_file["samples"] < test_file["of"]:
+        return [f"Accuracy is on a stratified {test_file['samples']} of the {test_file['of']} test samples "
+                f"(`{test_file['path']}` is capped so a device can hold it)."]
+    return []
+
+
+def _export_notes(report: dict) -> list[str]:
+    out = []
     for name, exp in (report.get("export") or {}).items():
         if exp.get("fallback_error"):
             out.append(f"{name} export fell back to {exp['exporter']}: {exp['fallback_error']}")
         if exp.get("simplify_note") and not exp.get("simplified"):
             out.append(f"{name} ONNX kept unsimplified: {exp['simplify_note']}")
-    rows = {r["name"]: r for r in report["artifacts"]}
+    return out
+
+
+def _int8_notes(rows: dict) -> list[str]:
+    out = []
     if "student-int8" in rows and "student-fp32" in rows:
         fp32, int8 = rows["student-fp32"]["latency_ms"]["p50"], rows["student-int8"]["latency_ms"]["p50"]
         if int8 < fp32:
@@ -160,5 +224,4 @@ def notes(report: dict, results: dict) -> list[str]:
 
 
 REPORT = Stage("report", "write report.json, report.md and report.html", run_report,
-               lambda ctx: {"target": ctx.primary_target.model_dump(mode="json")},
-               lambda ctx: ["bench.json"] + [f".edgekd/{s}.json" for s in ("teacher", "student", "export", "quantize", "qat", "tensorrt")])
+               lambda ctx: [WHOLE_CONFIG, "targets"], _report_inputs, lambda ctx: REPORT_FILES)  # it embeds both

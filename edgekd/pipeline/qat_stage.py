@@ -1,4 +1,4 @@
-"""Quantization-aware distillation (`student: {quantization: qat}`): student.pt -> student.qat.onnx.
+"""Quantization-aware distillation (`student: {quantization: qat}`): student.safetensors -> student.qat.onnx.
 
 Starts from the distilled float student (QAT fine-tunes a trained network; from
 random weights the frozen ranges would be meaningless), folds BatchNorm, inserts
@@ -14,11 +14,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from edgekd.config import config_dict, distill_params
+from edgekd.artifacts import QAT_CHECKPOINT
+from edgekd.config import config_dict
 from edgekd.pipeline.context import RunContext
 from edgekd.pipeline.engine import Stage
+from edgekd.pipeline.records import CALIB_FILE, STUDENT_CHECKPOINT, SUMMARY_FILE, VAL_FILE, Artifact
 
-QAT_FILES = ["student.qat.pt", "student.qat.onnx", "student.qat.onnx.json"]
+QAT_ONNX = "student.qat.onnx"
+QAT_FILES = [QAT_CHECKPOINT, QAT_ONNX, QAT_ONNX + ".json"]
 FALLBACK_CALIB_SAMPLES = 512
 
 
@@ -34,13 +37,17 @@ def qat_opset(ctx: RunContext) -> tuple[int, str]:
     return choose(ctx.config.export.opset, strictest_opset(ctx.targets))
 
 
-def _params(ctx: RunContext) -> dict:
+def _reads(ctx: RunContext) -> list[str]:
     c = ctx.config
     if not qat_enabled(ctx):
-        return {"quantization": "none"}
-    return {"student": config_dict(c.student), "distill": distill_params(c.distill), "seed": c.seed,
-            "augment": c.data.augment, "export": config_dict(c.export), "opset": qat_opset(ctx)[0],
-            "calibration": "data/calib.npz" if c.quantize.enabled else f"train[{FALLBACK_CALIB_SAMPLES}]"}
+        return ["student.quantization"]
+    reads = ["name", "seed", "device", "data.augment", "data.seed", "data.train_fraction", "student.quantization",
+             "distill.qat", "distill.losses", "distill.unlabeled_fraction", "distill.teacher_cache",
+             "export.opset", "export.dynamic_batch", "export.simplify", "export.parity.samples", "targets",
+             "quantize.enabled"]  # calibration: data/calib.npz when quantize is on, else training samples
+    if c.teachers:
+        reads.append("teachers[*].weight")
+    return reads
 
 
 def _inputs(ctx: RunContext) -> list[str]:
@@ -48,8 +55,8 @@ def _inputs(ctx: RunContext) -> list[str]:
         return []
     from edgekd.pipeline.train_stages import teacher_files
 
-    return ["data/summary.json", "data/val.npz", *teacher_files(ctx.config), "student.pt"] + (
-        ["data/calib.npz"] if ctx.config.quantize.enabled else [])
+    return [SUMMARY_FILE, VAL_FILE, *teacher_files(ctx.config), STUDENT_CHECKPOINT] + (
+        [CALIB_FILE] if ctx.config.quantize.enabled else [])
 
 
 def calibration_samples(ctx: RunContext) -> tuple[np.ndarray, str]:
@@ -70,13 +77,13 @@ def run_qat(ctx: RunContext) -> dict:
     from edgekd.quantize.qat import prepare_qat
 
     c = ctx.config
-    ckpt = read_checkpoint(ctx.run_dir / "student.pt")
-    student = load_model(ctx.run_dir / "student.pt").to(ctx.device)
+    ckpt = read_checkpoint(ctx.run_dir / STUDENT_CHECKPOINT)
+    student = load_model(ctx.run_dir / STUDENT_CHECKPOINT).to(ctx.device)
     calib_x, calib_note = calibration_samples(ctx)
     setup = prepare_qat(student, calib_x)
     calibrated_accuracy = _val_accuracy(ctx, student)  # fake-quantized, before any QAT step: PTQ-like
     torch.manual_seed(c.seed)
-    teacher = _load_teacher(ctx)  # teacher.pt, or the weighted ensemble of `teachers:`
+    teacher = _load_teacher(ctx)  # teacher.safetensors, or the weighted ensemble of `teachers:`
     loss = build_objective(c.distill.losses, student=student, teacher=teacher,
                            input_shape=tuple(ctx.data.train_x.shape[1:]), label_smoothing=c.distill.qat.label_smoothing)
     loss.hold_progress(1.0)  # QAT continues the distillation: scheduled kd terms keep their end values
@@ -96,19 +103,21 @@ def run_qat(ctx: RunContext) -> dict:
                **_train_metrics(result)}
     _save_qat(ctx, student, ckpt, setup, metrics)
     exported = _export(ctx, student, ckpt)
-    return {"outputs": QAT_FILES, **metrics, "export": exported,
+    serves = ctx.targets_for("onnxruntime", "int8") + ctx.targets_for("tensorrt", "int8")
+    artifact = Artifact("student-qat-int8", "student", "onnxruntime", "int8", QAT_ONNX, serves)
+    return {"outputs": QAT_FILES, **metrics, "export": exported, "artifacts": [artifact.to_dict()],
             "summary": f"fake-quant val accuracy {accuracy:.4f} after {result.epochs_run} QAT epoch(s) "
                        f"(calibrated only {calibrated_accuracy:.4f}, float {metrics['float_accuracy']:.4f}); "
                        f"ONNX parity max|Δ| {exported['parity']['max_abs_diff']:.2g}"}
 
 
 def _save_qat(ctx: RunContext, student, float_ckpt: dict, setup, metrics: dict) -> None:
-    """student.qat.pt: the float student's record plus modelopt's quantizer state (load_model rebuilds it)."""
+    """student.qat.safetensors: the float student's record plus modelopt's quantizer state (load_model rebuilds it)."""
     from edgekd.models.io import save_checkpoint
     from edgekd.quantize.qat import qat_checkpoint_extra
 
     c = ctx.config
-    save_checkpoint(ctx.run_dir / "student.qat.pt", student.cpu(), float_ckpt["arch"], float_ckpt["arch_kwargs"],
+    save_checkpoint(ctx.run_dir / QAT_CHECKPOINT, student.cpu(), float_ckpt["arch"], float_ckpt["arch_kwargs"],
                     preprocess=float_ckpt["preprocess"], classes=float_ckpt["classes"],
                     config={"student": config_dict(c.student), "distill": config_dict(c.distill)}, metrics=metrics,
                     **qat_checkpoint_extra(student, setup))
@@ -123,12 +132,12 @@ def _export(ctx: RunContext, student, ckpt: dict) -> dict:
     cfg = ctx.config.export
     opset, why = qat_opset(ctx)
     val_x, _ = ctx.val_arrays()
-    result = export_qat_onnx(student.cpu().eval(), ctx.run_dir / "student.qat.onnx", input_shape=(1, *val_x.shape[1:]),
+    result = export_qat_onnx(student.cpu().eval(), ctx.run_dir / QAT_ONNX, input_shape=(1, *val_x.shape[1:]),
                              opset=opset, metadata=onnx_metadata(ctx, ckpt), dynamic_batch=cfg.dynamic_batch,
                              simplify=cfg.simplify, verify_with=val_x[: cfg.parity.samples],
                              session_target=ctx.primary_target, sidecar_extra={"opset_reason": why})
     return {**asdict(result), "opset_reason": why}
 
 
-QAT = Stage("qat", "quantization-aware distillation (modelopt INT8) and QDQ export", run_qat, _params, _inputs,
-            distributed=True)
+QAT = Stage("qat", "quantization-aware distillation (modelopt INT8) and QDQ export", run_qat, _reads, _inputs,
+            lambda ctx: QAT_FILES if qat_enabled(ctx) else [], distributed=True)

@@ -10,4 +10,4 @@ from edgekd.pipeline.qat_stage import QAT
 from edgekd.pipeline.tensorrt_stage import TENSORRT
 from edgekd.pipeline.train_stages import DATA, STUDENT, TEACHER
 
-STAGES = [DATA, TEACHER, STUDENT, QAT, EXPORT, QUANTIZE, TENSORRT, BENCH, REPORT]
+STAGES = [DATA, TEACHER, STUDENT, QAT, EXPORT, QUANTIZE, TENSORRT, BENCH, REPORT]  # records.STAGE_ORDER names them

@@ -10,10 +10,10 @@ variant each (target, precision) needs.
 
 from __future__ import annotations
 
-from edgekd.config import config_dict
 from edgekd.errors import GateError
 from edgekd.pipeline.context import RunContext
 from edgekd.pipeline.engine import Stage
+from edgekd.pipeline.records import CALIB_FILE, TEST_FILE, VAL_FILE, Artifact
 
 # compat's onnx_variant -> the run-directory file that carries it
 VARIANT_FILES = {"fp32": "student.onnx", "fp16": "student.fp16.onnx", "qdq": "student.int8.trt.onnx"}
@@ -30,24 +30,49 @@ def plans(ctx: RunContext) -> list[tuple]:
     return [(t, p, plan_for_target(t, p)) for t in tensorrt_targets(ctx) for p in t.precisions]
 
 
-def _params(ctx: RunContext) -> dict:
-    return {"targets": [t.model_dump(mode="json") for t in tensorrt_targets(ctx)],
-            "quantize": config_dict(ctx.config.quantize), "student_quantization": ctx.config.student.quantization}
+def _reads(ctx: RunContext) -> list[str]:
+    # targets: which builds; the PTQ INT8 file: calibration method and gate bound (samples arrive as data/calib.npz)
+    return ["targets", "student.quantization", "quantize.method", "quantize.max_int8_drop"]
+
+
+def _outputs(ctx: RunContext) -> list[str]:
+    variants = {plan.onnx_variant for _, _, plan in plans(ctx)}
+    files = {f for v in variants for f in (VARIANT_FILES[v], VARIANT_FILES[v] + ".json")}
+    return sorted(files - set(_upstream_files(ctx)))
 
 
 def run_tensorrt(ctx: RunContext) -> dict:
+    from edgekd.pipeline.deploy_stages import failure
+
     builds = plans(ctx)
     if not builds:
         return {"outputs": [], "builds": [], "summary": "no TensorRT target selected"}
     made: dict[str, dict] = {}
+    failures = []
     for _, _, plan in builds:
         if plan.onnx_variant not in made:
-            made[plan.onnx_variant] = _make_variant(ctx, plan.onnx_variant)
-    rows = [_build_row(target, precision, plan, made[plan.onnx_variant]) for target, precision, plan in builds]
+            try:
+                made[plan.onnx_variant] = _make_variant(ctx, plan.onnx_variant)
+            except GateError as exc:  # no such file: its builds are left out, the run still reports
+                made[plan.onnx_variant] = {"failed": exc.message, "attempts": exc.details or [], "files": []}
+                failures.append(failure(f"TensorRT {plan.onnx_variant} file", exc))
+    rows = [_build_row(target, precision, plan, made[plan.onnx_variant]) for target, precision, plan in builds
+            if "failed" not in made[plan.onnx_variant]]
     # files other stages wrote (the FP32 export, the QAT export) are inputs here, not outputs
     outputs = sorted({f for v in made.values() for f in v["files"]} - set(_upstream_files(ctx)))
-    return {"outputs": outputs, "builds": rows, "variants": made,
+    return {"outputs": outputs, "builds": rows, "variants": made, "artifacts": _artifacts(rows), "failures": failures,
             "summary": f"{len(rows)} on-device build(s) prepared for {len(tensorrt_targets(ctx))} Jetson target(s)"}
+
+
+def _artifacts(rows: list[dict]) -> list[dict]:
+    """One artifact per (precision, ONNX file) the builds start from, serving the targets that build it."""
+    serves: dict[tuple[str, str], list[str]] = {}
+    for row in rows:
+        serves.setdefault((row["precision"], row["onnx"]), []).append(row["target"])
+    precisions = [precision for precision, _ in serves]
+    return [Artifact(f"student-{precision}-trt" + ("" if precisions.count(precision) == 1 else f"-{i}"), "student",
+                     "tensorrt", precision, onnx, tuple(targets)).to_dict()
+            for i, ((precision, onnx), targets) in enumerate(serves.items())]
 
 
 def _make_variant(ctx: RunContext, variant: str) -> dict:
@@ -65,8 +90,8 @@ def _fp16_variant(ctx: RunContext) -> dict:
 
     out = ctx.run_dir / VARIANT_FILES["fp16"]
     _, stats = convert(ctx.run_dir / "student.onnx", out)
-    val_x, val_y = ctx.val_arrays()
-    acc = accuracy(predict(make_session(out), val_x), val_y)
+    test_x, test_y = ctx.test_arrays()  # a reported accuracy: on the test split
+    acc = accuracy(predict(make_session(out), test_x), test_y)
     return {"file": out.name, "files": [out.name], "conversion": stats, "accuracy_onnxruntime": acc}
 
 
@@ -88,9 +113,9 @@ def _qat_variant(ctx: RunContext) -> dict:
 
     path = ctx.run_dir / "student.qat.onnx"
     _check_trt_rules(path, remove=False)
-    val_x, val_y = ctx.val_arrays()
+    test_x, test_y = ctx.test_arrays()  # a reported accuracy: on the test split
     return {"file": path.name, "files": [path.name, path.name + ".json"], "source": "quantization-aware training",
-            "accuracy_onnxruntime": accuracy(predict(make_session(path), val_x), val_y)}
+            "accuracy_onnxruntime": accuracy(predict(make_session(path), test_x), test_y)}
 
 
 def _check_trt_rules(path, remove: bool) -> None:
@@ -115,21 +140,21 @@ def _ptq_variant(ctx: RunContext) -> dict:
     val_x, val_y = ctx.val_arrays()
     reference = accuracy(predict(make_session(ctx.run_dir / "student.onnx"), val_x), val_y)
     gate = quantize_with_gate(ctx.run_dir / "student.onnx", out, ctx.calib_array(), val_x, val_y,
-                              reference_accuracy=reference, max_accuracy_drop=max_int8_drop(ctx), method=q.method,
+                              reference_accuracy=reference, max_accuracy_drop=max_int8_drop(ctx, "tensorrt"), method=q.method,
                               per_channel=True, trt_ready=True, target=None)
     _check_trt_rules(out, remove=True)
     return {"file": out.name, "files": [out.name, out.name + ".json"], "source": "post-training quantization",
-            "accuracy_onnxruntime": gate.chosen.accuracy, "attempts": [vars(a) for a in gate.attempts]}
+            "val_accuracy_onnxruntime": gate.chosen.accuracy, "attempts": [vars(a) for a in gate.attempts]}
 
 
 def _build_row(target, precision: str, plan, variant: dict) -> dict:
     engine = f"student.{target.name}.{precision}.engine"
     build = f"edgekd build {variant['file']} --target {target.name} --precision {precision} --out {engine}"
-    bench = f"edgekd bench {engine} --target {target.name} --data data/val.npz"
+    bench = f"edgekd bench {engine} --target {target.name} --data {TEST_FILE}"
     return {"target": target.name, "tensorrt": plan.tensorrt, "jetpack": target.tensorrt.jetpack,
             "precision": precision, "onnx": variant["file"], "plan": plan.as_dict(), "engine": engine,
             "commands": [build, bench]}
 
 
-TENSORRT = Stage("tensorrt", "prepare TensorRT-ready ONNX for Jetson targets", run_tensorrt, _params,
-                 lambda ctx: ["student.onnx", "data/calib.npz", "data/val.npz", "student.qat.onnx"])
+TENSORRT = Stage("tensorrt", "prepare TensorRT-ready ONNX for Jetson targets", run_tensorrt, _reads,
+                 lambda ctx: ["student.onnx", CALIB_FILE, VAL_FILE, TEST_FILE, "student.qat.onnx"], _outputs)

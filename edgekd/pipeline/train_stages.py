@@ -9,9 +9,10 @@ import shutil
 import numpy as np
 import torch
 
-from edgekd.artifacts import sha256_file
-from edgekd.config import FEATURE_LOSS_KINDS, assistant_student, check_single_process, config_dict, distill_params
-from edgekd.data import StudentSplit, student_split
+from edgekd.artifacts import checkpoint_file, sha256_file
+from edgekd.config import (FEATURE_LOSS_KINDS, DistillConfig, StudentConfig, TeacherConfig, assistant_student,
+                           check_single_process, config_dict, needs_calibration)
+from edgekd.data import StudentSplit, stratified_subsample, student_split
 from edgekd.data.calib import load_manifest, select
 from edgekd.distill.losses import DistillObjective, build_objective, cross_entropy
 from edgekd.distill.schemes import EnsembleTeacher, Link, chain_summary, plan_chain, run_chain, train_peers
@@ -22,64 +23,96 @@ from edgekd.models.student import student_spec
 from edgekd.models.teacher import build_teacher
 from edgekd.pipeline.context import RunContext
 from edgekd.pipeline.engine import Stage
+from edgekd.pipeline.records import (CALIB_FILE, STUDENT_CHECKPOINT, SUMMARY_FILE, TEACHER_CHECKPOINT, TEST_FILE,
+                                     VAL_FILE, Artifact)
 
 # ---------------------------------------------------------------- data
 
+DATA_KEYS = ("kind", "path", "input_size", "channels", "val_fraction", "test_fraction", "seed", "mean", "std")
+# data/test.npz is what every reported accuracy is scored on, here and on devices (a bundle carries it):
+# the whole test split, unless that is more than this many samples or bytes, then a stratified subset.
+TEST_FILE_MAX_SAMPLES = 10_000
+TEST_FILE_MAX_BYTES = 256 * 2**20
 
-def _data_params(ctx: RunContext) -> dict:
-    manifest = ctx.config.quantize.calibration
-    return {"data": config_dict(ctx.config.data), "teacher_model": ctx.config.teacher.model,
-            "calibration": config_dict(load_manifest(manifest)) if ctx.config.quantize.enabled else None}
+
+def _data_reads(ctx: RunContext) -> list[str]:
+    c = ctx.config
+    reads = [f"data.{key}" for key in DATA_KEYS]
+    if c.data.kind == "imagefolder":  # normalisation and resizing follow the teacher's timm config
+        reads.append("teacher.model")
+    reads.append("quantize.enabled")
+    if not c.quantize.enabled:  # a TensorRT post-training INT8 build may still need calibration samples
+        reads += ["targets", "student.quantization"]
+    if needs_calibration(c, ctx.targets):
+        reads.append("quantize.calibration")
+    return reads
+
+
+def _data_outputs(ctx: RunContext) -> list[str]:
+    return [VAL_FILE, TEST_FILE, SUMMARY_FILE] + ([CALIB_FILE] if needs_calibration(ctx.config, ctx.targets) else [])
+
+
+def rows_for_test_file(labels: np.ndarray, sample_bytes: int, seed: int) -> np.ndarray:
+    """The test split's rows data/test.npz keeps: all, or a stratified subset within the caps."""
+    cap = min(TEST_FILE_MAX_SAMPLES, max(1, TEST_FILE_MAX_BYTES // max(1, sample_bytes)))
+    return stratified_subsample(labels, cap, seed)
 
 
 def run_data(ctx: RunContext) -> dict:
-    data = ctx.data
-    out = ctx.run_dir / "data"
-    out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / "val.npz", x=data.val_x, y=data.val_y, classes=np.array(data.classes))
-    outputs = ["data/val.npz", "data/summary.json"]
-    summary = {**data.summary(), "fingerprint": data.fingerprint()}
-    if ctx.config.quantize.enabled:
+    data, out = ctx.data, ctx.run_dir
+    (out / VAL_FILE).parent.mkdir(parents=True, exist_ok=True)
+    classes = np.array(data.classes)
+    np.savez(out / VAL_FILE, x=data.val_x, y=data.val_y, classes=classes)
+    rows = rows_for_test_file(data.test_y, data.test_x[:1].nbytes, ctx.config.data.seed)
+    np.savez(out / TEST_FILE, x=data.test_x[rows], y=data.test_y[rows], classes=classes)
+    outputs = [VAL_FILE, TEST_FILE, SUMMARY_FILE]
+    summary = {**data.summary(), "test_file": {"path": TEST_FILE, "samples": int(len(rows)), "of": int(len(data.test_y))},
+               "fingerprint": data.fingerprint()}
+    if needs_calibration(ctx.config, ctx.targets):
         manifest = load_manifest(ctx.config.quantize.calibration)
         pool_x, pool_y = (data.train_x, data.train_y) if manifest.split == "train" else (data.val_x, data.val_y)
         idx = select(pool_y, manifest)
-        np.savez(out / "calib.npz", x=pool_x[idx], y=pool_y[idx], indices=idx)
+        np.savez(out / CALIB_FILE, x=pool_x[idx], y=pool_y[idx], indices=idx)
         summary["calibration"] = {"manifest": str(ctx.config.quantize.calibration), "split": manifest.split,
                                   "samples": int(len(idx)), "seed": manifest.seed}
-        outputs.append("data/calib.npz")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    return {"outputs": outputs, "summary": f"{len(data.train_y)} train / {len(data.val_y)} val images, "
-            f"{data.num_classes} classes", "dataset": data.summary()}
+        outputs.append(CALIB_FILE)
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    splits = summary["splits"]
+    return {"outputs": outputs, "dataset": data.summary(),
+            "summary": f"{splits['train']} train / {splits['val']} val / {splits['test']} test images, "
+                       f"{data.num_classes} classes"}
 
 
-DATA = Stage("data", "load, split and preprocess the dataset", run_data, _data_params, lambda ctx: [])
+DATA = Stage("data", "load, split and preprocess the dataset", run_data, _data_reads, lambda ctx: [], _data_outputs)
 
 # ---------------------------------------------------------------- teacher
 
+# Every teacher key that decides the weights; an ensemble `weight` is the student's, and `trust_checkpoint`
+# only allows a load (a file it lets through gives the same weights as any other load of it).
+TEACHER_KEYS = tuple(k for k in TeacherConfig.model_fields if k != "trust_checkpoint")
 
-def _teacher_params(ctx: RunContext) -> dict:
+
+def _teacher_reads(ctx: RunContext) -> list[str]:
     c = ctx.config
-    if c.teachers:  # multi-teacher: every entry decides the result (a plain `teacher:` keeps its old key)
-        params = {"teachers": [config_dict(t) for t in c.teachers], "seed": c.seed}
-    else:
-        params = {"teacher": config_dict(c.teacher), "seed": c.seed}
+    reads = ["seed", "device", "data.augment"]
+    reads += [f"teachers[*].{key}" if c.teachers else f"teacher.{key}" for key in TEACHER_KEYS]
     if c.distill.unlabeled_fraction > 0:  # the teacher trains without the withheld labels
-        params["labels_withheld"] = {"train_fraction": c.data.train_fraction, "seed": c.data.seed,
-                                     "unlabeled_fraction": c.distill.unlabeled_fraction}
-    return params
+        reads += ["data.train_fraction", "data.seed", "distill.unlabeled_fraction"]
+    return reads
 
 
 def _teacher_inputs(ctx: RunContext) -> list[str]:
     # An absolute path joins to itself under run_dir: the key follows the checkpoint's content.
     checkpoints = [cfg.checkpoint for cfg, _, _ in _teacher_entries(ctx.config)]
-    return ["data/summary.json"] + [str(path) for path in checkpoints if path]
+    return [SUMMARY_FILE] + [str(path) for path in checkpoints if path]
 
 
 def _teacher_entries(config) -> list[tuple]:
-    """(config, checkpoint file, training name) per teacher: the primary is teacher.pt, the others teachers/<i>.pt."""
+    """(config, checkpoint file, training name) per teacher: the primary is teacher.safetensors, the others
+    teachers/<i>.safetensors."""
     if not config.teachers:
-        return [(config.teacher, "teacher.pt", "teacher")]
-    return [(cfg, "teacher.pt", "teacher") if i == 0 else (cfg, f"teachers/{i}.pt", f"teacher.{i}")
+        return [(config.teacher, TEACHER_CHECKPOINT, "teacher")]
+    return [(cfg, TEACHER_CHECKPOINT, "teacher") if i == 0 else (cfg, checkpoint_file(f"teachers/{i}"), f"teacher.{i}")
             for i, cfg in enumerate(config.teachers)]
 
 
@@ -92,17 +125,19 @@ def run_teacher(ctx: RunContext) -> dict:
     entries = _teacher_entries(ctx.config)
     results = [_one_teacher(ctx, cfg, path, name, seed=ctx.config.seed + i)
                for i, (cfg, path, name) in enumerate(entries)]
+    reference = Artifact("teacher-pytorch", "teacher", "pytorch", "fp32", TEACHER_CHECKPOINT)  # serves no target
     if len(results) == 1:
-        return results[0]
+        return {**results[0], "artifacts": [reference.to_dict()]}
     primary = {k: v for k, v in results[0].items() if k not in ("outputs", "summary")}
-    listed = [{"path": path, "model": cfg.model, "weight": cfg.weight, "val_accuracy": r["val_accuracy"]}
+    listed = [{"path": path, "model": cfg.model, "val_accuracy": r["val_accuracy"]}
               for (cfg, path, _), r in zip(entries, results)]
     return {"outputs": [o for r in results for o in r["outputs"]], **primary, "teachers": listed,
-            "summary": f"{len(results)} teachers: " + "; ".join(r["summary"] for r in results)}
+            "artifacts": [reference.to_dict()], "summary": f"{len(results)} teachers: " + "; ".join(r["summary"] for r in results)}
 
 
 def _one_teacher(ctx: RunContext, cfg, path: str, name: str, seed: int) -> dict:
     data = ctx.data
+    torch.manual_seed(seed)  # before the build: random initial weights are part of what the seed decides
     init = build_teacher(cfg, data.num_classes, data.preprocess.channels)
     should_train = cfg.finetune if cfg.finetune is not None else init.needs_training
     result = None
@@ -114,9 +149,25 @@ def _one_teacher(ctx: RunContext, cfg, path: str, name: str, seed: int) -> dict:
     accuracy = _val_accuracy(ctx, init.model)
     metrics = {"val_accuracy": accuracy, "source": init.source, "trained": result is not None,
                **(_train_metrics(result) if result else {})}
+    warning = chance_warning(accuracy, data.num_classes, len(data.val_y), f"teacher {path}")
+    if warning:
+        ctx.ui.warn(warning)
+        metrics["warnings"] = [warning]
     _save(ctx, path, init.model, init.arch, init.arch_kwargs, {"teacher": config_dict(cfg)}, metrics)
     how = f"trained {result.epochs_run} epochs" if result else f"loaded from {init.source}"
     return {"outputs": [path], "summary": f"{init.arch} {how}, val accuracy {accuracy:.4f}", **metrics}
+
+
+def chance_warning(accuracy: float, classes: int, samples: int, what: str) -> str | None:
+    """A sentence when `accuracy` is not clearly above guessing: within three standard errors of
+    chance (1 / classes) on `samples` validation images, or less than 5 points above it."""
+    chance = 1.0 / classes
+    margin = max(0.05, 3 * (chance * (1 - chance) / max(1, samples)) ** 0.5)
+    if accuracy >= chance + margin:
+        return None
+    return (f"{what} is at or near chance: val accuracy {accuracy:.4f} vs {chance:.4f} for guessing among {classes} "
+            "classes. A student distilled from it learns little; train it longer (teacher.train.epochs, lr) "
+            "or give a trained teacher.checkpoint.")
 
 
 def _teacher_train_xy(ctx: RunContext):
@@ -129,21 +180,30 @@ def _teacher_train_xy(ctx: RunContext):
     return torch.from_numpy(data.train_x[keep]), torch.from_numpy(data.train_y[keep])
 
 
-TEACHER = Stage("teacher", "build and train the teacher", run_teacher, _teacher_params, _teacher_inputs,
-                distributed=True)
+TEACHER = Stage("teacher", "build and train the teacher", run_teacher, _teacher_reads, _teacher_inputs,
+                lambda ctx: teacher_files(ctx.config), distributed=True)
 
 # ---------------------------------------------------------------- student
 
 
-def _student_params(ctx: RunContext) -> dict:
+STUDENT_KEYS = tuple(k for k in StudentConfig.model_fields if k != "quantization")  # quantization: the QAT stage's
+DISTILL_KEYS = tuple(k for k in DistillConfig.model_fields if k != "qat")  # qat: the QAT stage's
+
+
+def _student_reads(ctx: RunContext) -> list[str]:
     c = ctx.config
-    params = {"student": config_dict(c.student), "distill": distill_params(c.distill), "seed": c.seed,
-              "augment": c.data.augment}
-    if c.data.train_fraction < 1:  # left out at its default: keys of earlier runs stay valid
-        params["train_fraction"] = c.data.train_fraction
+    reads = ["seed", "device", "data.augment", "data.seed", "data.train_fraction",
+             *(f"student.{key}" for key in STUDENT_KEYS), *(f"distill.{key}" for key in DISTILL_KEYS)]
     if c.teachers:  # the ensemble's weights shape the soft targets; the teachers' files are inputs
-        params["teacher_weights"] = [t.weight for t in c.teachers]
-    return params
+        reads.append("teachers[*].weight")
+    return reads
+
+
+def _student_outputs(ctx: RunContext) -> list[str]:
+    """student.safetensors, and a chain's earlier links: assistants/<i>.safetensors, generations/<g>.safetensors."""
+    d = ctx.config.distill
+    return ([STUDENT_CHECKPOINT] + [checkpoint_file(f"assistants/{i}") for i in range(1, len(d.assistants) + 1)]
+            + [checkpoint_file(f"generations/{g}") for g in range(1, d.generations)])
 
 
 def _student_split(ctx: RunContext) -> StudentSplit:
@@ -166,18 +226,18 @@ def run_student(ctx: RunContext) -> dict:
     return _run_chain(ctx)
 
 
-STUDENT = Stage("student", "distil the student from the teacher", run_student, _student_params,
-                lambda ctx: ["data/summary.json", *teacher_files(ctx.config)], distributed=True)
+STUDENT = Stage("student", "distil the student from the teacher", run_student, _student_reads,
+                lambda ctx: [SUMMARY_FILE, *teacher_files(ctx.config)], _student_outputs, distributed=True)
 
 
 def _student_arch(ctx: RunContext) -> tuple[str, dict]:
     """The student's (arch, kwargs): named, or derived from the primary teacher's checkpoint."""
-    teacher_ckpt = read_checkpoint(ctx.run_dir / "teacher.pt")
+    teacher_ckpt = read_checkpoint(ctx.run_dir / TEACHER_CHECKPOINT)
     return student_spec(ctx.config.student, teacher_ckpt["arch"], teacher_ckpt["arch_kwargs"])
 
 
 def _load_teacher(ctx: RunContext) -> torch.nn.Module:
-    """teacher.pt, or with several `teachers:` their weighted ensemble (edgekd.distill.schemes)."""
+    """teacher.safetensors, or with several `teachers:` their weighted ensemble (edgekd.distill.schemes)."""
     c = ctx.config
     models = [load_model(ctx.run_dir / path) for path in teacher_files(c)]
     if len(models) == 1:
@@ -187,14 +247,14 @@ def _load_teacher(ctx: RunContext) -> torch.nn.Module:
 
 def _link_file(link: Link, last: bool) -> str:
     if last:
-        return "student.pt"
-    return f"assistants/{link.index}.pt" if link.role == "assistant" else f"generations/{link.index}.pt"
+        return STUDENT_CHECKPOINT
+    return checkpoint_file(f"assistants/{link.index}" if link.role == "assistant" else f"generations/{link.index}")
 
 
 def _run_chain(ctx: RunContext) -> dict:
     """teacher -> [assistants] -> student -> [born-again generations]; one link without those keys."""
     c = ctx.config
-    teacher_ckpt = read_checkpoint(ctx.run_dir / "teacher.pt")  # read once: every link derives from it
+    teacher_ckpt = read_checkpoint(ctx.run_dir / TEACHER_CHECKPOINT)  # read once: every link derives from it
 
     def derived(student_cfg):
         return student_spec(student_cfg, teacher_ckpt["arch"], teacher_ckpt["arch_kwargs"])
@@ -219,7 +279,7 @@ def _run_chain(ctx: RunContext) -> dict:
     if len(results) > 1:
         metrics["chain"] = chain_summary(results)
         summary += "; chain " + " -> ".join(f"{r.link.name} {r.val_accuracy:.4f}" for r in results)
-    _save(ctx, "student.pt", final.model, final.link.arch, final.link.kwargs,
+    _save(ctx, STUDENT_CHECKPOINT, final.model, final.link.arch, final.link.kwargs,
           {"student": config_dict(c.student), "distill": config_dict(c.distill)}, metrics)
     return {"outputs": files, "arch": final.link.arch, "arch_kwargs": final.link.kwargs, "summary": summary, **metrics}
 
@@ -232,7 +292,7 @@ def _distil_link(ctx: RunContext, link: Link, student, teacher, teacher_source: 
     later link reuses them instead of retraining (the trainer resumes the link it was in).
     """
     c, pre = ctx.config, ctx.data.preprocess
-    if out != "student.pt" and (done := _finished_link(ctx, out)) is not None:
+    if out != STUDENT_CHECKPOINT and (done := _finished_link(ctx, out)) is not None:
         student.load_state_dict(done["state_dict"])
         ctx.ui.info(f"{link.name}: reused {out} (finished earlier in this stage)")
         return done["metrics"]["val_accuracy"], done["metrics"]
@@ -254,15 +314,16 @@ def _distil_link(ctx: RunContext, link: Link, student, teacher, teacher_source: 
                "teacher_cache": cache_note, **init, "losses": objective.describe(),
                "loss_params": sum(p.numel() for p in objective.parameters()), "student_data": split.summary(),
                **_train_metrics(result)}
-    if out != "student.pt":
+    if out != STUDENT_CHECKPOINT:
         _save(ctx, out, student, link.arch, link.kwargs, {"link": link.name, "distill": config_dict(c.distill)},
               {**metrics, "stage_key": ctx.stage_key})
     return accuracy, metrics
 
 
 def _finished_link(ctx: RunContext, out: str) -> dict | None:
+    """A link this same stage finished before it was interrupted (same key); never under --force."""
     path = ctx.run_dir / out
-    if not path.is_file():
+    if ctx.force or not path.is_file():
         return None
     ckpt = read_checkpoint(path)
     return ckpt if ckpt["metrics"].get("stage_key") == ctx.stage_key else None
@@ -271,7 +332,7 @@ def _finished_link(ctx: RunContext, out: str) -> dict | None:
 def _run_online(ctx: RunContext) -> dict:
     """Deep mutual learning: `peers` students trained together; the best by val accuracy is the student.
 
-    No teacher is used: teacher.pt only gives a derived student its architecture.
+    No teacher is used: teacher.safetensors only gives a derived student its architecture.
     """
     c, data = ctx.config, ctx.data
     arch, kwargs = _student_arch(ctx)
@@ -303,10 +364,10 @@ def _run_online(ctx: RunContext) -> dict:
                          for k, (a, e) in enumerate(zip(accuracies, result.best_epochs))],
                "best_peer": best, "epochs": result.epochs_run, "best_epoch": result.best_epochs[best],
                "seconds_per_epoch": round(result.seconds_per_epoch, 3), "resumed_from_epoch": result.resumed_from_epoch}
-    _save(ctx, "student.pt", peers[best], arch, kwargs,
+    _save(ctx, STUDENT_CHECKPOINT, peers[best], arch, kwargs,
           {"student": config_dict(c.student), "distill": config_dict(c.distill)}, metrics)
     peer_text = ", ".join(f"{a:.4f}" for a in accuracies)
-    return {"outputs": ["student.pt"], "arch": arch, "arch_kwargs": kwargs, **metrics,
+    return {"outputs": [STUDENT_CHECKPOINT], "arch": arch, "arch_kwargs": kwargs, **metrics,
             "summary": f"{arch}: {len(peers)} peers trained online (val accuracy {peer_text}); "
                        f"peer {best} is the student"}
 
@@ -327,7 +388,7 @@ def _init_student(ctx: RunContext, student: torch.nn.Module, teacher: torch.nn.M
 
 
 def _teacher_source(ctx: RunContext, teacher: torch.nn.Module, objective: DistillObjective,
-                    files: list[str] = ("teacher.pt",), rows: np.ndarray | None = None):
+                    files: list[str] = (TEACHER_CHECKPOINT,), rows: np.ndarray | None = None):
     """No teacher when every loss is teacher-free (ce, tfkd); cached teacher logits when
     inputs repeat exactly every epoch and every loss reads logits only; else the live
     teacher (its hooks record what feature losses read).

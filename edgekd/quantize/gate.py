@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import math
 import statistics
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -57,6 +56,7 @@ from edgekd.quantize.ort_int8 import (
     calibrate,
     u8s8_saturates_here,
 )
+from edgekd.rundir import scratch
 from edgekd.runtime.ort import accuracy, make_session, predict
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -139,8 +139,8 @@ def quantize_with_gate(
     fp32_onnx, out_path = Path(fp32_onnx), Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     search = _Search(fp32_onnx, calib_x, val_x, val_y, reference_accuracy, max_accuracy_drop, target, batch_size)
-    with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=".edgekd-gate-") as tmp:
-        search.start(Path(tmp))
+    with scratch(out_path.parent, "gate-") as tmp:  # edgekd.rundir: where a re-run finds a killed search's files
+        search.start(tmp)
         for settings in search_order(first) if fallbacks else [first]:
             if search.attempt(settings).passed:
                 return search.finish(out_path)
@@ -153,7 +153,8 @@ def quantize_with_gate(
         f"{reference_accuracy:.4f}, max drop {max_accuracy_drop:g}); tried:\n  "
         + "\n  ".join(a.describe() for a in search.attempts),
         "Ship FP32 for this target (the FP32 model is unchanged), calibrate on more representative "
-        "samples, allow a larger `budgets.max_accuracy_drop`, or raise `max_excluded_nodes`.",
+        "samples, allow a larger `quantize.max_int8_drop`, or raise `max_excluded_nodes`.",
+        details=[asdict(a) for a in search.attempts],
     )
 
 

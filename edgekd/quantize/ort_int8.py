@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import platform
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 from edgekd.artifacts import sha256_file, sidecar_path, versions, write_json_atomic
 from edgekd.onnxtools.trt_rules import check_qdq_for_tensorrt
 from edgekd.errors import ConfigError, DataError, ModelError
+from edgekd.rundir import scratch
 from edgekd.runtime.ort import import_ort, make_session
 
 log = logging.getLogger(__name__)
@@ -413,12 +413,12 @@ def quantize_int8(
     fp32_onnx, out_path = Path(fp32_onnx), Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    # same directory as out_path: the final os.replace is an atomic rename
-    with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=".edgekd-quant-") as tmp:
-        pre = preprocess(fp32_onnx, Path(tmp) / "pre.onnx")
+    # under out_path's folder (edgekd.rundir scratch): the final os.replace is an atomic rename
+    with scratch(out_path.parent, "quant-") as tmp:
+        pre = preprocess(fp32_onnx, tmp / "pre.onnx")
         check_excludes(pre, settings.exclude_nodes)
-        cache = Path(tmp) / f"{settings.method}.calib.json"
+        cache = tmp / f"{settings.method}.calib.json"
         facts = calibrate(pre, calib_x, settings.method, batch_size, cache)
-        qdq = Path(tmp) / "int8.onnx"
+        qdq = tmp / "int8.onnx"
         quantize_file(pre, qdq, settings, cache)
         return publish(qdq, out_path, fp32_onnx, settings, facts, time.perf_counter() - start)

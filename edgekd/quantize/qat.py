@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,6 +41,7 @@ from torch import nn
 
 from edgekd.artifacts import sha256_file, sidecar_path, versions, write_json_atomic
 from edgekd.errors import ConfigError, ModelError
+from edgekd.rundir import scratch
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +265,7 @@ def export_qat_onnx(
     was_training = model.training
     model.eval()
     try:
-        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".edgekd-qat-") as tmp:
+        with scratch(path.parent, "qat-") as tmp:  # edgekd.rundir
             with _quiet():
                 raw = export_onnx(model, Path(tmp) / "raw.onnx", input_shape=input_shape, opset=opset,
                                   exporter="torchscript", dynamic_batch=dynamic_batch, simplify=simplify,

@@ -1,14 +1,19 @@
 """report.json (the stable contract other tools read) and report.md.
 
-Schema version 1, top level:
-    schema_version, edgekd_version, created, run, target, dataset, machine,
-    teacher, student, export, quantization, artifacts[], notes[]
+Schema version 2, top level:
+    schema_version, edgekd_version, created, run, target (the first of `targets:`), targets[],
+    dataset {source, splits {train, val, test}, split_origin, test_file, classes, preprocess},
+    machine, measurement {arch, cores, session_target, threads, graph_optimization_level, notes},
+    teacher, student, export, quantization, recommended, recommended_by_target, on_device[], notes[]
 Each artifact (see `ARTIFACT_KEYS`):
-    name, model (teacher|student), runtime, precision, path, accuracy,
-    accuracy_drop_vs_teacher, latency_ms {p50,p90,p99,mean,std,min,max},
-    throughput_ips, peak_rss_mb, load_s, size_mb, params, flops,
-    speedup_vs_teacher, memory_ratio_vs_teacher, batch_sweep,
-    budget {latency_ms, memory_mb, max_accuracy_drop, checks{...}, pass}
+    name, model (teacher|student), runtime, precision, path, targets, accuracy (test split),
+    accuracy_samples, accuracy_drop_vs_teacher, latency_ms {p50,p90,p95,p99,mean,std,min,max},
+    throughput_ips, peak_rss_mb, load_s, size_mb, params, flops, speedup_vs_teacher,
+    memory_ratio_vs_teacher, batch_sweep, budgets {target: verdict}, budget (the first target's verdict)
+A verdict: target, latency_ms, memory_mb, max_accuracy_drop, measured_on_target, checks{...}, pass —
+pass is null when the row was not measured on that target (another arch or runtime): only its
+accuracy check applies there, the latency and memory checks wait for a measurement on the device.
+Changes from 1: dataset.splits replaces dataset.train/val; budgets, measured_on_target, pass null.
 Torch-free: it only formats numbers the stages measured.
 """
 
@@ -20,25 +25,65 @@ from pathlib import Path
 
 from edgekd import __version__
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)  # report.json versions `edgekd report merge` and `edgekd ship` read
 ARTIFACT_KEYS = ("name", "model", "runtime", "precision", "path", "accuracy", "latency_ms", "peak_rss_mb",
-                 "size_mb", "budget")
+                 "size_mb", "budget", "budgets")
 
 
-def judge(row: dict, budgets: dict, teacher_accuracy: float | None) -> dict:
-    """Pass/fail of one artifact against a target's budgets, check by check."""
-    drop = None if teacher_accuracy is None else teacher_accuracy - row["accuracy"]
-    checks = {"latency": row["latency_ms"]["p50"] <= budgets["latency_ms"]}
-    if budgets.get("memory_mb") is not None and row.get("peak_rss_mb") is not None:
-        checks["memory"] = row["peak_rss_mb"] <= budgets["memory_mb"]
-    if drop is not None and row["model"] == "student":
-        checks["accuracy"] = drop <= budgets["max_accuracy_drop"]
-    return {"latency_ms": budgets["latency_ms"], "memory_mb": budgets.get("memory_mb"),
-            "max_accuracy_drop": budgets["max_accuracy_drop"], "checks": checks, "pass": all(checks.values())}
+def measured_on(target: dict, runtime: str, measurement: dict) -> str | None:
+    """None when a row measured here (`measurement`: bench's arch and session settings) stands for
+    `target`; else why not. The PyTorch reference stands in for CPU (onnxruntime) targets."""
+    name = target["name"]
+    if measurement.get("arch") != target["arch"]:
+        return f"measured on {measurement.get('arch')}; {name} is {target['arch']}"
+    if runtime != target["runtime"] and not (runtime == "pytorch" and target["runtime"] == "onnxruntime"):
+        return f"measured with {runtime}; {name} runs {target['runtime']}"
+    threads = min(target["threads"], measurement.get("cores") or target["threads"])
+    asked = (threads, target.get("graph_optimization_level", "all"))
+    used = (measurement.get("threads"), measurement.get("graph_optimization_level", "all"))
+    if measurement.get("threads") is not None and asked != used:
+        return f"measured with {used[0]} threads and {used[1]} graph optimization; {name} asks for {asked[0]} and {asked[1]}"
+    return None
 
 
-def assemble(*, run: dict, target: dict, dataset: dict, machine: dict, rows: list[dict], extra: dict) -> dict:
-    """The report dict: rows gain teacher-relative ratios and a budget verdict."""
+def judge(row: dict, target: dict, teacher_accuracy: float | None, measurement: dict) -> dict:
+    """One artifact against one target's budgets, check by check. Latency and memory are judged only
+    when measured on that target; a student's accuracy drop vs the teacher always is."""
+    budgets = target["budgets"]
+    why_not = measured_on(target, row["runtime"], measurement)
+    checks = {}
+    if why_not is None:
+        checks["latency"] = row["latency_ms"]["p50"] <= budgets["latency_ms"]
+        if budgets.get("memory_mb") is not None and row.get("peak_rss_mb") is not None:
+            checks["memory"] = row["peak_rss_mb"] <= budgets["memory_mb"]
+    if teacher_accuracy is not None and row["model"] == "student" and row.get("accuracy") is not None:
+        checks["accuracy"] = teacher_accuracy - row["accuracy"] <= budgets["max_accuracy_drop"]
+    verdict = {"target": target["name"], "latency_ms": budgets["latency_ms"], "memory_mb": budgets.get("memory_mb"),
+               "max_accuracy_drop": budgets["max_accuracy_drop"], "measured_on_target": why_not is None,
+               "checks": checks, "pass": all(checks.values()) if why_not is None else None}
+    if why_not is not None:
+        verdict["not_measured_on_target"] = why_not
+    return verdict
+
+
+def verdict_word(budget: dict | None) -> str:
+    """pass / FAIL (checks) / not measured on target (+ accuracy verdict) / n/a, as every report prints it."""
+    if not budget:
+        return "n/a"
+    failed = [k for k, ok in budget.get("checks", {}).items() if not ok]
+    if budget.get("pass") is None and budget.get("measured_on_target") is False:
+        accuracy = budget.get("checks", {}).get("accuracy")
+        suffix = "" if accuracy is None else (", accuracy ok" if accuracy else ", FAIL accuracy")
+        return f"not measured on {budget.get('target', 'target')}{suffix}"
+    if budget.get("pass"):
+        return "pass"
+    return "FAIL" + (" (" + ", ".join(failed) + ")" if failed else "")
+
+
+def assemble(*, run: dict, targets: list[dict], dataset: dict, machine: dict, measurement: dict, rows: list[dict],
+             extra: dict) -> dict:
+    """The report dict: rows gain teacher-relative ratios and one verdict per target."""
     teacher = next((r for r in rows if r["model"] == "teacher" and r["runtime"] == "pytorch"), None)
     teacher_acc = teacher["accuracy"] if teacher else None
     for row in rows:
@@ -47,13 +92,31 @@ def assemble(*, run: dict, target: dict, dataset: dict, machine: dict, rows: lis
             row["memory_ratio_vs_teacher"] = (row["peak_rss_mb"] / teacher["peak_rss_mb"]
                                               if teacher.get("peak_rss_mb") else None)
             row["accuracy_drop_vs_teacher"] = teacher_acc - row["accuracy"]
-        row["budget"] = judge(row, target["budgets"], teacher_acc)
+        row["budgets"] = {t["name"]: judge(row, t, teacher_acc, measurement) for t in targets}
+        row["budget"] = row["budgets"][targets[0]["name"]]
     missing = [(r.get("name"), k) for r in rows for k in ARTIFACT_KEYS if k not in r]
     if missing:  # a programming error, not user input: the contract must hold
         raise ValueError(f"report rows lack required keys: {missing}")
-    return {"schema_version": SCHEMA_VERSION, "edgekd_version": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run": run, "target": target, "dataset": dataset,
-            "machine": machine, **extra, "artifacts": rows}
+    report = {"schema_version": SCHEMA_VERSION, "edgekd_version": __version__,
+              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run": run, "target": targets[0], "targets": targets,
+              "dataset": dataset, "machine": machine, "measurement": measurement, **extra, "artifacts": rows}
+    report["recommended_by_target"] = {t["name"]: recommend(rows, t["name"]) for t in targets}
+    report["recommended"] = report["recommended_by_target"][targets[0]["name"]]
+    return report
+
+
+def recommend(rows: list[dict], target: str) -> dict | None:
+    """The fastest student artifact that passes every check of `target` — measured there, never assumed."""
+    passing = [r for r in rows if r["model"] == "student" and r["budgets"][target]["pass"]]
+    if not passing:
+        return None
+    best = min(passing, key=lambda r: r["latency_ms"]["p50"])
+    others = [r for r in passing if r is not best]
+    why = f"fastest student passing every {target} budget"
+    if others:
+        runner_up = min(others, key=lambda r: r["latency_ms"]["p50"])
+        why += f"; {runner_up['name']} was {runner_up['latency_ms']['p50'] / best['latency_ms']['p50']:.2f}× slower"
+    return {"name": best["name"], "path": best["path"], "why": why}
 
 
 def write_json(report: dict, path: Path) -> None:
@@ -71,21 +134,18 @@ def _jsonable(value):
 
 
 def render_markdown(report: dict) -> str:
-    t, d = report["target"], report["dataset"]
-    lines = [
-        f"# edgekd report — {report['run']['name']}",
-        "",
-        f"Target **{t['name']}** ({t.get('description', '')}): budget p50 ≤ {t['budgets']['latency_ms']:g} ms at batch 1"
-        + (f", peak memory ≤ {t['budgets']['memory_mb']:g} MB" if t["budgets"].get("memory_mb") else "")
-        + f", accuracy drop ≤ {t['budgets']['max_accuracy_drop']:.3f} vs the teacher.",
-        f"Dataset: {d['source']} — {d['train']} train / {d['val']} validation images, {len(d['classes'])} classes, "
-        f"input {d['preprocess']['channels']}×{d['preprocess']['input_size']}×{d['preprocess']['input_size']}.",
-        f"Measured on: {_machine_line(report.get('machine', {}))}. Created {report['created']} by edgekd {report['edgekd_version']}.",
-        "",
-        "| artifact | runtime | precision | accuracy | Δ vs teacher | p50 ms | p90 ms | p99 ms | throughput img/s | "
-        "peak RSS MB | size MB | params | MFLOPs | speed-up | budget |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
+    d, names = report["dataset"], [t["name"] for t in report["targets"]]
+    splits, test_file = d["splits"], d.get("test_file") or {}
+    lines = [f"# edgekd report — {report['run']['name']}", "", *_target_lines(report),
+             f"Dataset: {d['source']} — {splits['train']} train / {splits['val']} validation / {splits['test']} test "
+             f"images, {len(d['classes'])} classes, input {d['preprocess']['channels']}×{d['preprocess']['input_size']}"
+             f"×{d['preprocess']['input_size']}. Accuracy is on {test_file.get('samples', splits['test'])} test "
+             f"samples (`{test_file.get('path', 'data/test.npz')}`), a split used for no choice.",
+             f"Measured on: {_machine_line(report.get('machine', {}))}. Created {report['created']} by edgekd "
+             f"{report['edgekd_version']}.", "",
+             "| artifact | runtime | precision | accuracy | Δ vs teacher | p50 ms | p90 ms | p99 ms | throughput img/s | "
+             "peak RSS MB | size MB | params | MFLOPs | speed-up | " + " | ".join(f"budget {n}" for n in names) + " |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---|" * len(names)]
     for a in report["artifacts"]:
         lat = a["latency_ms"]
         lines.append(
@@ -93,10 +153,28 @@ def render_markdown(report: dict) -> str:
             f"{_signed(a.get('accuracy_drop_vs_teacher')) if a['model'] == 'student' else '—'} | {lat['p50']:.3f} | {lat['p90']:.3f} | {lat['p99']:.3f} | "
             f"{a.get('throughput_ips', 0):,.0f} | {_num(a.get('peak_rss_mb'))} | {a['size_mb']:.2f} | "
             f"{_count(a.get('params'))} | {_num(a.get('flops', 0) / 1e6 if a.get('flops') else None)} | "
-            f"{_ratio(a.get('speedup_vs_teacher'))} | {_verdict(a['budget'])} |"
+            f"{_ratio(a.get('speedup_vs_teacher'))} | " + " | ".join(verdict_word(a["budgets"][n]) for n in names) + " |"
         )
     lines += ["", *_sections(report)]
     return "\n".join(lines) + "\n"
+
+
+def _target_lines(report: dict) -> list[str]:
+    """One line per target: its budgets, and whether this report measured it."""
+    measured_here = {t for a in report["artifacts"] for t, v in a["budgets"].items() if v["measured_on_target"]}
+    lines = []
+    for t in report["targets"]:
+        b = t["budgets"]
+        where = ("measured here" if t["name"] in measured_here
+                 else "**not measured here** (latency and memory verdicts wait for the device; see below)")
+        lines.append(f"Target **{t['name']}** ({t.get('description', '')}), {where}: p50 ≤ {b['latency_ms']:g} ms at "
+                     f"batch 1" + (f", peak memory ≤ {b['memory_mb']:g} MB" if b.get("memory_mb") else "")
+                     + f", student accuracy ≤ {b['max_accuracy_drop']:.3f} below the teacher's (test split).")
+    q = report.get("quantization") or {}
+    if q.get("max_int8_drop") is not None:
+        lines.append(f"INT8 gate: an INT8 file's val accuracy ≤ {q['max_int8_drop']:.3f} below the FP32 student's "
+                     "(`quantize.max_int8_drop`, else the targets' `budgets.max_int8_drop`).")
+    return lines + [""]
 
 
 def _sections(report: dict) -> list[str]:
@@ -107,21 +185,38 @@ def _sections(report: dict) -> list[str]:
         out = ["## Notes", "", *out, ""]
     q = report.get("quantization")
     if q and q.get("attempts"):
-        out += ["## INT8 calibration attempts", "", "| # | method | per-channel | float layers | accuracy | p50 ms | gate |",
+        out += ["## INT8 calibration attempts", "",
+                "The gate's search, on the validation split (selection): these accuracies are not the report's test "
+                "figures.", "", "| # | method | per-channel | float layers | val accuracy | p50 ms | gate |",
                 "|---:|---|---|---:|---:|---:|---|"]
         for i, att in enumerate(q["attempts"], 1):
             out.append(f"| {i} | {att['method']} | {att['per_channel']} | {len(att.get('excluded_nodes', []))} | "
                        f"{att['accuracy']:.4f} | {_num(att.get('latency_ms_p50'), 3)} | {'pass' if att['passed'] else 'fail'} |")
         out.append("")
+    out += _on_device_section(report.get("on_device") or [])
     out += _tensorrt_section(report.get("tensorrt"))
     out += ["## How to read this", "",
             "- Latency: batch 1, after a timed warm-up, each artifact in its own fresh process, rounds interleaved "
             "across artifacts so machine noise hits all alike. Peak RSS is the process's peak resident memory over "
             "its baseline before the model was loaded.",
-            "- Accuracy: top-1 on the held-out validation split (`data/val.npz`), run through the artifact's own runtime.",
-            "- Budget: p50 latency, peak memory and (students) accuracy drop vs the PyTorch teacher, from the target profile.",
-            "- INT8 is not assumed faster: every precision is measured; the `recommended` artifact is the fastest one that passes.",
+            "- Accuracy: top-1 on the test split (`data/test.npz`), which no choice used (best epochs, early stopping "
+            "and the INT8 gate chose on the validation split), run through the artifact's own runtime.",
+            "- Budget, one column per target: p50 latency, peak memory and (students) accuracy drop vs the PyTorch "
+            "teacher, from the target profile. A target this host is not (another CPU architecture or runtime) gets "
+            "its accuracy check only: its latency and memory are measured on the device.",
+            "- INT8 is not assumed faster: every precision is measured; the `recommended` artifact is the fastest one "
+            "that passes every check of the first target.",
             ""]
+    return out
+
+
+def _on_device_section(steps: list[dict]) -> list[str]:
+    """Commands that measure a target this report could not: ship, verify and bench there, merge here."""
+    out = []
+    for step in steps:
+        out += [f"## Measuring on {step['target']}", "",
+                f"These rows were measured on this host, not on {step['target']} ({step['why']}). To measure there:",
+                "", "```", *step["commands"], "```", ""]
     return out
 
 
@@ -161,8 +256,3 @@ def _count(v) -> str:
 
 def _ratio(v) -> str:
     return "—" if v is None else f"{v:.1f}×"
-
-
-def _verdict(budget: dict) -> str:
-    failed = [k for k, ok in budget["checks"].items() if not ok]
-    return "pass" if budget["pass"] else "FAIL (" + ", ".join(failed) + ")"

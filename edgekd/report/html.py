@@ -116,7 +116,8 @@ def _device(report: dict) -> str:
 
 
 def _selected(report: dict) -> str | None:
-    chosen = report.get("selected")
+    """The name of the artifact report.json recommends (the pipeline writes `recommended`)."""
+    chosen = report.get("recommended")
     return chosen.get("name") if isinstance(chosen, dict) else chosen
 
 
@@ -138,7 +139,8 @@ def _cards(report: dict) -> str:
             ("threads", target.get("threads")),
             ("latency budget", f"{budgets['latency_ms']:g} ms p50" if budgets.get("latency_ms") else None),
             ("memory budget", f"{budgets['memory_mb']:g} MB" if budgets.get("memory_mb") else None),
-            ("max accuracy drop", budgets.get("max_accuracy_drop")),
+            ("max accuracy drop", budgets.get("max_accuracy_drop")),  # student vs teacher
+            ("max INT8 drop", budgets.get("max_int8_drop")),  # INT8 file vs FP32 student (the gate)
         ]),
         _card("Measured on", [
             ("device", _device(report)),
@@ -147,22 +149,32 @@ def _cards(report: dict) -> str:
             ("os", machine.get("os")),
             ("runtimes", ", ".join(f"{k} {v}" for k, v in versions.items() if k in ("onnxruntime", "tensorrt", "torch"))),
         ]),
-        _card("Dataset", [(k, v) for k, v in dataset.items() if isinstance(v, (str, int, float))]),
+        _card("Dataset", [(k, v) for k, v in dataset.items() if isinstance(v, (str, int, float))]
+              + [(f"{split} images", n) for split, n in (dataset.get("splits") or {}).items()]),
     ]
     return '<div class="cards">' + "".join(cards) + "</div>"
 
 
 def _badge(artifact: dict) -> str:
-    budget = artifact.get("budget")
-    if not budget:
+    """One badge per target the artifact was judged against (report.json `budgets`; a device report: `budget`)."""
+    verdicts = list((artifact.get("budgets") or {}).values()) or ([artifact["budget"]] if artifact.get("budget") else [])
+    if not verdicts:
         return '<span class="badge none">n/a</span>'
+    return " ".join(_one_badge(v, len(verdicts) > 1) for v in verdicts)
+
+
+def _one_badge(budget: dict, named: bool) -> str:
     why = []
     if budget.get("latency_ms") is not None:
         why.append(f"latency budget {budget['latency_ms']:g} ms")
     if budget.get("memory_mb") is not None:
         why.append(f"memory budget {budget['memory_mb']:g} MB")
-    cls, text = ("pass", "pass") if budget.get("pass") else ("fail", "FAIL")
-    return f'<span class="badge {cls}" title="{_e(", ".join(why))}">{text}</span>'
+    if budget.get("not_measured_on_target"):
+        why.append(budget["not_measured_on_target"])
+    passed = budget.get("pass")
+    cls, text = ("none", "not measured") if passed is None else (("pass", "pass") if passed else ("fail", "FAIL"))
+    label = f"{budget.get('target')}: {text}" if named and budget.get("target") else text
+    return f'<span class="badge {cls}" title="{_e("; ".join(why))}">{_e(label)}</span>'
 
 
 def _artifact_table(artifacts: list[dict], selected: str | None) -> str:
@@ -177,7 +189,7 @@ def _artifact_table(artifacts: list[dict], selected: str | None) -> str:
         )
         cls = ' class="selected"' if selected and a.get("name") == selected else ""
         rows.append(f'<tr{cls}><td>{_e(a.get("name", "?"))}</td><td class="l">{_badge(a)}</td>{cells}</tr>')
-    note = f'<p class="note">Highlighted: the selected artifact, {_e(selected)}.</p>' if selected else ""
+    note = f'<p class="note">Highlighted: the recommended artifact, {_e(selected)}.</p>' if selected else ""
     return (
         f'<div class="scroll"><table><thead><tr><th>artifact</th><th class="l">budget</th>{head}</tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table></div>{note}"

@@ -17,8 +17,7 @@ from pathlib import Path
 import click
 
 from edgekd.errors import DataError
-
-SCHEMA_VERSION = 1
+from edgekd.report.core import READABLE_SCHEMAS, verdict_word
 
 # (column title, row key, format); the markdown table and the JSON rows share these keys.
 COLUMNS = [
@@ -46,10 +45,10 @@ def load_report(path: str | Path) -> dict:
         raise DataError(f"Report {str(path)!r} does not exist.", "Check the path.") from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{path} is not valid JSON ({exc.msg}, line {exc.lineno}).", "Re-run the benchmark.") from None
-    if not isinstance(report, dict) or report.get("schema_version") != SCHEMA_VERSION:
+    if not isinstance(report, dict) or report.get("schema_version") not in READABLE_SCHEMAS:
         found = report.get("schema_version") if isinstance(report, dict) else type(report).__name__
         raise DataError(
-            f"{path} is not an edgekd report (schema_version {found!r}, expected {SCHEMA_VERSION}).",
+            f"{path} is not an edgekd report (schema_version {found!r}, expected one of {READABLE_SCHEMAS}).",
             "Pass report.json files written by `edgekd compress` or `edgekd bench`.",
         )
     return report
@@ -83,7 +82,7 @@ def artifact_rows(report: dict, device: str | None = None) -> list[dict]:
                 "peak_rss_mb": a.get("peak_rss_mb"),
                 "size_mb": a.get("size_mb"),
                 "speedup_vs_teacher": a.get("speedup_vs_teacher"),
-                "budget": None if not budget else ("pass" if budget.get("pass") else "FAIL"),
+                "budget": None if not budget else verdict_word(budget),
             }
         )
     return rows

@@ -21,7 +21,7 @@ _MARKERS = {"teacher": "s", "student": "o"}
 
 def status_color(artifact: dict) -> str:
     budget = artifact.get("budget")
-    if not budget:
+    if not budget or budget.get("pass") is None:  # not judged, or not measured on the target
         return UNJUDGED
     return PASS if budget.get("pass") else FAIL
 

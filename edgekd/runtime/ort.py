@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edgekd.errors import RuntimeBackendError
+from edgekd.runtime.batches import run_in_batches
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnxruntime
@@ -81,16 +82,11 @@ def make_session(
 def predict(session, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """Run `x` (N, C, H, W float32) through a single-input session, returns (N, classes)."""
     name = session.get_inputs()[0].name
-    fixed = _fixed_batch(session)
-    step = fixed or batch_size
-    outputs = []
-    for start in range(0, len(x), step):
-        chunk = np.ascontiguousarray(x[start : start + step], dtype=np.float32)
-        if fixed and len(chunk) < fixed:  # static-batch export: run one sample at a time
-            outputs.extend(session.run(None, {name: chunk[i : i + 1]})[0] for i in range(len(chunk)))
-            continue
-        outputs.append(session.run(None, {name: chunk})[0])
-    return np.concatenate([o.reshape(-1, o.shape[-1]) for o in outputs]).astype(np.float32)
+
+    def run(chunk: np.ndarray) -> np.ndarray:
+        return session.run(None, {name: np.ascontiguousarray(chunk, dtype=np.float32)})[0]
+
+    return run_in_batches(run, x, fixed=_fixed_batch(session), batch_size=batch_size)
 
 
 def _fixed_batch(session) -> int | None:

@@ -5,11 +5,14 @@
 
 Submodules are imported inside `ship()` so that `import edgekd.ship.verify`
 on a device pulls in nothing but the verifier.
+
+ship holds the run directory's lock (edgekd.rundir) while it reads it, and
+builds the bundle under the run directory's `.edgekd/tmp/`, where a killed
+ship's staging is found and removed by the next command on that directory.
 """
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,17 +34,21 @@ def ship(
     target: "TargetProfile",
     to: str,
     artifacts: list[str] | None = None,
-    golden_samples: int | None = None,
+    golden_samples: int | None = None,  # default: edgekd.ship.bundle.GOLDEN_SAMPLES
     ssh_options: list[str] | tuple[str, ...] = (),
     force: bool = False,
     transfer: str = "auto",
 ) -> ShipResult:
-    from edgekd.ship.bundle import GOLDEN_SAMPLES, build_bundle
+    from edgekd import rundir
+    from edgekd.ship.bundle import build_bundle
     from edgekd.ship.copy import copy_bundle
     from edgekd.ship.verify import verify_bundle
 
-    with tempfile.TemporaryDirectory(prefix="edgekd-bundle-") as tmp:
-        bundle = build_bundle(run_dir, target, Path(tmp) / "bundle", artifacts, golden_samples or GOLDEN_SAMPLES)
-        local = verify_bundle(bundle)  # catches a bad bundle before it costs a transfer
-        where = copy_bundle(bundle, to, ssh_options=ssh_options, force=force, transfer=transfer)
+    run_dir = Path(run_dir)
+    with rundir.hold(run_dir, "edgekd ship"):  # no compress rewrites what is being shipped
+        rundir.clean(run_dir)  # a killed command's staging and half files
+        with rundir.scratch(run_dir, "bundle-") as tmp:
+            bundle = build_bundle(run_dir, target, tmp / "bundle", artifacts, golden_samples)
+            local = verify_bundle(bundle)  # catches a bad bundle before it costs a transfer
+            where = copy_bundle(bundle, to, ssh_options=ssh_options, force=force, transfer=transfer)
     return ShipResult(where, [m.file for m in local.models], local)

@@ -33,15 +33,29 @@ class Remote:
         return f"{self.host}:{self.path}"
 
 
+# What a remote host and path may hold. A host starting with "-" would reach ssh as an option
+# (`-oProxyCommand=...` runs a command); a path is refused rather than quoted where a shell
+# metacharacter could reach a remote shell (scp's legacy protocol, rsync before 3.2.4).
+_HOST = re.compile(r"^(?:[A-Za-z0-9._][A-Za-z0-9._+-]*@)?[A-Za-z0-9._][A-Za-z0-9._-]*$")
+_PATH = re.compile(r"^[A-Za-z0-9._/~+,=@%:-]+$")
+
+
 def parse_dest(dest: str) -> Path | Remote:
     """`user@host:path` or `host:path` is remote; anything else (or an existing path) is local."""
     match = _REMOTE.match(dest)
     if match is None or Path(dest).exists():
         return Path(dest)
-    path = match["path"]
+    host, path = match["host"], match["path"]
+    if not _HOST.match(host):
+        raise ConfigError(f"Remote host {host[:100]!r} is not a plain [user@]host name (it must not start with '-').",
+                          "Give the device as user@host:path, e.g. pi@raspberrypi.local:models/digits.")
+    if not _PATH.match(path) or path.startswith("-"):
+        raise ConfigError(f"Remote path {path[:100]!r} holds characters a remote shell would interpret (spaces, "
+                          "quotes, $, ;, ...) or starts with '-'.",
+                          "Use a path of letters, digits and . _ / ~ + , = @ % : - only.")
     if path.startswith("~/"):  # relative paths already start at the login directory; "~" would be quoted
         path = path[2:]
-    return Remote(match["host"], path.rstrip("/"))
+    return Remote(host, path.rstrip("/"))
 
 
 def normalize_ssh_options(options: list[str] | tuple[str, ...]) -> list[str]:
@@ -81,22 +95,29 @@ def _exists_error(dest) -> ConfigError:
 
 
 def _copy_local(bundle: Path, dest: Path, force: bool) -> None:
-    if dest.exists() and not force:
+    if (dest.exists() or dest.is_symlink()) and not force:
         raise _exists_error(dest)
     partial = dest.with_name(dest.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
+    _remove(partial)
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(bundle, partial)
     verify_bundle(partial, hashes_only=True)
-    if dest.exists():
+    if dest.exists() or dest.is_symlink():
         old = dest.with_name(dest.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
         dest.rename(old)
         partial.rename(dest)
-        shutil.rmtree(old)
+        _remove(old)
     else:
         partial.rename(dest)
+
+
+def _remove(path: Path) -> None:
+    """Whatever is at `path`: a folder (its tree), a file or a symlink (itself, never its target)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 def _copy_remote(bundle: Path, dest: Remote, opts: list[str], force: bool, transfer: str) -> None:
@@ -111,9 +132,9 @@ def _copy_remote(bundle: Path, dest: Remote, opts: list[str], force: bool, trans
         transfer = "rsync" if both else "scp"
     if transfer == "rsync":
         ssh_cmd = shlex.join(["ssh", *opts])
-        _run(["rsync", "-a", "--delete", "-e", ssh_cmd, f"{bundle}/", f"{dest.host}:{partial}/"], "rsync")
+        _run(["rsync", "-a", "--delete", "-e", ssh_cmd, "--", f"{bundle}/", f"{dest.host}:{partial}/"], "rsync")
     else:
-        _run(["scp", "-q", "-r", *opts, str(bundle), f"{dest.host}:{partial}"], "scp")
+        _run(["scp", "-q", "-r", *opts, "--", str(bundle), f"{dest.host}:{partial}"], "scp")
     check = _ssh(dest.host, opts, f"cd {q(partial)} && sha256sum -c --quiet {CHECKSUMS}", check=False)
     if check.returncode != 0:
         bad = [line.split(":")[0] for line in check.stdout.splitlines() if "FAILED" in line]
@@ -128,7 +149,7 @@ def _copy_remote(bundle: Path, dest: Remote, opts: list[str], force: bool, trans
 
 
 def _ssh(host: str, opts: list[str], command: str, check: bool = True) -> subprocess.CompletedProcess:
-    return _run(["ssh", *opts, host, command], "ssh", check=check)
+    return _run(["ssh", *opts, "--", host, command], "ssh", check=check)  # "--": options end before the host
 
 
 def _run(cmd: list[str], what: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -1,37 +1,19 @@
 """`edgekd build` and `edgekd bench-engine`: the on-device TensorRT commands.
 
 They only parse options and call `build.build_engine` / `engine.benchmark_engine`;
-an EdgekdError becomes its message, its hint and its documented exit code.
-`register(group)` adds both commands to the main `edgekd` click group.
+`register(group)` adds both commands to the main `edgekd` click group, whose
+error edge (edgekd.cli) turns an EdgekdError into its message, its hint and its
+documented exit code.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 
 import click
 
-from edgekd.errors import EdgekdError
-
 PRECISION_CHOICE = click.Choice(["fp32", "fp16", "int8"])
-
-
-def _exit_on_error(func):
-    """Print an EdgekdError as 'error: ... / hint: ...' and exit with its code."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except EdgekdError as exc:
-            click.echo(f"error: {exc.message}", err=True)
-            if exc.hint:
-                click.echo(f"hint: {exc.hint}", err=True)
-            raise SystemExit(exc.exit_code) from None
-
-    return wrapper
 
 
 @click.command("build")
@@ -76,7 +58,6 @@ def _exit_on_error(func):
     default=None,
     help="Timing cache file. Default: one per TensorRT version next to the engine.",
 )
-@_exit_on_error
 def build_command(
     artifact,
     target,
@@ -135,7 +116,7 @@ def build_command(
     "--val",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    help="The bundle's val.npz (x float32 NCHW, y int64) to measure accuracy.",
+    help="The bundle's data/test.npz (x float32 NCHW, y int64) to measure accuracy on.",
 )
 @click.option(
     "--json",
@@ -144,9 +125,8 @@ def build_command(
     default=None,
     help="Also write the results here as JSON.",
 )
-@_exit_on_error
 def bench_engine_command(engine, batch, warmup_ms, duration, val, json_out):
-    """Time ENGINE like trtexec (GPU compute and end-to-end latency) and score it on a val.npz."""
+    """Time ENGINE like trtexec (GPU compute and end-to-end latency) and score it on a test.npz."""
     from edgekd.trt.engine import benchmark_engine
 
     result = benchmark_engine(engine, batch=batch, warmup_s=warmup_ms / 1000, duration_s=duration, val=val)

@@ -14,36 +14,31 @@ events as GPU compute (enqueue to end of execution) and as end-to-end latency
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
+from edgekd.artifacts import read_sidecar, sha256_file
+from edgekd.bench.stats import summarize
 from edgekd.errors import DataError, ModelError, RuntimeBackendError
-from edgekd.artifacts import sha256_file, sidecar_path
 from edgekd.trt.build import SIDECAR_FORMAT, import_tensorrt
 
 REBUILD_HINT = "Rebuild on this device: `edgekd build ARTIFACT.onnx --target <your target>`."
 
 
-def read_sidecar(engine_path: str | Path) -> dict:
-    path = sidecar_path(engine_path)
+def engine_sidecar(engine_path: str | Path) -> dict:
+    """The engine's sidecar (edgekd.artifacts.read_sidecar, required here: without it the engine's
+    TensorRT version and GPU are unknown), checked to be an edgekd engine sidecar."""
     if not Path(engine_path).is_file():
         raise RuntimeBackendError(f"Engine file {str(engine_path)!r} does not exist.", "Check the path.")
-    if not path.is_file():
-        raise RuntimeBackendError(
-            f"{Path(engine_path).name} has no sidecar {path.name}, "
-            "so its TensorRT version and GPU are unknown.",
-            REBUILD_HINT,
-        )
     try:
-        sidecar = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise RuntimeBackendError(f"Cannot read {path.name}: {exc}.", REBUILD_HINT) from None
-    if not isinstance(sidecar, dict) or sidecar.get("format") != SIDECAR_FORMAT:
+        sidecar = read_sidecar(engine_path, required=True)
+    except DataError as exc:
+        raise RuntimeBackendError(f"{exc.message} Its TensorRT version and GPU are unknown.", REBUILD_HINT) from None
+    if sidecar.get("format") != SIDECAR_FORMAT:
         raise RuntimeBackendError(
-            f"{path.name} is not an edgekd engine sidecar ({SIDECAR_FORMAT}).", REBUILD_HINT
+            f"{Path(engine_path).name}'s sidecar is not an edgekd engine sidecar ({SIDECAR_FORMAT}).", REBUILD_HINT
         )
     return sidecar
 
@@ -99,7 +94,7 @@ class EngineRunner:
 
         self._cuda = _cuda
         self.path = Path(engine_path)
-        self.sidecar = read_sidecar(self.path)
+        self.sidecar = engine_sidecar(self.path)
         trt = self._trt = import_tensorrt()
         self._runtime, self.engine = load_engine(trt, self.path, self.sidecar)
         self.context = self.engine.create_execution_context()
@@ -118,7 +113,7 @@ class EngineRunner:
             raise DataError(
                 f"Input of shape {list(x.shape)} does not fit {self.path.name}, which takes "
                 f"(N, {', '.join(map(str, self.sample_shape))}).",
-                "Preprocess the data as the bundle's val.npz was.",
+                "Preprocess the data as the bundle's data/test.npz was.",
             )
         outputs = []
         for start in range(0, len(x), self.max_batch):
@@ -257,54 +252,36 @@ def _loop(runner: EngineRunner, buffers: dict, events: list, seconds: float, min
             return compute, latency, wall
 
 
-def summarize(samples_ms) -> dict:
-    """Mean, spread and percentiles (numpy's linear interpolation) of timings in ms."""
-    a = np.asarray(samples_ms, dtype=np.float64)
-    if a.size == 0:
-        raise ValueError("no timing samples")
-    p50, p90, p95, p99 = np.percentile(a, [50, 90, 95, 99])
-    return {
-        "mean": float(a.mean()),
-        "std": float(a.std()),
-        "min": float(a.min()),
-        "max": float(a.max()),
-        "p50": float(p50),
-        "p90": float(p90),
-        "p95": float(p95),
-        "p99": float(p99),
-    }
-
-
 def load_val(npz_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """The bundle's validation set: `x` float32 (N, C, H, W) preprocessed, `y` int64 (N,) labels."""
     path = Path(npz_path)
     if not path.is_file():
         raise DataError(
-            f"Validation file {str(path)!r} does not exist.", "It ships in the bundle as val.npz."
+            f"Evaluation file {str(path)!r} does not exist.", "It ships in the bundle as data/test.npz."
         )
     with np.load(path, allow_pickle=False) as data:
         missing = {"x", "y"} - set(data.files)
         if missing:
             raise DataError(
                 f"{path.name} lacks key(s) {sorted(missing)}; it has {sorted(data.files)}.",
-                "val.npz holds `x` (float32 NCHW) and `y` (int64 labels).",
+                "A run's data/test.npz holds `x` (float32 NCHW) and `y` (int64 labels).",
             )
         x, y = data["x"], data["y"]
     if x.ndim != 4 or x.dtype != np.float32:
         raise DataError(
             f"{path.name}: `x` must be float32 (N, C, H, W), got {x.dtype} {list(x.shape)}.",
-            "Re-create the bundle's val.npz.",
+            "Re-create the bundle's data/test.npz.",
         )
     if y.ndim != 1 or y.dtype.kind not in "iu" or len(y) != len(x):
         raise DataError(
             f"{path.name}: `y` must be {len(x)} integer labels, got {y.dtype} {list(y.shape)}.",
-            "Re-create the bundle's val.npz.",
+            "Re-create the bundle's data/test.npz.",
         )
     return x, y.astype(np.int64)
 
 
 def evaluate(runner, npz_path: str | Path) -> dict:
-    """Top-1 accuracy of `runner` (anything with .run(x) -> logits) on a val.npz."""
+    """Top-1 accuracy of `runner` (anything with .run(x) -> logits) on an (x, y) .npz such as data/test.npz."""
     x, y = load_val(npz_path)
     logits = np.asarray(runner.run(x))
     logits = logits.reshape(len(x), -1)
@@ -324,7 +301,7 @@ def benchmark_engine(
     duration_s: float = 3.0,
     val: str | Path | None = None,
 ) -> dict:
-    """Load, benchmark and (with a val.npz) score one engine; a JSON-ready dict."""
+    """Load, benchmark and (with a data/test.npz) score one engine; a JSON-ready dict."""
     with load_runner(engine_path) as runner:
         result = runner.benchmark(batch, warmup_s=warmup_s, duration_s=duration_s)
         if val is not None:

@@ -16,7 +16,7 @@ from tests.bench.fakerun import SHAPE
 @pytest.fixture(scope="module")
 def measured(fake_run):
     arts = [
-        ArtifactToMeasure("teacher-pytorch", "pytorch", fake_run / "teacher.pt"),
+        ArtifactToMeasure("teacher-pytorch", "pytorch", fake_run / "teacher.safetensors"),
         ArtifactToMeasure("teacher-fp32", "onnxruntime", fake_run / "teacher.onnx"),
         ArtifactToMeasure("student-int8", "onnxruntime", fake_run / "student.int8.onnx"),
     ]
@@ -91,3 +91,44 @@ def test_settings_and_names_are_checked(fake_run):
         measure_artifacts([a, a], SHAPE, None, BenchSettings(**QUICK))
     with pytest.raises(RuntimeBackendError, match="Unknown runtime"):
         measure_artifacts([ArtifactToMeasure("x", "tflite", fake_run / "student.onnx")], SHAPE, None, BenchSettings(**QUICK))
+
+
+def test_a_target_asking_for_more_threads_than_cores_is_capped(monkeypatch):
+    from edgekd.bench import measure
+
+    monkeypatch.setattr(measure, "usable_cores", lambda: 2)
+    threads, note = measure.resolve_threads(BenchSettings(), load_target("rpi5"))  # rpi5: 4 threads
+    assert threads == 2 and "asks for 4 threads" in note
+    assert measure.resolve_threads(BenchSettings(), load_target("host-cpu")) == (2, None)
+    assert measure.resolve_threads(BenchSettings(threads=3), load_target("rpi5")) == (3, None)  # asked: kept
+
+
+@pytest.mark.parametrize("loaded, batch, refused", [
+    ({}, 8, None),
+    ({"fixed_batch": 1}, 8, "takes only batch 1"),
+    ({"min_batch": 1, "max_batch": 1}, 8, "admits batch 1..1"),  # `edgekd build`'s default engine profile
+    ({"min_batch": 1, "max_batch": 8}, 8, None),
+    ({"min_batch": 4, "max_batch": 8}, 1, "admits batch 4..8"),
+])
+def test_batches_outside_an_engine_profile_are_skipped_with_the_reason(loaded, batch, refused):
+    from edgekd.bench.measure import batch_refusal
+
+    reason = batch_refusal(loaded, batch)
+    assert (reason is None) if refused is None else (refused in reason)
+
+
+def test_the_worker_never_times_a_batch_its_runner_would_split():
+    from edgekd.bench.worker import Worker
+    from edgekd.errors import DataError
+
+    class BatchOneEngine:  # what EngineRunner reports for a max-batch-1 profile
+        min_batch, max_batch, fixed_batch, input_shape = 1, 1, None, SHAPE
+
+        def run(self, x):
+            return np.zeros((len(x), 4), np.float32)
+
+    worker = Worker()
+    worker.runner, worker.input_shape = BatchOneEngine(), SHAPE
+    assert worker.warmup(batch=1, seconds=0)["iterations"] == 1
+    with pytest.raises(DataError, match="batch 8"):
+        worker.warmup(batch=8, seconds=0)

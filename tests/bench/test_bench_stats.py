@@ -11,11 +11,12 @@ def test_summarize_matches_numpy():
     assert set(s) == set(STAT_KEYS)
     assert s["p50"] == pytest.approx(np.median(samples), rel=1e-12)
     assert s["p90"] == pytest.approx(np.percentile(samples, 90), rel=1e-12)
+    assert s["p95"] == pytest.approx(np.percentile(samples, 95), rel=1e-12)
     assert s["p99"] == pytest.approx(np.percentile(samples, 99), rel=1e-12)
     assert s["mean"] == pytest.approx(samples.mean(), rel=1e-12)
     assert s["std"] == pytest.approx(samples.std(), rel=1e-12)
     assert (s["min"], s["max"]) == (samples.min(), samples.max())
-    assert s["min"] <= s["p50"] <= s["p90"] <= s["p99"] <= s["max"]
+    assert s["min"] <= s["p50"] <= s["p90"] <= s["p95"] <= s["p99"] <= s["max"]
 
 
 def test_single_sample_and_empty():

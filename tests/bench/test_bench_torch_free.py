@@ -38,7 +38,7 @@ m = measure_artifacts([ArtifactToMeasure("int8", "onnxruntime", run / "student.i
                       None, None, settings, data=run / "data" / "val.npz")
 checked = verify_bundle(bundle)
 try:  # the pytorch runner must fail here, in its worker: proves workers are blocked too
-    measure_artifacts([ArtifactToMeasure("pt", "pytorch", run / "student.pt")], (3, 32, 32), None, settings)
+    measure_artifacts([ArtifactToMeasure("pt", "pytorch", run / "student.safetensors")], (3, 32, 32), None, settings)
     torch_worker = "ran"
 except RuntimeBackendError as exc:
     torch_worker = str(exc)

@@ -15,9 +15,9 @@ def test_unknown_timm_name_suggests_close_ones():
 
 def test_checkpoint_round_trip_rebuilds_without_config(tmp_path):
     model = build("resnet10t", {"num_classes": 3, "in_chans": 1}).eval()
-    save_checkpoint(tmp_path / "m.pt", model, "resnet10t", {"num_classes": 3, "in_chans": 1}, metrics={"a": 1})
+    save_checkpoint(tmp_path / "m.safetensors", model, "resnet10t", {"num_classes": 3, "in_chans": 1}, metrics={"a": 1})
     x = torch.randn(1, 1, 32, 32)
-    assert torch.equal(load_model(tmp_path / "m.pt")(x), model(x))
+    assert torch.equal(load_model(tmp_path / "m.safetensors")(x), model(x))
 
 
 def test_teacher_from_state_dict_adapts_head_and_channels(tmp_path):

@@ -33,8 +33,8 @@ def test_derived_student_is_smaller_runs_at_32px_and_rebuilds(family, tmp_path):
     x = torch.randn(2, 1, 32, 32)
     assert student(x).shape == (2, 10)
     # (arch, kwargs) alone rebuild it: through timm directly and through an edgekd checkpoint.
-    save_checkpoint(tmp_path / "s.pt", student, s_arch, s_kwargs)
-    assert torch.equal(load_model(tmp_path / "s.pt")(x), student(x))
+    save_checkpoint(tmp_path / "s.safetensors", student, s_arch, s_kwargs)
+    assert torch.equal(load_model(tmp_path / "s.safetensors")(x), student(x))
     assert _params(timm.create_model(s_arch, **s_kwargs)) == _params(student)
 
 

@@ -39,11 +39,12 @@ def first(tmp_path_factory):
 def test_two_teachers_and_an_assistant_run_end_to_end(first):
     _, result = first
     run_dir = result.run_dir
-    for name in ("teacher.pt", "teachers/1.pt", "assistants/1.pt", "student.pt", "student.onnx", "report.json"):
+    for name in ("teacher.safetensors", "teachers/1.safetensors", "assistants/1.safetensors", "student.safetensors", "student.onnx", "report.json"):
         assert (run_dir / name).is_file(), name
     teacher = result.records["teacher"]["result"]
-    assert [t["weight"] for t in teacher["teachers"]] == [2.0, 1.0]
+    assert [t["path"] for t in teacher["teachers"]] == ["teacher.safetensors", "teachers/1.safetensors"]
     student = result.records["student"]["result"]
+    assert [t["weight"] for t in student["teacher_ensemble"]] == [2.0, 1.0]  # the weights shape the student only
     assert [link["name"] for link in student["chain"]] == ["assistant1", "student"]
     report = json.loads((run_dir / "report.json").read_text())
     assert [a["name"] for a in report["artifacts"]][0] == "teacher-pytorch"  # the primary teacher

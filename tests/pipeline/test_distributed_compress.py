@@ -94,7 +94,7 @@ def test_sharded_teacher_cache_holds_every_training_image_in_order(runs):
     run_dir, _ = runs["two"]
     cached = np.load(next((run_dir / "cache").glob("teacher_logits.*.npy")))
     train_x = load_data(DataConfig(kind="digits", input_size=16)).train_x
-    expected = predict_logits(load_model(run_dir / "teacher.pt"), torch.from_numpy(train_x)).numpy()
+    expected = predict_logits(load_model(run_dir / "teacher.safetensors"), torch.from_numpy(train_x)).numpy()
     assert cached.shape == expected.shape
     np.testing.assert_allclose(cached, expected, rtol=0, atol=1e-4)
 
@@ -104,7 +104,7 @@ def test_checkpoints_load_in_one_process(runs):
     with np.load(run_dir / "data" / "val.npz") as npz:
         x, y = torch.from_numpy(npz["x"]), torch.from_numpy(npz["y"])
     record = json.loads((run_dir / ".edgekd" / "student.json").read_text())["result"]
-    student = load_model(run_dir / "student.pt")
+    student = load_model(run_dir / "student.safetensors")
     with torch.no_grad():
         accuracy = float((student(x).argmax(1) == y).float().mean())
     assert accuracy == pytest.approx(record["val_accuracy"], abs=1e-6)
@@ -113,11 +113,11 @@ def test_checkpoints_load_in_one_process(runs):
 def test_a_single_process_rerun_reuses_the_torchrun_results(runs, tmp_path):
     # The stage keys do not depend on the world size: nothing is recomputed.
     run_dir, _ = runs["two"]
-    before = {p.name: p.stat().st_mtime_ns for p in run_dir.glob("*.pt")}
+    before = {p.name: p.stat().st_mtime_ns for p in run_dir.glob("*.safetensors")}
     config = tmp_path / "two.yaml"
     config.write_text(CONFIG.format(batch=32))
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "edgekd", "compress", str(config), "--out", str(run_dir), "--quiet"],
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert {p.name: p.stat().st_mtime_ns for p in run_dir.glob("*.pt")} == before
+    assert {p.name: p.stat().st_mtime_ns for p in run_dir.glob("*.safetensors")} == before

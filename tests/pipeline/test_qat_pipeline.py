@@ -25,8 +25,7 @@ distill:
   train: {{epochs: 3, batch_size: 64, lr: 0.01}}
   qat: {{epochs: 1, batch_size: 64, lr: 0.001, warmup_epochs: 0}}
 quantize:
-  calibration: {REPO}/calib/digits.yaml
-  max_accuracy_drop: 0.3
+  max_int8_drop: 0.3
 targets: [host-cpu, jetson-orin-nano]
 bench: {{warmup_s: 0.02, min_iterations: 3, min_seconds: 0.02, batch_sizes: [1], rounds: 1}}
 """
@@ -70,10 +69,10 @@ def test_qat_file_is_the_tensorrt_int8_variant(run):
 def test_checkpoints_load_float_and_quantized(run):
     from edgekd.quantize.qat import quantizers
 
-    float_student = load_model(run[1] / "student.pt")
+    float_student = load_model(run[1] / "student.safetensors")
     assert not quantizers(float_student)
     assert any(m.__class__.__name__ == "BatchNorm2d" for m in float_student.modules())
-    qat_student = load_model(run[1] / "student.qat.pt")
+    qat_student = load_model(run[1] / "student.qat.safetensors")
     assert quantizers(qat_student)
 
 
@@ -123,7 +122,7 @@ def test_qat_trains_under_torchrun(tmp_path):
     assert len((run_dir / "student-qat.metrics.jsonl").read_text().splitlines()) == 1  # rank 0 alone writes
     rows = {a["name"]: a for a in json.loads((run_dir / "report.json").read_text())["artifacts"]}
     assert rows["student-qat-int8"]["accuracy"] > 0.8  # measured 0.97 (test_resnet teacher 0.98)
-    assert quantizers_of(run_dir / "student.qat.pt")
+    assert quantizers_of(run_dir / "student.qat.safetensors")
 
 
 def quantizers_of(path):

@@ -21,7 +21,7 @@ def _ctx(tmp_path, distill: dict, teachers: list[dict] | None = None, stage_key=
             "distill": {**distill, "train": {"epochs": 1, "batch_size": 128, "channels_last": False}}}
     data.update({"teachers": teachers} if teachers else {"teacher": {"model": "resnet18"}})
     ctx = RunContext(parse(CompressConfig, data, "test"), tmp_path, ui=UI(quiet=True), stage_key=stage_key)
-    for i, path in enumerate(["teacher.pt"] + [f"teachers/{i}.pt" for i in range(1, len(teachers or [None]))]):
+    for i, path in enumerate(["teacher.safetensors"] + [f"teachers/{i}.safetensors" for i in range(1, len(teachers or [None]))]):
         torch.manual_seed(i)
         (tmp_path / path).parent.mkdir(exist_ok=True)
         save_checkpoint(tmp_path / path, build("resnet18", TEACHER_KWARGS), "resnet18", TEACHER_KWARGS,
@@ -34,7 +34,7 @@ def test_several_teachers_cache_their_combined_soft_targets(tmp_path, single_thr
     result = run_student(ctx)
     assert result["teacher_cache"].startswith("on:")
     assert [t["weight"] for t in result["teacher_ensemble"]] == [2.0, 1.0]
-    single = train_stages._cache_tag(ctx, ["teacher.pt"])
+    single = train_stages._cache_tag(ctx, ["teacher.safetensors"])
     assert len(list((tmp_path / "cache").glob("teacher_logits.*.npy"))) == 1
     assert not (tmp_path / "cache" / f"teacher_logits.{single}.npy").exists()  # not the primary's own logits
 
@@ -61,10 +61,10 @@ def test_assistant_chain_with_born_again_generations_saves_every_link(tmp_path, 
     assert result["chain"][0]["params"] > result["chain"][1]["params"] == result["chain"][2]["params"]
     assert all(0 <= link["val_accuracy"] <= 1 for link in result["chain"])
     assert result["val_accuracy"] == result["chain"][-1]["val_accuracy"]  # the last generation is the student
-    for path in ("assistants/1.pt", "generations/1.pt", "student.pt"):
+    for path in ("assistants/1.safetensors", "generations/1.safetensors", "student.safetensors"):
         assert (tmp_path / path).is_file(), path
-    assert read_checkpoint(tmp_path / "assistants/1.pt")["arch_kwargs"]["channels"] == [8, 16, 32, 64]
-    assert read_checkpoint(tmp_path / "student.pt")["arch_kwargs"]["channels"] == [8, 8, 16, 32]
+    assert read_checkpoint(tmp_path / "assistants/1.safetensors")["arch_kwargs"]["channels"] == [8, 16, 32, 64]
+    assert read_checkpoint(tmp_path / "student.safetensors")["arch_kwargs"]["channels"] == [8, 8, 16, 32]
 
 
 def test_online_peers_need_no_teacher_and_the_best_peer_is_the_student(tmp_path, single_thread, monkeypatch):
@@ -74,8 +74,8 @@ def test_online_peers_need_no_teacher_and_the_best_peer_is_the_student(tmp_path,
     accuracies = [p["val_accuracy"] for p in result["peers"]]
     assert len(accuracies) == 2 and result["val_accuracy"] == max(accuracies)
     assert result["peers"][0]["seed"] != result["peers"][1]["seed"]
-    student = load_model(tmp_path / "student.pt")
-    assert read_checkpoint(tmp_path / "student.pt")["metrics"]["best_peer"] == result["best_peer"]
+    student = load_model(tmp_path / "student.safetensors")
+    assert read_checkpoint(tmp_path / "student.safetensors")["metrics"]["best_peer"] == result["best_peer"]
     assert sum(p.numel() for p in student.parameters()) == result["params"]
 
 

@@ -23,7 +23,7 @@ def _ctx(tmp_path, losses, init="random", cache=True) -> RunContext:
     ctx = RunContext(parse(CompressConfig, data, "test"), tmp_path, ui=UI(quiet=True), stage_key="k")
     torch.manual_seed(0)
     teacher = build("resnet18", TEACHER_KWARGS)
-    save_checkpoint(tmp_path / "teacher.pt", teacher, "resnet18", TEACHER_KWARGS, preprocess=ctx.data.preprocess.to_dict())
+    save_checkpoint(tmp_path / "teacher.safetensors", teacher, "resnet18", TEACHER_KWARGS, preprocess=ctx.data.preprocess.to_dict())
     return ctx
 
 
@@ -33,7 +33,7 @@ def test_feature_losses_run_the_teacher_live_and_leave_no_adapters_in_the_studen
     assert result["teacher_cache"].startswith("off: fitnets, rkd read teacher internals")
     assert result["init"].startswith("teacher (ResNet") and "init_val_accuracy" in result
     assert result["loss_params"] > 0 and "fitnets (layer1<-layer1" in result["losses"]
-    ckpt = read_checkpoint(tmp_path / "student.pt")
+    ckpt = read_checkpoint(tmp_path / "student.safetensors")
     assert ckpt["arch_kwargs"]["channels"] == [8, 16, 32, 64]  # derived from the teacher checkpoint's own kwargs
     student = build(ckpt["arch"], ckpt["arch_kwargs"])
     assert set(ckpt["state_dict"]) == set(student.state_dict())  # no adapter tensors
@@ -101,4 +101,4 @@ def test_student_trains_on_its_share_with_withheld_labels(tmp_path, monkeypatch,
     # the teacher stage trains on everything except the withheld labels
     teacher_x, teacher_y = train_stages._teacher_train_xy(ctx)
     assert len(teacher_y) == n - used["unlabeled"] and (teacher_y >= 0).all()
-    assert "labels_withheld" in train_stages._teacher_params(ctx)
+    assert {"data.train_fraction", "distill.unlabeled_fraction"} <= set(train_stages._teacher_reads(ctx))

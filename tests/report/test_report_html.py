@@ -34,8 +34,7 @@ def _screenshot(page, png, tmp_path) -> str:
 
 
 def _report():
-    report = fake_report()
-    report["selected"] = "student-int8"
+    report = fake_report()  # as the pipeline writes it: `recommended` names student-int8
     report["notes"] = ["student-int8 is the fastest artifact that passes the accuracy gate."]
     return report
 
@@ -58,6 +57,21 @@ def test_page_is_self_contained(tmp_path):
     for name in ("teacher-pytorch", "student-int8", "FAIL", "pass", "host-cpu"):
         assert name in html
     assert not (tmp_path / "report.html.partial").exists()
+
+
+def test_the_recommended_artifact_is_highlighted():
+    html = render_html(_report())
+    highlighted = re.findall(r'<tr class="selected"><td>([^<]+)</td>', html)
+    assert highlighted == ["student-int8"] and "the recommended artifact, student-int8" in html
+
+
+def test_every_target_gets_its_badge_and_unmeasured_ones_say_so():
+    report = _report()
+    student = report["artifacts"][2]
+    student["budgets"]["rpi5"] = {"target": "rpi5", "latency_ms": 50.0, "measured_on_target": False, "pass": None,
+                                  "checks": {"accuracy": True}, "not_measured_on_target": "measured on x86_64"}
+    html = render_html(report)
+    assert "host-cpu: pass" in html and "rpi5: not measured" in html and "measured on x86_64" in html
 
 
 def test_untrusted_text_is_escaped_and_missing_fields_are_tolerated():

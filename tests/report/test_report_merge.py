@@ -70,3 +70,16 @@ def test_bad_reports_are_data_errors(tmp_path):
         load_report(tmp_path / "bad.json")
     with pytest.raises(DataError, match="schema_version"):
         load_report(_write(tmp_path, "old", {"schema_version": 0}))
+
+
+def test_a_row_not_measured_on_its_target_is_not_a_failure(tmp_path):
+    ws = fake_report(host="ws")
+    ws["artifacts"][2]["budget"] = {"target": "rpi5", "measured_on_target": False, "pass": None,
+                                    "checks": {"accuracy": True}}
+    row = next(r for r in merge_reports([ws])["rows"] if r["artifact"] == "student-fp32")
+    assert row["budget"] == "not measured on rpi5, accuracy ok"
+
+
+def test_reports_of_the_previous_schema_still_merge(tmp_path):
+    old = {**fake_report(host="old-pi"), "schema_version": 1}
+    assert load_report(_write(tmp_path, "old", old))["schema_version"] == 1

@@ -1,4 +1,5 @@
-"""Bundles built from a real run directory: contents, manifest, selection rules."""
+"""Bundles built from a real run directory: contents, manifest, selection rules; only current, contained
+files of the run directory go in (docs/security.md)."""
 
 import json
 import shutil
@@ -7,17 +8,18 @@ import subprocess
 import numpy as np
 import pytest
 
-from edgekd.errors import ConfigError, DataError
+from edgekd.errors import BusyError, ConfigError, DataError
 from edgekd.runtime.ort import make_session, predict
+from edgekd.ship import ship
 from edgekd.ship.bundle import build_bundle, select_artifacts
-from edgekd.ship.verify import sha256_file
+from edgekd.artifacts import sha256_file
 from edgekd.targets import load_target
 from tests.bench.fakerun import CLASSES, PREPROCESS, fake_report
 
 
 @pytest.fixture(scope="module")
 def bundle(fake_run, tmp_path_factory):
-    return build_bundle(fake_run, load_target("host-cpu"), tmp_path_factory.mktemp("b") / "bundle", golden_samples=5)
+    return build_bundle(fake_run, load_target("host-cpu"), tmp_path_factory.mktemp("b") / "bundle", golden_samples=64)
 
 
 def test_manifest_describes_the_models(bundle):
@@ -31,7 +33,7 @@ def test_manifest_describes_the_models(bundle):
     assert fp32["sidecar"] == "student.onnx.json" and (bundle / "student.int8.onnx.json").is_file()
     assert m["preprocess"] == PREPROCESS  # from the sidecar
     assert m["labels"] == CLASSES  # from the ONNX metadata_props
-    assert m["golden"]["samples"] == 5
+    assert m["golden"]["samples"] == 64
     assert m["versions"]["onnxruntime"] and m["versions"]["edgekd"]
     assert not (bundle / "teacher.onnx").exists()
 
@@ -47,8 +49,8 @@ def test_hashes_cover_every_file(bundle):
 
 
 def test_golden_data_are_the_first_samples_through_ort(bundle, fake_run):
-    with np.load(fake_run / "data" / "val.npz") as npz:
-        x, y = npz["x"][:5], npz["y"][:5]
+    with np.load(fake_run / "data" / "test.npz") as npz:
+        x, y = npz["x"][:64], npz["y"][:64]
     np.testing.assert_array_equal(np.load(bundle / "golden" / "inputs.npy"), x)
     np.testing.assert_array_equal(np.load(bundle / "golden" / "labels.npy"), y)
     expected = predict(make_session(fake_run / "student.int8.onnx", threads=2), x)
@@ -85,10 +87,163 @@ def test_selection_rules():
 def test_missing_pieces_are_data_errors(fake_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(fake_run, run)
-    (run / "data" / "val.npz").unlink()
-    with pytest.raises(DataError, match="val.npz"):
+    (run / "data" / "test.npz").unlink()
+    with pytest.raises(DataError, match="test.npz"):
         build_bundle(run, load_target("host-cpu"), tmp_path / "b1")
-    shutil.copy(fake_run / "data" / "val.npz", run / "data" / "val.npz")
+    shutil.copy(fake_run / "data" / "test.npz", run / "data" / "test.npz")
     (run / "student.int8.onnx").unlink()
     with pytest.raises(DataError, match="student-int8"):
         build_bundle(run, load_target("host-cpu"), tmp_path / "b2")
+
+
+# ------------------------------------------------------------------ what may go into a bundle
+
+
+@pytest.fixture
+def run(fake_run, tmp_path):
+    """A private copy of the fake run directory (records included)."""
+    copy = tmp_path / "run"
+    shutil.copytree(fake_run, copy, symlinks=True)
+    return copy
+
+
+def _report_stage(run, change):
+    """Re-run the report stage through the engine with change(report) applied: report.json and its
+    record agree, as after a real run (the path, not the staleness check, is what is tested)."""
+    from tests.bench.fakerun import fake_report, run_fake_stages
+
+    def write(_):
+        report = fake_report(run)
+        change(report)
+        (run / "report.json").write_text(json.dumps(report))
+        return {"outputs": ["report.json", "report.md"]}
+
+    run_fake_stages(run, [("report", write, [".edgekd/export.json", ".edgekd/quantize.json"])], force=True)
+
+
+def _path(report, name, path):
+    next(a for a in report["artifacts"] if a["name"] == name)["path"] = path
+
+
+def _recorded(run, change):
+    """Re-record the export stage with change(its artifact list) applied, then the report, through the
+    engine: records and report.json agree, as if `edgekd compress` had written them (ship takes the
+    artifacts from the records, so that is where a crafted path or name would have to be)."""
+    from edgekd.artifacts import STUDENT_CHECKPOINT, TEACHER_CHECKPOINT
+    from tests.bench.fakerun import RECORDED, fake_report, run_fake_stages
+
+    def export(_):
+        listed = [a.to_dict() for a in RECORDED["export"]]
+        change(listed)
+        return {"outputs": ["teacher.onnx", "teacher.onnx.json", "student.onnx", "student.onnx.json"],
+                "artifacts": listed}
+
+    def report(_):
+        (run / "report.json").write_text(json.dumps(fake_report(run)))
+        return {"outputs": ["report.json", "report.md"]}
+
+    run_fake_stages(run, [("export", export, [TEACHER_CHECKPOINT, STUDENT_CHECKPOINT]),
+                          ("report", report, [".edgekd/export.json", ".edgekd/quantize.json"])], force=True)
+
+
+def _artifact_named(listed, name):
+    return next(a for a in listed if a["name"] == name)
+
+
+@pytest.fixture
+def outside(tmp_path, fake_run):
+    """A secret next to the run directory: a real ONNX file and a JSON one."""
+    folder = tmp_path / "private"
+    folder.mkdir()
+    shutil.copy(fake_run / "teacher.onnx", folder / "secret.onnx")
+    (folder / "secret.json").write_text('{"api_key": "do-not-ship"}')
+    return folder
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute"])
+def test_recorded_paths_outside_the_run_directory_are_not_shipped(run, outside, tmp_path, how):
+    path = "../private/secret.onnx" if how == "dotdot" else str(outside / "secret.onnx")
+    _recorded(run, lambda listed: _artifact_named(listed, "student-fp32").update(path=path))
+    with pytest.raises(DataError, match="absolute or leaves its folder"):
+        ship(run, load_target("host-cpu"), str(tmp_path / "bundle"))
+    assert not (tmp_path / "bundle").exists()
+
+
+@pytest.mark.parametrize("which", ["student.onnx", "student.onnx.json"])
+def test_symlinked_artifacts_and_sidecars_are_not_shipped(run, outside, tmp_path, which):
+    (run / which).unlink()
+    (run / which).symlink_to(outside / ("secret.onnx" if which.endswith(".onnx") else "secret.json"))
+    with pytest.raises(DataError, match="goes through a symlink"):
+        ship(run, load_target("host-cpu"), str(tmp_path / "bundle"))
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_report_paths_are_not_what_ships(run, outside, tmp_path):
+    """report.json's paths are descriptions: the files shipped are the ones the stage records list."""
+    _report_stage(run, lambda r: _path(r, "student-fp32", "../private/secret.onnx"))
+    ship(run, load_target("host-cpu"), str(tmp_path / "bundle"))
+    assert sha256_file(tmp_path / "bundle" / "student.onnx") == sha256_file(run / "student.onnx")
+
+
+def test_two_artifacts_with_one_file_name_are_refused(run, tmp_path):
+    def twin(listed):
+        listed.append({**_artifact_named(listed, "student-fp32"), "name": "student-fp32-b", "path": "b/student.onnx"})
+
+    _recorded(run, twin)
+    with pytest.raises(ConfigError, match="same file name 'student.onnx'"):
+        ship(run, load_target("host-cpu"), str(tmp_path / "bundle"))
+
+
+def test_an_artifact_name_that_is_a_path_is_refused(run, tmp_path):
+    _recorded(run, lambda listed: _artifact_named(listed, "student-fp32").update(name="../x"))
+    with pytest.raises(DataError, match="not a plain name"):
+        ship(run, load_target("host-cpu"), str(tmp_path / "bundle"))
+
+
+def test_a_stale_report_is_not_shipped(run, tmp_path):
+    """A later run re-exported the student and stopped before its report: report.json describes the old file."""
+    from tests.bench.fakerun import run_fake_stages
+
+    def export_again(_):
+        (run / "student.onnx").write_bytes((run / "student.onnx").read_bytes() + b"\n")  # another export
+        return {"outputs": ["teacher.onnx", "teacher.onnx.json", "student.onnx", "student.onnx.json"]}
+
+    run_fake_stages(run, [("export", export_again, ["teacher.safetensors", "student.safetensors"])], force=True)
+    with pytest.raises(DataError, match=r"report.json is stale: \.edgekd/export\.json changed"):
+        ship(run, load_target("host-cpu"), str(tmp_path / "bundle"))
+
+
+def test_an_edited_report_or_artifact_is_not_shipped(run, tmp_path):
+    report = json.loads((run / "report.json").read_text())
+    report["artifacts"][2]["accuracy"] = 0.99
+    (run / "report.json").write_text(json.dumps(report))
+    with pytest.raises(DataError, match="not the one the report stage wrote"):
+        ship(run, load_target("host-cpu"), str(tmp_path / "b1"))
+
+
+def test_an_artifact_changed_after_its_stage_is_not_shipped(run, tmp_path):
+    (run / "student.int8.onnx").write_bytes((run / "student.int8.onnx").read_bytes() + b"\n")
+    with pytest.raises(DataError, match="student.int8.onnx .* is not the file its stage wrote"):
+        ship(run, load_target("host-cpu"), str(tmp_path / "bundle"))
+
+
+def test_ship_stages_under_the_run_directory_and_removes_a_killed_ships_leftovers(run, tmp_path):
+    from edgekd import rundir
+
+    stale = run / rundir.SCRATCH / "bundle-killed"
+    stale.mkdir(parents=True)
+    (stale / "student.onnx").write_bytes(b"x" * 1000)
+    ship(run, load_target("host-cpu"), str(tmp_path / "bundle"))
+    assert not (run / rundir.SCRATCH).exists() and (tmp_path / "bundle" / "manifest.json").is_file()
+
+
+def test_ship_waits_for_no_one_a_busy_run_directory_is_refused(run, tmp_path):
+    from tests.test_rundir import _holder
+
+    holder = _holder(run)
+    try:
+        with pytest.raises(BusyError, match=f"PID {holder.pid}"):
+            ship(run, load_target("host-cpu"), str(tmp_path / "bundle"))
+    finally:
+        holder.kill()
+        holder.wait()

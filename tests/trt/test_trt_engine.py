@@ -35,25 +35,14 @@ def write_engine(tmp_path, payload=b"plan-bytes", **overrides):
     return path
 
 
-def test_summarize_matches_numpy():
-    rng = np.random.default_rng(0)
-    samples = rng.gamma(2.0, 0.5, size=1001)
-    stats = engine.summarize(samples)
-    for key, q in (("p50", 50), ("p90", 90), ("p95", 95), ("p99", 99)):
-        assert stats[key] == pytest.approx(np.percentile(samples, q), rel=1e-12)
-    assert stats["mean"] == pytest.approx(samples.mean())
-    assert stats["min"] == samples.min() and stats["max"] == samples.max()
-    assert stats["p50"] <= stats["p90"] <= stats["p95"] <= stats["p99"] <= stats["max"]
+def test_engine_timings_use_the_one_summary():
+    from edgekd.bench import stats
 
-
-def test_summarize_single_sample_and_empty():
-    assert engine.summarize([2.5])["p99"] == 2.5
-    with pytest.raises(ValueError):
-        engine.summarize([])
+    assert engine.summarize is stats.summarize  # one definition: CPU rows and engines report the same keys
 
 
 def test_same_device_is_compatible(tmp_path):
-    sidecar = engine.read_sidecar(write_engine(tmp_path))
+    sidecar = engine.engine_sidecar(write_engine(tmp_path))
     assert engine.compatibility_problems(sidecar, "10.3.0.30", dict(ORIN)) == []
 
 
@@ -66,18 +55,18 @@ def test_same_device_is_compatible(tmp_path):
     ],
 )
 def test_other_device_or_version_is_reported(tmp_path, version, gpu, fragment):
-    sidecar = engine.read_sidecar(write_engine(tmp_path))
+    sidecar = engine.engine_sidecar(write_engine(tmp_path))
     problems = engine.compatibility_problems(sidecar, version, gpu)
     assert any(fragment in p for p in problems), problems
 
 
 def test_missing_engine_or_sidecar(tmp_path):
     with pytest.raises(RuntimeBackendError, match="does not exist"):
-        engine.read_sidecar(tmp_path / "none.engine")
+        engine.engine_sidecar(tmp_path / "none.engine")
     path = tmp_path / "orphan.engine"
     path.write_bytes(b"x")
     with pytest.raises(RuntimeBackendError, match="has no sidecar") as info:
-        engine.read_sidecar(path)
+        engine.engine_sidecar(path)
     assert "Rebuild on this device" in info.value.hint
 
 
@@ -86,7 +75,7 @@ def test_unreadable_sidecar(tmp_path, text):
     path = write_engine(tmp_path)
     sidecar_path(path).write_text(text)
     with pytest.raises(RuntimeBackendError):
-        engine.read_sidecar(path)
+        engine.engine_sidecar(path)
 
 
 def write_val(tmp_path, x, y, name="val.npz"):

@@ -1,0 +1,93 @@
+"""The search in the report: one `search` section per target and its Pareto plot.
+
+    sections = search_sections(result)        # [{target, budget_ms, margin, precision, candidates, chosen, cost}]
+    png = pareto_plot(sections[0])            # bytes (PNG, or SVG with fmt="svg"), None without candidates
+
+Plots are drawn as edgekd.report.plots draws the report's: matplotlib's Agg
+canvas, no pyplot, so the caller's matplotlib state is untouched.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edgekd.search.driver import SearchResult
+    from edgekd.search.rank import Judged
+
+
+def search_sections(result: "SearchResult") -> list[dict]:
+    """The report.json `search` data, one dict per target, in the targets' order."""
+    return [_section(result, plan) for plan in result.plans]
+
+
+def _section(result: "SearchResult", plan) -> dict:
+    t = plan.target
+    chosen = result.chosen[t.name]
+    rows = [j for j in result.judged if j.row.target == t.name]
+    runtime = result.runtimes.get(t.name)
+    return {
+        "target": t.name,
+        "budget_ms": t.budgets.latency_ms,
+        "memory_budget_mb": t.budgets.memory_mb,
+        "margin": result.search.margin,
+        "limit_ms": chosen.limit_ms,
+        "precision": chosen.candidate.precision,
+        "ranking": result.ranking,
+        "measured_on": plan.where,
+        "runtime": runtime.describe() if runtime else None,
+        "candidates": [_candidate(j, result) for j in rows],
+        "chosen": chosen.candidate.name,
+        "cost": dict(result.cost),
+    }
+
+
+def _candidate(j: "Judged", result: "SearchResult") -> dict:
+    c = j.candidate
+    proxy = result.scores.get(c.arch_name) if result.ranking == "proxy" else None
+    return {"name": c.name, "model": c.model, "width": c.width, "depth": c.depth, "input_size": c.input_size,
+            "precision": c.precision, "params": j.row.params, "flops": j.row.flops, "p50_ms": j.row.p50_ms,
+            "peak_rss_mb": j.row.peak_rss_mb, "proxy_accuracy": proxy, "fits": j.fits, "why_not": j.why_not,
+            "cached": j.row.cached}
+
+
+def pareto_plot(section: dict, fmt: str = "png") -> bytes | None:
+    """p50 latency vs proxy accuracy (or MFLOPs when ranked by FLOPs): fits in green, misses in red, the
+    Pareto front, the budget and margin lines, the chosen candidate starred."""
+    from edgekd.report.plots import FAIL, FRONT, PASS, _figure, _legend, _log_if_wide, pareto_front
+
+    rows = [c for c in section["candidates"] if c["p50_ms"] is not None]
+    if not rows:
+        return None
+    by_proxy = section["ranking"] == "proxy"
+    value = (lambda c: c["proxy_accuracy"]) if by_proxy else (lambda c: c["flops"] / 1e6)
+    rows = [c for c in rows if value(c) is not None]  # unscored (did not fit) have no proxy accuracy
+    if not rows:
+        return None
+    pts = [(c["p50_ms"], value(c)) for c in rows]
+    fig, ax = _figure(8.5, 4.6)
+    front = pareto_front(pts)
+    ax.step([pts[i][0] for i in front], [pts[i][1] for i in front], where="post", color=FRONT, lw=1.2, alpha=0.6,
+            label="Pareto front", zorder=1)
+    for marker, precision in (("o", "fp32"), ("^", "int8"), ("s", "fp16")):
+        mine = [(c, p) for c, p in zip(rows, pts) if c["precision"] == precision]
+        if mine:
+            ax.scatter([p[0] for _, p in mine], [p[1] for _, p in mine], s=42, marker=marker, edgecolor="white",
+                       color=[PASS if c["fits"] else FAIL for c, _ in mine], label=precision, zorder=3)
+    chosen = next(((c, p) for c, p in zip(rows, pts) if c["name"] == section["chosen"]), None)
+    if chosen is not None:
+        ax.scatter([chosen[1][0]], [chosen[1][1]], s=260, marker="*", color="#bf8700", edgecolor="black", lw=0.6,
+                   label=f"chosen: {section['chosen']}", zorder=4)
+    ax.axvline(section["budget_ms"], color=FAIL, ls="--", lw=1.2, label=f"budget {section['budget_ms']:g} ms")
+    ax.axvline(section["limit_ms"], color=FAIL, ls=":", lw=1.0, label=f"margin {section['margin']:g} x budget")
+    _log_if_wide(ax, [p[0] for p in pts] + [section["budget_ms"]], axis="x")
+    if not by_proxy:
+        _log_if_wide(ax, [p[1] for p in pts], axis="y")
+    ax.set_xlabel(f"p50 latency at batch 1 on {section['target']} (ms)")
+    ax.set_ylabel("proxy validation accuracy" if by_proxy else "MFLOPs (more: more capacity)")
+    ax.margins(x=0.1, y=0.1)
+    _legend(ax)
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt)
+    return buf.getvalue()
