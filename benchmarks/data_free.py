@@ -60,7 +60,7 @@ from edgekd.models.io import build, load_model, save_checkpoint  # noqa: E402
 from edgekd.models.stats import count_params  # noqa: E402
 from edgekd.models.student import student_spec  # noqa: E402
 from edgekd.schema import parse  # noqa: E402
-from edgekd.synth import generate_transfer_set, open_store, parse_settings  # noqa: E402
+from edgekd.synth import generate_transfer_set, parse_settings  # noqa: E402
 from edgekd.synth.tensors import from_uint8  # noqa: E402
 from edgekd.synth.views import eval_view  # noqa: E402
 from edgekd.ui import UI  # noqa: E402
@@ -208,7 +208,7 @@ def get_teacher(args, work: Path, name: str, xy, monitor, channels: int, epochs:
     """Train (or reuse) a ResNet-18 teacher at --teacher-width; returns (model, (wall, CPU) seconds spent now)."""
     arch, kwargs = teacher_spec(args.teacher_width, channels)
     key = digest([arch, kwargs, epochs, len(xy[1]), tuple(xy[0].shape[1:]), args.quick])
-    path = work / f"{name}-{key}.pt"
+    path = work / f"{name}-{key}.safetensors"
     if path.is_file():
         return load_model(path), (0.0, 0.0)
     torch.manual_seed(0)
@@ -251,8 +251,9 @@ def synthetic_set(args, work: Path, method: str, teacher, pre: Preprocess, stude
 
 
 def load_store(result, pre: Preprocess) -> tuple[torch.Tensor, torch.Tensor]:
-    store = open_store(result.path)  # small: 8k x 784 bytes
-    return from_uint8(np.asarray(store.images), pre.mean, pre.std), torch.from_numpy(store.labels)
+    store = result.open()  # small: 8k x 784 bytes
+    images = np.stack([store.read(i) for i in range(len(store))])
+    return from_uint8(images, pre.mean, pre.std), torch.from_numpy(store.labels)
 
 
 def run_row(args, row: str, data: Data, work: Path, teacher, teacher_seconds: tuple[float, float]) -> dict:

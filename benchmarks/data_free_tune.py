@@ -39,7 +39,7 @@ def main(argv=None) -> None:
     args = bench.parse_args(["--score", "val", "--threads", "1"])
     data = bench.Data(args)
     work = bench.HERE / "results" / "data_free_val" / "work"
-    teacher = load_model(sorted(work.glob("teacher-*.pt"))[0])
+    teacher = load_model(sorted(work.glob("teacher-*.safetensors"))[0])
     for cfg in configs:
         started = time.perf_counter()
         student = bench.new_student() if cfg["method"] == "zskt" else None

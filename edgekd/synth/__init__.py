@@ -14,15 +14,14 @@ Public API (docs/data_free.md says how the pipeline uses it):
     parse_settings({"method": ..., ...})   -> the method's settings, published defaults filled in
     generate_transfer_set(teacher, settings, count=, shape=, mean=, std=, cache_dir=, seed=, student=, ui=)
                                            -> TransferSet: a cached, resumable uint8 store on disk
-    open_store(path)                       -> U8Store: memory-mapped images + teacher labels
+                                              (edgekd.data.u8store, "edgekd.u8store/1")
+    TransferSet.open()                     -> U8Store: .read(i) one (C, H, W) uint8 image, .labels
     views.eval_view / paired_views         each model's own view of one decoded sample
 """
 
 from edgekd.synth.generate import METHODS, TransferSet, cache_key, generate_transfer_set
 from edgekd.synth.settings import (AdversarialSettings, DAFLSettings, DeepInversionImageNetSettings,
                                    DeepInversionSettings, SynthSettings, parse_settings)
-from edgekd.synth.store import U8Store, open_store
 
 __all__ = ["METHODS", "TransferSet", "cache_key", "generate_transfer_set", "AdversarialSettings", "DAFLSettings",
-           "DeepInversionImageNetSettings", "DeepInversionSettings", "SynthSettings", "parse_settings", "U8Store",
-           "open_store"]
+           "DeepInversionImageNetSettings", "DeepInversionSettings", "SynthSettings", "parse_settings"]

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,7 @@ from torch import nn
 from edgekd.distill.feature import at_loss
 from edgekd.distill.taps import PRE_LOGITS, Tap, pair_stages
 from edgekd.errors import ConfigError
+from edgekd.models.torchfile import load_weights_only, save_atomic
 from edgekd.synth.deepinversion import BNStatistics, require_batchnorm
 from edgekd.synth.settings import AdversarialSettings
 from edgekd.synth.tensors import frozen, model_device
@@ -221,10 +223,12 @@ class AdversarialSource:
         return state
 
     def save(self, path) -> None:
-        torch.save(self.state_dict(), path)
+        save_atomic(self.state_dict(), path)
 
     def load(self, path) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        """The state `save` wrote, read weights-only (tensors, numbers and dicts: nothing to unpickle)."""
+        state = load_weights_only(path, "transfer-image generator state",
+                                  fix=f"edgekd did not write it: delete {Path(path).parent} to generate again")
         self.round = state["round"]
         self.rng.set_state(state["rng"].cpu())
         self.generator.load_state_dict(state["generator"])

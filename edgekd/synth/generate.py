@@ -1,12 +1,14 @@
 """Transfer images on disk: generate in batches, cache by key, resume after an interruption.
 
-`generate_transfer_set` is the one entry point. The store it writes (edgekd.synth.store) is
+`generate_transfer_set` is the one entry point. The store it writes (the data layer's
+"edgekd.u8store/1" format: edgekd.data.u8store, docs/data.md) is
 named `<method>-<key[:16]>` under `cache_dir`, where the key hashes everything the images
 depend on: the teacher's weights, the method and every one of its settings, the seed, the
 count, the image shape and normalisation, the student's weights when the method reads the
 student, and ALGORITHM_VERSION. A complete store with that key is reused untouched; a
 `.partial` one is continued from its last written batch (DeepInversion batches are seeded per
-batch; the adversarial generator's training state is saved with every batch), so an
+batch; the adversarial generator's training state is saved with every batch as
+`state-<batch>.pt` inside the `.partial` folder, named by the writer's checkpoint), so an
 interrupted generation ends with the same images an uninterrupted one would have written.
 
 Only one batch is in memory at a time. Images are stored as uint8 after de-normalising with
@@ -25,8 +27,8 @@ import numpy as np
 from torch import nn
 
 from edgekd.artifacts import versions
+from edgekd.data.u8store import FORMAT, U8Store, U8Writer
 from edgekd.errors import ConfigError
-from edgekd.synth import store
 from edgekd.synth.adversarial import AdversarialSource
 from edgekd.synth.deepinversion import DeepInversionSource
 from edgekd.synth.settings import SynthSettings
@@ -53,13 +55,17 @@ METHODS = {
 
 @dataclass
 class TransferSet:
-    path: Path  # the complete store (open it with edgekd.synth.store.open_store)
+    path: Path  # the complete store: `open()` it, or edgekd.data.u8store.U8Store(path)
     count: int
     key: str
     reused: bool  # found complete in the cache: nothing was generated
     resumed_from: int = 0  # images already on disk from an interrupted run
     seconds: float = 0.0  # this call's generation time
     index: dict = field(default_factory=dict)  # the store's index.json
+
+    def open(self) -> U8Store:
+        """The store: `.read(i)` -> (C, H, W) uint8, `.labels` (N,) int64 teacher labels, `.index`."""
+        return U8Store(self.path)
 
     def summary(self) -> dict:
         """What a report states: method, count, how it was obtained."""
@@ -75,7 +81,7 @@ def cache_key(teacher: nn.Module, settings: SynthSettings, *, count: int, seed: 
 
 
 def _identity(teacher, settings, count, seed, shape, mean, std, student) -> dict:
-    return {"version": ALGORITHM_VERSION, "format": store.FORMAT, "settings": settings.model_dump(mode="json"),
+    return {"version": ALGORITHM_VERSION, "format": FORMAT, "settings": settings.model_dump(mode="json"),
             "count": int(count), "seed": int(seed), "shape": [int(s) for s in shape],
             "mean": [float(m) for m in mean], "std": [float(s) for s in std], "teacher": weights_sha256(teacher),
             "student": None if student is None else [type(student).__name__, weights_sha256(student)]}
@@ -103,39 +109,79 @@ def generate_transfer_set(teacher: nn.Module, settings: SynthSettings, *, count:
                              student if source.uses_student else None)
         key = _key(identity)
         path = Path(cache_dir) / f"{settings.method}-{key[:16]}"
-        if store.is_complete(path):
-            index = store.open_store(path).index
+        if (path / "index.json").is_file():  # complete (a store is renamed into place when whole)
+            index = U8Store(path).index
             return TransferSet(path, index["count"], key, reused=True, index=index)
-        writer = store.U8StoreWriter(path, shape)
-        resumed_from = writer.count
-        if writer.state_path is not None:
-            source.load(writer.state_path)
-        _fill(writer, source, teacher, count, mean, std, ui, settings.method)
-        final = writer.finish(_provenance(identity, key, writer.labels(), num_classes(teacher, tuple(shape)),
-                                          time.perf_counter() - started))
+        store, resumed_from = _write(path, identity, key, source, teacher, ui, started)
     finally:
         source.close()
-    return TransferSet(final, count, key, reused=False, resumed_from=resumed_from,
-                       seconds=time.perf_counter() - started, index=store.open_store(final).index)
+    return TransferSet(store.path, count, key, reused=False, resumed_from=resumed_from,
+                       seconds=time.perf_counter() - started, index=store.index)
 
 
-def _fill(writer: store.U8StoreWriter, source, teacher: nn.Module, count: int, mean, std, ui, method: str) -> None:
-    """Append batches until the store holds `count` images; each batch is committed before the next."""
+def _write(path: Path, identity: dict, key: str, source, teacher: nn.Module, ui, started: float
+           ) -> tuple[U8Store, int]:
+    """Write (or continue) the store at `path`; returns it and the images found from an earlier run."""
+    shape, mean, std = tuple(identity["shape"]), identity["mean"], identity["std"]
+    writer = U8Writer(path, shape, key=key)
+    try:
+        resumed_from = writer.records
+        _resume_source(writer, source)
+        _fill(writer, source, teacher, identity["count"], mean, std, ui, identity["settings"]["method"])
+        _drop_states(writer.partial, keep=None)
+        provenance = _provenance(identity, key, writer.labels(), num_classes(teacher, shape),
+                                 time.perf_counter() - started)
+        return writer.finish(**provenance), resumed_from
+    finally:
+        writer.close()
+
+
+def _resume_source(writer: U8Writer, source) -> None:
+    """Bring a stateful source to the writer's last checkpoint (its state file), drop any other."""
+    state = writer.resumed.get("state")
+    _drop_states(writer.partial, keep=state)
+    if state is not None:
+        source.load(writer.partial / state)
+
+
+def _fill(writer: U8Writer, source, teacher: nn.Module, count: int, mean, std, ui, method: str) -> None:
+    """Append batches until the store holds `count` images; each batch is checkpointed (with the
+    source's state, if it has one) before the next is made."""
     from edgekd.ui import UI
 
     ui = ui or UI(quiet=True)
-    if writer.count:
-        ui.info(f"{method}: resuming, {writer.count} of {count} transfer images already on disk")
+    batch = int(writer.resumed.get("batches", 0))
+    if writer.records:
+        ui.info(f"{method}: resuming, {writer.records} of {count} transfer images already on disk")
     with ui.progress(f"{method} transfer images", count) as advance:
-        if writer.count:
-            advance(writer.count)
-        while writer.count < count:
-            images = source.next_batch(writer.batches)[: count - writer.count]  # (n, C, H, W), normalised
+        if writer.records:
+            advance(writer.records)
+        while writer.records < count:
+            images = source.next_batch(batch)[: count - writer.records]  # (n, C, H, W), normalised
             pixels = to_uint8(images, mean, std)
             labels = teacher_labels(teacher, from_uint8(pixels, mean, std))  # what the stored images show it
-            write_state = source.save if source.stateful else None
-            writer.append(pixels, labels, write_state)
+            for image, label in zip(pixels, labels):
+                writer.append(image, int(label))
+            batch += 1
+            state = _save_state(writer.partial, source, batch)
+            writer.checkpoint(batches=batch, state=state)  # the batch and its state become current together
+            _drop_states(writer.partial, keep=state)
             advance(len(pixels), **{k: round(v, 4) for k, v in source.losses.items()})
+
+
+def _save_state(folder: Path, source, batch: int) -> str | None:
+    if not source.stateful:
+        return None
+    name = f"state-{batch:06d}.pt"
+    source.save(folder / name)
+    return name
+
+
+def _drop_states(folder: Path, keep: str | None) -> None:
+    """Remove source checkpoints other than the committed one (superseded, or made for a lost batch)."""
+    for file in folder.glob("state-*"):
+        if file.name != keep:
+            file.unlink()
 
 
 def _provenance(identity: dict, key: str, labels: np.ndarray, classes: int, seconds: float) -> dict:

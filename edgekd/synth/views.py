@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from edgekd.data import Preprocess
+from edgekd.data.transforms import centre_box, resize_short_side
 
 _FILTERS = {"bicubic": Image.BICUBIC, "nearest": Image.NEAREST}  # anything else: bilinear, as preprocess_image
 
@@ -69,16 +70,10 @@ def _normalised(img: Image.Image, pre: Preprocess) -> np.ndarray:
 
 
 def eval_view(image, pre: Preprocess) -> np.ndarray:
-    """The deterministic eval input of one model (C, S, S) float32, as edgekd.data.preprocess_image."""
-    img = _converted(as_pil(image), pre)
-    scale = pre.input_size / pre.crop_pct
-    w, h = img.size
-    ratio = scale / min(w, h)
-    img = img.resize((max(pre.input_size, round(w * ratio)), max(pre.input_size, round(h * ratio))),
-                     _FILTERS.get(pre.interpolation, Image.BILINEAR))
-    w, h = img.size
-    left, top = (w - pre.input_size) // 2, (h - pre.input_size) // 2
-    return _normalised(img.crop((left, top, left + pre.input_size, top + pre.input_size)), pre)
+    """The deterministic eval input of one model (C, S, S) float32, as edgekd.data.preprocess_image
+    and the data layer's eval transform (whose resize and crop it uses) make it."""
+    img = resize_short_side(_converted(as_pil(image), pre), pre)
+    return _normalised(img.crop(centre_box(*img.size, pre.input_size)), pre)
 
 
 def sample_crop(size: tuple[int, int], rng: np.random.Generator, scale: tuple[float, float] = (0.08, 1.0),

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from edgekd.errors import ConfigError
-from edgekd.synth import cache_key, generate_transfer_set, open_store, parse_settings
+from edgekd.synth import cache_key, generate_transfer_set, parse_settings
 from edgekd.synth.deepinversion import DeepInversionSource
 from edgekd.synth.tensors import from_uint8
 from tests.synth.conftest import CLASSES, MEAN, SHAPE, STD
@@ -24,6 +24,12 @@ ZSKT = {"method": "zskt", "rounds": 6, "batch_size": 8, "student_steps": 2, "gen
 def run(teacher, settings, cache_dir, count=20, **kw):
     return generate_transfer_set(teacher, parse_settings(settings), count=count, shape=SHAPE, mean=MEAN, std=STD,
                                  cache_dir=cache_dir, **kw)
+
+
+def stored(result) -> tuple[np.ndarray, np.ndarray]:
+    """(images (N, C, H, W) uint8, labels (N,)) of a transfer set, read record by record."""
+    store = result.open()
+    return np.stack([store.read(i) for i in range(len(store))]), store.labels
 
 
 class Interrupted(Exception):
@@ -54,15 +60,17 @@ class StopAfter:
 
 def test_store_holds_the_images_and_the_teachers_labels_on_them(teacher, tmp_path):
     result = run(teacher, DI, tmp_path)
-    store = open_store(result.path)
-    assert store.images.shape == (20, *SHAPE) and store.labels.dtype == np.int64
-    expected = teacher(from_uint8(np.asarray(store.images), MEAN, STD)).argmax(1).numpy()
-    assert np.array_equal(store.labels, expected)
-    index = store.index
+    images, labels = stored(result)
+    assert images.shape == (20, *SHAPE) and labels.dtype == np.int64
+    expected = teacher(from_uint8(images, MEAN, STD)).argmax(1).numpy()
+    assert np.array_equal(labels, expected)
+    index = result.open().index
+    assert index["format"] == "edgekd.u8store/1" and index["count"] == 20 and index == result.index
     assert index["method"] == "deepinversion" and index["settings"]["iterations"] == 4
     assert index["key"] == result.key and index["mean"] == list(MEAN)
-    assert index["label_counts"] == np.bincount(store.labels, minlength=CLASSES).tolist()  # every class, even unseen
+    assert index["label_counts"] == np.bincount(labels, minlength=CLASSES).tolist()  # every class, even unseen
     assert result.path.name == f"deepinversion-{result.key[:16]}" and not result.reused
+    assert sorted(p.name for p in result.path.iterdir()) == ["images.u8", "index.json", "labels.npy"]
 
 
 def test_same_key_reuses_the_store_and_generates_nothing(teacher, tmp_path, monkeypatch):
@@ -97,18 +105,23 @@ def test_the_key_follows_every_input(teacher, student):
 
 @pytest.mark.parametrize("settings", [DI, ZSKT], ids=["deepinversion", "zskt"])
 def test_an_interrupted_generation_resumes_and_ends_with_the_same_images(settings, teacher, student, tmp_path):
-    reference = open_store(run(teacher, settings, tmp_path / "straight", student=student).path)
+    reference = stored(run(teacher, settings, tmp_path / "straight", student=student))
 
     with pytest.raises(Interrupted):
         run(teacher, settings, tmp_path / "cut", student=student, ui=StopAfter(batches=2))
     partial = next((tmp_path / "cut").glob("*.partial"))
-    assert json.loads((partial / "progress.json").read_text())["count"] == 16  # two batches committed
+    checkpoint = json.loads((partial / "state.json").read_text())
+    assert checkpoint["records"] == 16 and checkpoint["batches"] == 2  # two batches committed
+    states = sorted(p.name for p in partial.glob("state-*"))  # the generator's state of that batch alone
+    assert states == (["state-000002.pt"] if settings["method"] == "zskt" else [])
+    assert checkpoint["state"] == (states[0] if states else None)
 
     ui = StopAfter(batches=99)
     resumed = run(teacher, settings, tmp_path / "cut", student=student, ui=ui)
     assert resumed.resumed_from == 16 and any("resuming, 16 of 20" in m for m in ui.messages)
-    store = open_store(resumed.path)
-    assert np.array_equal(store.images, reference.images) and np.array_equal(store.labels, reference.labels)
+    images, labels = stored(resumed)
+    assert np.array_equal(images, reference[0]) and np.array_equal(labels, reference[1])
+    assert not list(resumed.path.glob("state*"))
 
 
 KILLED_RUN = """
@@ -136,21 +149,21 @@ def test_a_killed_generation_process_resumes(teacher, tmp_path):
     deadline = time.monotonic() + 120
     progress = None
     while time.monotonic() < deadline and proc.poll() is None:
-        found = list((tmp_path / "cut").glob("*.partial/progress.json"))
-        if found and json.loads(found[0].read_text())["count"] >= 8:
+        found = list((tmp_path / "cut").glob("*.partial/state.json"))
+        if found and json.loads(found[0].read_text())["records"] >= 8:
             progress = found[0]
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert progress is not None, "the child never committed a batch"
-    done_before = json.loads(progress.read_text())["count"]
+    done_before = json.loads(progress.read_text())["records"]
     assert 8 <= done_before < 120
 
     resumed = run(teacher, settings, tmp_path / "cut", count=120)
     assert resumed.resumed_from == done_before
-    reference = open_store(run(teacher, settings, tmp_path / "straight", count=120).path)
-    assert np.array_equal(open_store(resumed.path).images, reference.images)
+    reference = stored(run(teacher, settings, tmp_path / "straight", count=120))
+    assert np.array_equal(stored(resumed)[0], reference[0])
 
 
 def test_bad_requests_are_refused(teacher, tmp_path):
