@@ -39,7 +39,10 @@ def main(argv=None) -> None:
     args = bench.parse_args(["--score", "val", "--threads", "1"])
     data = bench.Data(args)
     work = bench.HERE / "results" / "data_free_val" / "work"
-    teacher = load_model(sorted(work.glob("teacher-*.safetensors"))[0])
+    teachers = sorted(work.glob("teacher-*.safetensors"))
+    if not teachers:
+        sys.exit(f"No teacher in {work}: run `python3 benchmarks/data_free.py --score val` first to train it.")
+    teacher = load_model(teachers[0])
     for cfg in configs:
         started = time.perf_counter()
         student = bench.new_student() if cfg["method"] == "zskt" else None
