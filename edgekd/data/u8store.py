@@ -30,7 +30,10 @@ class U8Store:
         self.path = Path(path)
         index_file = self.path / "index.json"
         if not index_file.is_file():
+            partial = self.path.with_name(self.path.name + ".partial")
             raise DataError(f"{self.path} is not a uint8 store (no index.json).",
+                            f"{partial} exists: its write was interrupted; run what wrote it again to finish it."
+                            if partial.is_dir() else
                             "Point at a folder written by edgekd (or in the format docs/data.md describes).")
         self.index = json.loads(index_file.read_text())
         if self.index.get("format") != FORMAT:
@@ -69,7 +72,8 @@ class U8Writer:
     """Append (C, H, W) uint8 records; `finish` writes labels.npy and index.json and renames.
 
     key: what the caller is writing (e.g. the dataset identity). An existing `.partial` with the
-    same key and shape is resumed (truncated to its last checkpoint); anything else there is removed."""
+    same key and shape is resumed (truncated to its last checkpoint); anything else there (another
+    key, or files shorter than the checkpoint says: a damaged write) is removed."""
 
     def __init__(self, path: Path, shape: tuple[int, int, int], key: str = ""):
         self.final = Path(path)
@@ -87,6 +91,11 @@ class U8Writer:
         self._images.write(np.ascontiguousarray(image).tobytes())
         self._labels.write(np.int64(label).tobytes())
         self.records += 1
+
+    def labels(self) -> np.ndarray:
+        """Every label appended so far (resumed ones included), int64 (records,)."""
+        self._labels.flush()
+        return np.fromfile(self.partial / "labels.bin", dtype=np.int64)[: self.records]
 
     def checkpoint(self, **extra) -> None:
         """Flush, and note how far the write got (plus the caller's `extra`) for a resume."""
@@ -119,15 +128,21 @@ class U8Writer:
         state_file = self.partial / "state.json"
         if state_file.is_file():
             state = json.loads(state_file.read_text())
-            if state.get("key") == self.key and tuple(state.get("shape", ())) == self.shape:
-                records = int(state["records"])
-                os.truncate(self.partial / "images.u8", records * self.record_bytes)
-                os.truncate(self.partial / "labels.bin", records * 8)
+            records = int(state.get("records", 0))
+            sizes = {"images.u8": records * self.record_bytes, "labels.bin": records * 8}
+            if (state.get("key") == self.key and tuple(state.get("shape", ())) == self.shape
+                    and all(_size(self.partial / name) >= size for name, size in sizes.items())):
+                for name, size in sizes.items():  # drop records appended after the last checkpoint
+                    os.truncate(self.partial / name, size)
                 return state
         if self.partial.exists():
             shutil.rmtree(self.partial)
         self.partial.mkdir(parents=True)
         return {}
+
+
+def _size(file: Path) -> int:
+    return file.stat().st_size if file.is_file() else -1
 
 
 def write_u8_store(path: Path, images, labels, **provenance) -> U8Store:
