@@ -19,6 +19,10 @@ data:
   test_fraction: 0.2        # carved for the test split (every reported accuracy) when the source has none
                             #   (digits, imagefolder without ROOT/test); idx uses its t10k files
   augment: none             # none | crop | crop_flip (crop_flip disables the teacher cache)
+  # workers: 4              # imagefolder: processes decoding images (default: this machine's cores; 0: in-process)
+  cache: none               # imagefolder: uint8 = decode each image once into a file at training size, reused
+  # cache_dir: ~/.cache/edgekd/data   # where that cache lives (default: <run dir>/cache/data)
+  on_bad_image: error       # imagefolder: error = list every unreadable image and stop; skip = leave them out
   train_fraction: 1.0       # the student trains on this stratified share of the training split (the teacher on all)
   # mean: [0.5]             # default: measured on the training split (digits/idx) or the teacher's timm config
   # std: [0.5]
