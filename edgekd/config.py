@@ -13,6 +13,7 @@ from typing import Annotated, Literal, Union
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from edgekd import BUILTIN_DIR
+from edgekd.data.transforms import ImageAugmentConfig
 from edgekd.errors import ConfigError
 from edgekd.schema import Strict, parse, read_yaml
 
@@ -33,7 +34,11 @@ class DataConfig(Strict):
     seed: int = 0
     mean: tuple[float, ...] | None = Field(None, description="per channel; default from the teacher's timm config or the data")
     std: tuple[float, ...] | None = None
-    augment: Literal["none", "crop_flip", "crop"] = "none"
+    augment: Literal["none", "crop_flip", "crop", "timm"] = Field(
+        "none", description="crop / crop_flip: a seeded 4-px shift (and flip) of the preprocessed batch; timm "
+        "(imagefolder): timm's training transform (data.train_transform) from the picture, in the DataLoader workers")
+    train_transform: ImageAugmentConfig = Field(
+        default_factory=ImageAugmentConfig, description="augment: timm only; timm's names (create_transform)")
     train_fraction: float = Field(
         1.0, gt=0, le=1, description="the student stage trains on this seeded, class-stratified share of the "
         "training split; the teacher stage always trains on all of it")
@@ -56,6 +61,12 @@ class DataConfig(Strict):
             raise ValueError(f"data.kind {self.kind!r} needs data.path")
         if self.kind != "imagefolder" and (self.cache != "none" or self.cache_dir is not None):
             raise ValueError(f"data.cache and data.cache_dir apply to imagefolder; {self.kind} is held in memory")
+        if self.augment == "timm" and self.kind != "imagefolder":
+            raise ValueError(f"data.augment 'timm' crops and recolours pictures (imagefolder); {self.kind} arrays "
+                             "are already at input size: use augment: crop or crop_flip")
+        if "train_transform" in self.model_fields_set and self.augment != "timm":
+            raise ValueError(f"data.train_transform applies with augment: timm (now {self.augment!r}): set "
+                             "augment: timm or remove train_transform")
         for name in ("mean", "std"):
             value = getattr(self, name)
             if value is not None and len(value) != self.channels:
@@ -64,6 +75,11 @@ class DataConfig(Strict):
             raise ValueError(f"data.val_fraction {self.val_fraction:g} + data.test_fraction {self.test_fraction:g} "
                              "leave nothing to train on: keep their sum below 1")
         return self
+
+    @property
+    def augment_keys(self) -> list[str]:
+        """The keys that decide what a training sample looks like (the trainers' reads)."""
+        return ["data.augment"] + (["data.train_transform"] if self.augment == "timm" else [])
 
 
 class TrainConfig(Strict):

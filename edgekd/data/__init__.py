@@ -26,9 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.config import DataConfig
+from typing import TYPE_CHECKING
 from edgekd.data.sources import RawData, load_digits, load_idx
 from edgekd.errors import DataError
+
+if TYPE_CHECKING:  # edgekd.config imports edgekd.data.transforms, which imports this package
+    from edgekd.config import DataConfig
 
 
 @dataclass(frozen=True)

@@ -87,17 +87,20 @@ class FolderData:
     @cached_property
     def _splits(self) -> dict[str, StreamSplit]:
         from edgekd.data.datasets import FileSource, SampleDataset, U8Source
-        from edgekd.data.transforms import eval_transform
+        from edgekd.data.transforms import eval_transform, train_transform
         from edgekd.data.u8cache import cache_side
 
         pre, out = self.preprocess, {}
         for split in SPLITS:
             if self.cfg.cache == "uint8":
                 source = U8Source(self._store(split))
-            else:
+            else:  # draft-decoded down to the cache's side: the whole picture, at (at least) that resolution
                 source = FileSource(self._kept(self.files[split]), pre.channels, cache_side(pre))
+            augmented = None
+            if split == "train" and self.cfg.augment == "timm":
+                augmented = SampleDataset(source, train_transform(self.cfg.train_transform, pre))
             out[split] = StreamSplit(SampleDataset(source, eval_transform(pre)), workers=self.cfg.workers,
-                                     device=self.device)
+                                     device=self.device, augmented=augmented)
         return out
 
     @property

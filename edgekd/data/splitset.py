@@ -11,17 +11,22 @@ Two kinds behind the same interface, so every stage is written once:
 
 Training order: epoch e is torch.randperm(n) seeded with seed * 100_003 + e (EpochSampler), each rank
 its stride, padded so every rank takes as many steps. Evaluation: in order, rank r takes rows r, r + w,
-... (edgekd.distill.distributed.Dist.gather_strided undoes it). `augment` (crop / crop_flip) is the
-batched, seeded 4-px shift and flip of the preprocessed inputs, drawn from a generator seeded per epoch.
+... (edgekd.distill.distributed.Dist.gather_strided undoes it). `augment` crop / crop_flip is the
+batched, seeded 4-px shift and flip of the preprocessed inputs, drawn from a generator seeded per epoch;
+timm (StreamSplit only) reads training samples through the split's `augmented` dataset instead: timm's
+transform of the picture, run in the workers, seeded per (seed, sample, epoch).
 """
 
 from __future__ import annotations
 
+import copy
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from edgekd.errors import DataError
 
 EVAL_BATCH_BYTES = 64 * 2**20  # one evaluation batch of inputs: 111 images at 3 x 224 x 224 float32
 EVAL_BATCH_MAX = 256
@@ -152,8 +157,8 @@ class StreamSplit:
     `rows` the rows of it this split holds, `labels` their labels (-1: used without its label)."""
 
     def __init__(self, dataset, *, workers: int | None, device="cpu", rows: np.ndarray | None = None,
-                 labels: np.ndarray | None = None):
-        self.dataset, self.workers, self.device = dataset, workers, device
+                 labels: np.ndarray | None = None, augmented=None):
+        self.dataset, self.workers, self.device, self.augmented = dataset, workers, device, augmented
         self.rows = np.arange(len(dataset), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
         self._labels = np.asarray(dataset.labels[self.rows] if labels is None else labels, dtype=np.int64)
 
@@ -171,7 +176,7 @@ class StreamSplit:
     def take(self, rows: np.ndarray, labels: np.ndarray | None = None) -> "StreamSplit":
         rows = np.asarray(rows, dtype=np.int64)
         return StreamSplit(self.dataset, workers=self.workers, device=self.device, rows=self.rows[rows],
-                           labels=self.labels[rows] if labels is None else labels)
+                           labels=self.labels[rows] if labels is None else labels, augmented=self.augmented)
 
     def stack(self, rows: np.ndarray) -> np.ndarray:
         """Inputs of `rows` as one array, decoded in order (bounded subsets only)."""
@@ -184,14 +189,20 @@ class StreamSplit:
         """The loader lives as long as the returned Batches: its workers persist across epochs."""
         from edgekd.data.loader import epoch_batches, make_loader
 
-        loader = make_loader(_Rows(self.dataset, self.rows, self.labels), batch_size, train=shuffle, seed=seed,
+        dataset, in_batch = self.dataset, shuffle and augment in ("crop", "crop_flip")
+        if shuffle and augment == "timm":
+            if self.augmented is None:
+                raise DataError("augment 'timm' needs the split's training transform.", "This is a bug: report it.")
+            dataset = copy.copy(self.augmented)
+            dataset.seed = seed  # each sample's view: (seed, sample, epoch), whatever the worker
+        loader = make_loader(_Rows(dataset, self.rows, self.labels), batch_size, train=shuffle, seed=seed,
                              workers=self.workers if workers is None else workers, device=self.device, rank=rank,
                              world_size=world_size)
 
         def one_epoch(epoch: int):
             generator = _augment_generator(seed, epoch)
             for x, y, idx in epoch_batches(loader, epoch):
-                yield idx, augment_batch(x, augment, generator) if shuffle else x, y
+                yield idx, augment_batch(x, augment, generator) if in_batch else x, y
 
         return Batches(one_epoch, len(loader.sampler))
 

@@ -41,7 +41,7 @@ def _reads(ctx: RunContext) -> list[str]:
     c = ctx.config
     if not qat_enabled(ctx):
         return ["student.quantization"]
-    reads = ["name", "seed", "device", "data.augment", "data.seed", "data.train_fraction", "student.quantization",
+    reads = ["name", "seed", "device", *c.data.augment_keys, "data.seed", "data.train_fraction", "student.quantization",
              "distill.qat", "distill.losses", "distill.unlabeled_fraction", "distill.teacher_cache",
              "export.opset", "export.dynamic_batch", "export.simplify", "export.parity.samples", "targets",
              "quantize.enabled"]  # calibration: data/calib.npz when quantize is on, else training samples

@@ -114,7 +114,7 @@ TEACHER_KEYS = tuple(k for k in TeacherConfig.model_fields if k != "trust_checkp
 
 def _teacher_reads(ctx: RunContext) -> list[str]:
     c = ctx.config
-    reads = ["seed", "device", "data.augment"]
+    reads = ["seed", "device", *c.data.augment_keys]
     reads += [f"teachers[*].{key}" if c.teachers else f"teacher.{key}" for key in TEACHER_KEYS]
     if c.distill.unlabeled_fraction > 0:  # the teacher trains without the withheld labels
         reads += ["data.train_fraction", "data.seed", "distill.unlabeled_fraction"]
@@ -212,7 +212,7 @@ DISTILL_KEYS = tuple(k for k in DistillConfig.model_fields if k != "qat")  # qat
 
 def _student_reads(ctx: RunContext) -> list[str]:
     c = ctx.config
-    reads = ["seed", "device", "data.augment", "data.seed", "data.train_fraction",
+    reads = ["seed", "device", *c.data.augment_keys, "data.seed", "data.train_fraction",
              *(f"student.{key}" for key in STUDENT_KEYS), *(f"distill.{key}" for key in DISTILL_KEYS)]
     if c.teachers:  # the ensemble's weights shape the soft targets; the teachers' files are inputs
         reads.append("teachers[*].weight")

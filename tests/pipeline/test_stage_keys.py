@@ -48,7 +48,8 @@ ONLINE = {**SINGLE, "distill": {"scheme": "online"}}
 LOADED = {**SINGLE, "teacher": {"checkpoint": "teacher.pth"}}  # keys that only apply to a checkpoint file
 LOADED_TEACHERS = {**FULL, "teachers": [{"model": "resnet18"}, {"model": "resnet18", "checkpoint": "teacher.pth"}]}
 IMAGES = {**SINGLE, "data": {"kind": "imagefolder", "path": "data-folder"}}
-BASES = {"images": IMAGES, "full": FULL, "single": SINGLE, "online": ONLINE, "loaded": LOADED, "loaded_teachers": LOADED_TEACHERS}
+TIMM = {**SINGLE, "data": {"kind": "imagefolder", "path": "data-folder", "augment": "timm"}}
+BASES = {"images": IMAGES, "timm": TIMM, "full": FULL, "single": SINGLE, "online": ONLINE, "loaded": LOADED, "loaded_teachers": LOADED_TEACHERS}
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,10 @@ KEY_READERS: dict[str, Case | None] = {
     "data.cache": Case("uint8", set(), "images"),
     "data.cache_dir": Case("shared-cache", set(), "images"),
     "data.on_bad_image": Case("skip", {"data"}, "images"),
+    **{f"data.train_transform.{k}": Case(v, TRAINERS - {"qat"}, "timm") for k, v in {  # SINGLE has no QAT
+        "scale": [0.5, 1.0], "ratio": [0.9, 1.1], "hflip": 0.0, "vflip": 0.5, "color_jitter": 0.2,
+        "auto_augment": "rand-m9-mstd0.5", "interpolation": "bicubic", "re_prob": 0.25, "re_mode": "pixel",
+        "re_count": 2}.items()},
     "teacher.model": Case("resnet34", {"teacher"}, "single"),
     "teacher.pretrained": Case(True, {"teacher"}, "single"),
     "teacher.checkpoint": Case("teacher.pth", {"teacher"}, "single"),
