@@ -131,7 +131,7 @@ class TensorSplit:
         count = len(_order(len(self), shuffle=shuffle, seed=seed, epoch=0, rank=rank, world_size=world_size))
         return Batches(one_epoch, count)
 
-    def save_npz(self, path, rows: np.ndarray, **extra) -> int:
+    def save_npz(self, path, rows: np.ndarray, *, ui=None, **extra) -> int:
         rows = np.asarray(rows, dtype=np.int64)
         np.savez(path, x=self.stack(rows), y=self.labels[rows], **extra)
         return len(rows)
@@ -206,13 +206,14 @@ class StreamSplit:
 
         return Batches(one_epoch, len(loader.sampler))
 
-    def save_npz(self, path, rows: np.ndarray, **extra) -> int:
-        """dataset[rows] streamed into an .npz (x, y, rows, extra) without holding it whole."""
+    def save_npz(self, path, rows: np.ndarray, *, ui=None, **extra) -> int:
+        """dataset[rows] streamed into an .npz (x, y, rows, extra) without holding it whole; `ui`: a
+        progress bar with rate and ETA."""
         from edgekd.data.subsets import write_subset
 
         rows = np.asarray(rows, dtype=np.int64)
         part = self.take(rows)
         view = _Rows(self.dataset, part.rows, part.labels)
         return write_subset(view, np.arange(len(rows)), path, workers=self.workers,
-                            batch_size=eval_batch_size(self.sample_shape),
+                            batch_size=eval_batch_size(self.sample_shape), ui=ui,
                             extra={k: np.asarray(v) for k, v in extra.items()})

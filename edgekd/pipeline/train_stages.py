@@ -83,7 +83,7 @@ def run_data(ctx: RunContext) -> dict:
     for split, path in (("val", VAL_FILE), ("test", TEST_FILE)):
         labels = getattr(data, split).labels
         rows = rows_for_test_file(labels, sample_bytes, seed)
-        getattr(data, split).save_npz(out / path, rows, classes=classes)
+        getattr(data, split).save_npz(out / path, rows, ui=ctx.ui, classes=classes)
         files[f"{split}_file"] = {"path": path, "samples": int(len(rows)), "of": int(len(labels))}
     outputs = [VAL_FILE, TEST_FILE, SUMMARY_FILE]
     summary = {**data.summary(), **files, "fingerprint": data.fingerprint()}
@@ -91,7 +91,7 @@ def run_data(ctx: RunContext) -> dict:
         manifest = load_manifest(ctx.config.quantize.calibration)
         pool = data.train if manifest.split == "train" else data.val
         idx = select(pool.labels, manifest)
-        pool.save_npz(out / CALIB_FILE, idx, indices=idx)
+        pool.save_npz(out / CALIB_FILE, idx, ui=ctx.ui, indices=idx)
         summary["calibration"] = {"manifest": str(ctx.config.quantize.calibration), "split": manifest.split,
                                   "samples": int(len(idx)), "seed": manifest.seed}
         outputs.append(CALIB_FILE)
