@@ -165,26 +165,8 @@ def stream_once(root: Path, source: str, cache_root: Path | None) -> dict:
 
 def stream_in_fresh_process(root: Path, source: str, store: Path | None = None) -> dict:
     """stream_once in a child; this process samples the PSS and RSS of the child and its workers."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "EDGEKD_BENCH_STORE": str(store or "")}
-    child = subprocess.Popen([sys.executable, __file__, "_stream", str(root), source],
-                             stdout=subprocess.PIPE, text=True, env=env)
-    peaks = {"pss": 0, "rss": 0}
-    stop = threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            pss, rss = _tree_memory(child.pid)
-            peaks["pss"], peaks["rss"] = max(peaks["pss"], pss), max(peaks["rss"], rss)
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    out, _ = child.communicate()
-    stop.set()
-    sampler.join()
-    if child.returncode:
-        raise SystemExit(f"stream child failed ({child.returncode})")
-    result = json.loads(out.strip().splitlines()[-1])
+    result, peaks = _run_sampled([sys.executable, __file__, "_stream", str(root), source],
+                                 EDGEKD_BENCH_STORE=str(store or ""))
     return {**result, "tree_peak_pss_mib": round(peaks["pss"] / MiB, 1),
             "tree_peak_rss_sum_mib": round(peaks["rss"] / MiB, 1)}
 
@@ -272,9 +254,9 @@ def compress_run(root: Path, n: int, work: Path, cache: str) -> dict:
             "stage_seconds": stages, "data_wait": waits, "load_average": os.getloadavg()[0]}
 
 
-def _run_sampled(cmd: list[str]) -> tuple[dict, dict]:
+def _run_sampled(cmd: list[str], **env_extra: str) -> tuple[dict, dict]:
     """Run `cmd` (its last stdout line is JSON) while sampling the PSS/RSS of its process tree."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), **env_extra}
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
     peaks = {"pss": 0, "rss": 0}
     stop = threading.Event()
@@ -283,7 +265,7 @@ def _run_sampled(cmd: list[str]) -> tuple[dict, dict]:
         while not stop.is_set():
             pss, rss = _tree_memory(child.pid)
             peaks["pss"], peaks["rss"] = max(peaks["pss"], pss), max(peaks["rss"], rss)
-            time.sleep(0.1)
+            time.sleep(0.05)
 
     sampler = threading.Thread(target=sample)
     sampler.start()
