@@ -14,6 +14,7 @@ from edgekd.config import CompressConfig
 from edgekd.errors import DataError
 from edgekd.pipeline.context import RunContext
 from edgekd.pipeline.engine import read_record, run_stages
+from edgekd.pipeline.measure_stages import _dataset_notes
 from edgekd.pipeline.train_stages import DATA, STUDENT, TEACHER, run_data
 from edgekd.schema import parse
 from edgekd.ui import UI
@@ -106,5 +107,7 @@ def test_bad_images_are_all_named_before_training_or_skipped_and_counted(tmp_pat
     skip = _ctx(tmp_path / "skip", images, on_bad_image="skip")
     summary = run_data(skip)["dataset"]
     assert summary["skipped_images"] == ["c0/broken.png", "c2/empty.jpg"]
+    assert "2 unreadable image(s) left out (data.on_bad_image: skip): c0/broken.png, c2/empty.jpg." in \
+        _dataset_notes(summary)  # the report says so
     later = _ctx(tmp_path / "skip", images, on_bad_image="skip")  # a later stage leaves out the same files
     assert sum(len(getattr(later.data, s)) for s in ("train", "val", "test")) == 36
