@@ -344,7 +344,7 @@ def write_results(result: dict, out: Path) -> None:
 def render(r: dict) -> str:
     m = r["machine"]
     lines = ["# Streaming data layer: decode rate, memory, uint8 cache", "",
-             f"Reproduce: `nice -n 10 python benchmarks/data_pipeline.py --sizes {' '.join(map(str, r['sizes']))}`. "
+             f"Reproduce: `nice -n 10 python {r.get('command') or 'benchmarks/data_pipeline.py --sizes ' + ' '.join(map(str, r['sizes']))}`. "
              f"Machine: {m['cpu']} ({' '.join(m.get('cpu_flags', []))}), {m['usable_cores']} usable cores, {m['memory_mb']} MB RAM, {m['os']}; "
              f"torch {m['versions'].get('torch')}. {r['note']}", "",
              "Datasets: " + "; ".join(f"N={n}: {d['bytes'] / MiB:.0f} MiB, {d['png']} PNG, {d['phone_photos']} "
@@ -429,7 +429,8 @@ def main() -> None:
     roots = {n: args.work / f"fmnist-{n}" for n in args.sizes}
     datasets = {n: write_imagefolder(root, n) for n, root in roots.items()}
     ctx = {"sizes": args.sizes, "roots": roots, "work": args.work}
-    result = {"machine": {**machine_info(), "cpu_flags": cpu_flags()}, "sizes": args.sizes, "datasets": datasets, "note": args.note,
+    command = " ".join(["benchmarks/data_pipeline.py", *(a for a in sys.argv[1:] if not a.startswith(str(REPO)))])
+    result = {"machine": {**machine_info(), "cpu_flags": cpu_flags()}, "command": command, "sizes": args.sizes, "datasets": datasets, "note": args.note,
               "preprocess": PRE.to_dict(), "sections": {}}
     previous = args.out.with_suffix(".json")
     if args.merge and previous.is_file():
