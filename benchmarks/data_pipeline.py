@@ -429,7 +429,7 @@ def main() -> None:
     roots = {n: args.work / f"fmnist-{n}" for n in args.sizes}
     datasets = {n: write_imagefolder(root, n) for n, root in roots.items()}
     ctx = {"sizes": args.sizes, "roots": roots, "work": args.work}
-    command = " ".join(["benchmarks/data_pipeline.py", *(a for a in sys.argv[1:] if not a.startswith(str(REPO)))])
+    command = " ".join(["benchmarks/data_pipeline.py", *(a.replace(f"{REPO}/", "") for a in sys.argv[1:])])
     result = {"machine": {**machine_info(), "cpu_flags": cpu_flags()}, "command": command, "sizes": args.sizes, "datasets": datasets, "note": args.note,
               "preprocess": PRE.to_dict(), "sections": {}}
     previous = args.out.with_suffix(".json")
