@@ -409,7 +409,10 @@ def render(r: dict) -> str:
                   "sharing pages fairly. Data wait: the share of training-step time spent waiting for the next batch. "
                   "The run: a random test_resnet teacher (not trained), a width-0.5 student distilled for one epoch "
                   "on 5% of the training split with the live teacher, 5% val and test splits, input 224 px; every "
-                  "image is listed, checked (decoded) once by the data stage.", ""]
+                  "image is listed, checked (decoded) once by the data stage. What the main process holds besides "
+                  "torch and the models are the bounded files it loads: data/val.npz and data/test.npz (the INT8 gate, "
+                  "parity, bench), each capped at 256 MiB of inputs (445 images at 224 px: reached at N=10,000 with "
+                  "5% splits, 101 images at N=2,000) and calib.npz (250 images); none grows past its cap with N.", ""]
     return "\n".join(lines)
 
 
