@@ -394,7 +394,7 @@ def render(r: dict) -> str:
                   f"process + workers peak PSS {s['tree_peak_pss_mib']:.0f} MiB.", ""]
     if "compress" in r["sections"]:
         c = r["sections"]["compress"]
-        old = ", ".join(f"{v} GiB at {k:,}" for k, v in c["old_peak_gib"].items())
+        old = ", ".join(f"{v} GiB at {int(k):,}" for k, v in c["old_peak_gib"].items())
         lines += ["## Whole `edgekd compress` at 224 px (tiny compute: see COMPRESS_CONFIG)", "",
                   f"Before phase 2 (every image held as float32 in RAM), peak memory of the whole run was {old} "
                   "training images. Now:", "",
