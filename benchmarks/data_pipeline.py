@@ -165,26 +165,8 @@ def stream_once(root: Path, source: str, cache_root: Path | None) -> dict:
 
 def stream_in_fresh_process(root: Path, source: str, store: Path | None = None) -> dict:
     """stream_once in a child; this process samples the PSS and RSS of the child and its workers."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "EDGEKD_BENCH_STORE": str(store or "")}
-    child = subprocess.Popen([sys.executable, __file__, "_stream", str(root), source],
-                             stdout=subprocess.PIPE, text=True, env=env)
-    peaks = {"pss": 0, "rss": 0}
-    stop = threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            pss, rss = _tree_memory(child.pid)
-            peaks["pss"], peaks["rss"] = max(peaks["pss"], pss), max(peaks["rss"], rss)
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    out, _ = child.communicate()
-    stop.set()
-    sampler.join()
-    if child.returncode:
-        raise SystemExit(f"stream child failed ({child.returncode})")
-    result = json.loads(out.strip().splitlines()[-1])
+    result, peaks = _run_sampled([sys.executable, __file__, "_stream", str(root), source],
+                                 EDGEKD_BENCH_STORE=str(store or ""))
     return {**result, "tree_peak_pss_mib": round(peaks["pss"] / MiB, 1),
             "tree_peak_rss_sum_mib": round(peaks["rss"] / MiB, 1)}
 
@@ -231,7 +213,85 @@ def section_cache(ctx: dict) -> dict:
     return {"n": n, **cache_pass(ctx["roots"][n], ctx["work"] / "cache")}
 
 
-SECTIONS = {"decode": section_decode, "stream": section_stream, "cache": section_cache}
+# Tiny compute so the data path dominates: a random test_resnet teacher (no training: the issue's "teacher
+# from a checkpoint"), the student on 5% of the training split for one epoch with the live teacher (no
+# full-split logit pass), 5% val and test splits; every image is still listed, checked and decoded once.
+COMPRESS_CONFIG = """
+version: 1
+name: bench-{n}
+data: {{kind: imagefolder, path: {root}, input_size: 224, channels: 3, val_fraction: 0.05, test_fraction: 0.05,
+        train_fraction: 0.05, cache: {cache}, cache_dir: {cache_dir}}}
+teacher: {{model: test_resnet, train: {{epochs: 0}}}}
+student: {{width: 0.5}}
+distill:
+  teacher_cache: false
+  train: {{epochs: 1, batch_size: 32, lr: 0.01, warmup_epochs: 0}}
+quantize: {{max_int8_drop: 1.0}}
+targets: [host-cpu]
+bench: {{warmup_s: 0.02, min_iterations: 3, min_seconds: 0.02, batch_sizes: [1], rounds: 1}}
+"""
+OLD_COMPRESS_PEAK_GIB = {300: 3.4, 500: 5.0, 2000: 9.1}  # issue #13, this machine, the in-memory data layer
+
+
+def compress_run(root: Path, n: int, work: Path, cache: str) -> dict:
+    """`edgekd compress` (tiny models, 1 epoch each, 224 px) in a fresh process: its own peak RSS, the
+    peak PSS of it and its children (DataLoader workers, bench processes), wall time per stage, data wait."""
+    run_dir, config = work / f"run-{n}-{cache}", work / f"bench-{n}-{cache}.yaml"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    config.write_text(COMPRESS_CONFIG.format(n=n, root=root, cache=cache, cache_dir=work / f"cache-{n}"))
+    code = ("import json, resource, sys; from pathlib import Path; from edgekd.pipeline.compress import compress; "
+            "from edgekd.ui import UI; compress(Path(sys.argv[1]), out=Path(sys.argv[2]), ui=UI(quiet=True)); "
+            "print(json.dumps({'peak_rss': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))")
+    started = time.perf_counter()
+    out, peaks = _run_sampled([sys.executable, "-c", code, str(config), str(run_dir)])
+    wall = time.perf_counter() - started
+    stages = {}
+    for record in sorted((run_dir / ".edgekd").glob("*.json")):
+        body = json.loads(record.read_text())
+        if "seconds" in body:
+            stages[record.stem] = round(body["seconds"], 1)
+    waits = {name: [json.loads(line).get("data_wait") for line in (run_dir / f"{name}.metrics.jsonl").read_text().splitlines()]
+             for name in ("teacher", "student") if (run_dir / f"{name}.metrics.jsonl").is_file()}
+    return {"n": n, "cache": cache, "wall_s": round(wall, 1), "main_peak_rss_mib": round(out["peak_rss"] / MiB, 1),
+            "tree_peak_pss_mib": round(peaks["pss"] / MiB, 1), "tree_peak_rss_sum_mib": round(peaks["rss"] / MiB, 1),
+            "stage_seconds": stages, "data_wait": waits, "load_average": os.getloadavg()[0]}
+
+
+def _run_sampled(cmd: list[str], **env_extra: str) -> tuple[dict, dict]:
+    """Run `cmd` (its last stdout line is JSON) while sampling the PSS/RSS of its process tree."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), **env_extra}
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+    peaks = {"pss": 0, "rss": 0}
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            pss, rss = _tree_memory(child.pid)
+            peaks["pss"], peaks["rss"] = max(peaks["pss"], pss), max(peaks["rss"], rss)
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    out, _ = child.communicate()
+    stop.set()
+    sampler.join()
+    if child.returncode:
+        raise SystemExit(f"{cmd[:3]} failed ({child.returncode})")
+    return json.loads(out.strip().splitlines()[-1]), peaks
+
+
+def section_compress(ctx: dict) -> dict:
+    """Per N: a cold run (no cache), then a run with data.cache: uint8 (built once, then read per sample)."""
+    rows = []
+    for n in ctx["sizes"]:
+        for cache in ctx.get("compress_caches", ("none", "uint8")):
+            print(f"  compress N={n} cache={cache}", flush=True)
+            rows.append(compress_run(ctx["roots"][n], n, ctx["work"], cache))
+            ctx["checkpoint"]("compress", {"rows": rows, "old_peak_gib": OLD_COMPRESS_PEAK_GIB})
+    return {"rows": rows, "old_peak_gib": OLD_COMPRESS_PEAK_GIB}
+
+
+SECTIONS = {"decode": section_decode, "stream": section_stream, "cache": section_cache, "compress": section_compress}
 
 
 def _tree_memory(pid: int) -> tuple[int, int]:
@@ -284,7 +344,7 @@ def write_results(result: dict, out: Path) -> None:
 def render(r: dict) -> str:
     m = r["machine"]
     lines = ["# Streaming data layer: decode rate, memory, uint8 cache", "",
-             f"Reproduce: `nice -n 10 python benchmarks/data_pipeline.py --sizes {' '.join(map(str, r['sizes']))}`. "
+             f"Reproduce: `nice -n 10 python {r.get('command') or 'benchmarks/data_pipeline.py --sizes ' + ' '.join(map(str, r['sizes']))}`. "
              f"Machine: {m['cpu']} ({' '.join(m.get('cpu_flags', []))}), {m['usable_cores']} usable cores, {m['memory_mb']} MB RAM, {m['os']}; "
              f"torch {m['versions'].get('torch')}. {r['note']}", "",
              "Datasets: " + "; ".join(f"N={n}: {d['bytes'] / MiB:.0f} MiB, {d['png']} PNG, {d['phone_photos']} "
@@ -332,6 +392,27 @@ def render(r: dict) -> str:
                   f"- Streaming the cache at 224 px with the image folder moved away (so no JPEG can be read): "
                   f"{s['images']:,} images, {s['images_per_s']:.0f} images/s, main peak RSS {s['main_peak_rss_mib']:.0f} MiB, "
                   f"process + workers peak PSS {s['tree_peak_pss_mib']:.0f} MiB.", ""]
+    if "compress" in r["sections"]:
+        c = r["sections"]["compress"]
+        old = ", ".join(f"{v} GiB at {int(k):,}" for k, v in c["old_peak_gib"].items())
+        lines += ["## Whole `edgekd compress` at 224 px (tiny compute: see COMPRESS_CONFIG)", "",
+                  f"Before phase 2 (every image held as float32 in RAM), peak memory of the whole run was {old} "
+                  "training images. Now:", "",
+                  "| N | data.cache | wall | main process peak RSS | process tree peak PSS | data wait (teacher, student) | "
+                  "stage seconds | load avg |", "|---:|---|---:|---:|---:|---|---|---:|"]
+        for row in c["rows"]:
+            waits = ", ".join(f"{name} {max(v):.0%}" for name, v in row["data_wait"].items() if v and None not in v)
+            stages = ", ".join(f"{k} {v:.0f}" for k, v in row["stage_seconds"].items())
+            lines.append(f"| {row['n']:,} | {row['cache']} | {row['wall_s']:.0f} s | {row['main_peak_rss_mib']:.0f} MiB | "
+                         f"{row['tree_peak_pss_mib']:.0f} MiB | {waits} | {stages} | {row['load_average']:.1f} |")
+        lines += ["", "The tree's PSS counts the DataLoader workers and the bench stage's measuring processes, "
+                  "sharing pages fairly. Data wait: the share of training-step time spent waiting for the next batch. "
+                  "The run: a random test_resnet teacher (not trained), a width-0.5 student distilled for one epoch "
+                  "on 5% of the training split with the live teacher, 5% val and test splits, input 224 px; every "
+                  "image is listed, checked (decoded) once by the data stage. What the main process holds besides "
+                  "torch and the models are the bounded files it loads: data/val.npz and data/test.npz (the INT8 gate, "
+                  "parity, bench), each capped at 256 MiB of inputs (445 images at 224 px: reached at N=10,000 with "
+                  "5% splits, 101 images at N=2,000) and calib.npz (250 images); none grows past its cap with N.", ""]
     return "\n".join(lines)
 
 
@@ -351,11 +432,16 @@ def main() -> None:
     roots = {n: args.work / f"fmnist-{n}" for n in args.sizes}
     datasets = {n: write_imagefolder(root, n) for n, root in roots.items()}
     ctx = {"sizes": args.sizes, "roots": roots, "work": args.work}
-    result = {"machine": {**machine_info(), "cpu_flags": cpu_flags()}, "sizes": args.sizes, "datasets": datasets, "note": args.note,
+    command = " ".join(["benchmarks/data_pipeline.py", *(a.replace(f"{REPO}/", "") for a in sys.argv[1:])])
+    result = {"machine": {**machine_info(), "cpu_flags": cpu_flags()}, "command": command, "sizes": args.sizes, "datasets": datasets, "note": args.note,
               "preprocess": PRE.to_dict(), "sections": {}}
     previous = args.out.with_suffix(".json")
     if args.merge and previous.is_file():
         result["sections"] = json.loads(previous.read_text())["sections"]
+    def checkpoint(name: str, partial: dict) -> None:  # a long section saves what it has measured so far
+        write_results({**result, "sections": {**result["sections"], name: partial}}, args.out)
+
+    ctx["checkpoint"] = checkpoint
     for name in args.sections:
         print(f"section {name}", flush=True)
         result["sections"][name] = SECTIONS[name](ctx)

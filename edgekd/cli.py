@@ -75,6 +75,10 @@ def validate(config: Path) -> None:
 
     cfg = preflight(config)
     click.echo(f"{config}: valid — run name {cfg.name!r}, targets {', '.join(cfg.targets)}.")
+    if cfg.data.kind == "imagefolder":  # listed, not decoded: a stat per file
+        from edgekd.data.splits import imagefolder_summary
+
+        click.echo(imagefolder_summary(cfg.data.path, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.seed))
     for warning in config_warnings(cfg):
         click.secho(f"warning: {warning}", fg="yellow", err=True)
 

@@ -13,6 +13,7 @@ from typing import Annotated, Literal, Union
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from edgekd import BUILTIN_DIR
+from edgekd.data.transforms import ImageAugmentConfig
 from edgekd.errors import ConfigError
 from edgekd.schema import Strict, parse, read_yaml
 
@@ -33,15 +34,39 @@ class DataConfig(Strict):
     seed: int = 0
     mean: tuple[float, ...] | None = Field(None, description="per channel; default from the teacher's timm config or the data")
     std: tuple[float, ...] | None = None
-    augment: Literal["none", "crop_flip", "crop"] = "none"
+    augment: Literal["none", "crop_flip", "crop", "timm"] = Field(
+        "none", description="crop / crop_flip: a seeded 4-px shift (and flip) of the preprocessed batch; timm "
+        "(imagefolder): timm's training transform (data.train_transform) from the picture, in the DataLoader workers")
+    train_transform: ImageAugmentConfig = Field(
+        default_factory=ImageAugmentConfig, description="augment: timm only; timm's names (create_transform)")
     train_fraction: float = Field(
         1.0, gt=0, le=1, description="the student stage trains on this seeded, class-stratified share of the "
         "training split; the teacher stage always trains on all of it")
+    workers: int | None = Field(
+        None, ge=0, description="imagefolder: DataLoader worker processes that decode images; default: this "
+        "machine's cores (shared by the torchrun ranks on it); 0: in the training process")
+    cache: Literal["none", "uint8"] = Field(
+        "none", description="imagefolder: uint8 = decode every image once into a uint8 file at training size "
+        "(4x smaller than float32), read per sample by every stage and by later runs")
+    cache_dir: Path | None = Field(
+        None, description="where the uint8 cache lives; default: <run dir>/cache/data. A shared folder "
+        "(e.g. ~/.cache/edgekd/data) lets other runs of the same files reuse it")
+    on_bad_image: Literal["error", "skip"] = Field(
+        "error", description="imagefolder: error = list every unreadable image and stop before any training; "
+        "skip = leave them out (the data summary counts them)")
 
     @model_validator(mode="after")
     def _path_when_needed(self) -> "DataConfig":
         if self.kind in ("idx", "imagefolder") and self.path is None:
             raise ValueError(f"data.kind {self.kind!r} needs data.path")
+        if self.kind != "imagefolder" and (self.cache != "none" or self.cache_dir is not None):
+            raise ValueError(f"data.cache and data.cache_dir apply to imagefolder; {self.kind} is held in memory")
+        if self.augment == "timm" and self.kind != "imagefolder":
+            raise ValueError(f"data.augment 'timm' crops and recolours pictures (imagefolder); {self.kind} arrays "
+                             "are already at input size: use augment: crop or crop_flip")
+        if "train_transform" in self.model_fields_set and self.augment != "timm":
+            raise ValueError(f"data.train_transform applies with augment: timm (now {self.augment!r}): set "
+                             "augment: timm or remove train_transform")
         for name in ("mean", "std"):
             value = getattr(self, name)
             if value is not None and len(value) != self.channels:
@@ -50,6 +75,11 @@ class DataConfig(Strict):
             raise ValueError(f"data.val_fraction {self.val_fraction:g} + data.test_fraction {self.test_fraction:g} "
                              "leave nothing to train on: keep their sum below 1")
         return self
+
+    @property
+    def augment_keys(self) -> list[str]:
+        """The keys that decide what a training sample looks like (the trainers' reads)."""
+        return ["data.augment"] + (["data.train_transform"] if self.augment == "timm" else [])
 
 
 class TrainConfig(Strict):
@@ -422,7 +452,9 @@ def _resolve_paths(config: CompressConfig, base: Path) -> CompressConfig:
         here, shipped = base / p, BUILTIN_DIR / p
         return here if here.exists() or not shipped.exists() else shipped
 
-    data = config.data.model_copy(update={"path": resolve(config.data.path)})
+    cache_dir = config.data.cache_dir and config.data.cache_dir.expanduser()
+    cache_dir = cache_dir if cache_dir is None or cache_dir.is_absolute() else base / cache_dir
+    data = config.data.model_copy(update={"path": resolve(config.data.path), "cache_dir": cache_dir})
     teacher = config.teacher.model_copy(update={"checkpoint": resolve(config.teacher.checkpoint)})
     teachers = config.teachers and [t.model_copy(update={"checkpoint": resolve(t.checkpoint)}) for t in config.teachers]
     quantize = config.quantize.model_copy(update={"calibration": resolve(config.quantize.calibration)})

@@ -18,7 +18,14 @@ data:
                             #   when the source has none (digits, idx, imagefolder without ROOT/val)
   test_fraction: 0.2        # carved for the test split (every reported accuracy) when the source has none
                             #   (digits, imagefolder without ROOT/test); idx uses its t10k files
-  augment: none             # none | crop | crop_flip (crop_flip disables the teacher cache)
+  augment: none             # none | crop | crop_flip | timm (imagefolder; any augmentation runs the teacher live)
+  # train_transform:        # augment: timm only, timm's names: scale, ratio, hflip, vflip, color_jitter,
+  #   scale: [0.08, 1.0]    #   auto_augment (e.g. rand-m9-mstd0.5), interpolation, re_prob, re_mode, re_count
+  #   auto_augment: rand-m9-mstd0.5
+  # workers: 4              # imagefolder: processes decoding images (default: this machine's cores; 0: in-process)
+  cache: none               # imagefolder: uint8 = decode each image once into a file at training size, reused
+  # cache_dir: ~/.cache/edgekd/data   # where that cache lives (default: <run dir>/cache/data)
+  on_bad_image: error       # imagefolder: error = list every unreadable image and stop; skip = leave them out
   train_fraction: 1.0       # the student trains on this stratified share of the training split (the teacher on all)
   # mean: [0.5]             # default: measured on the training split (digits/idx) or the teacher's timm config
   # std: [0.5]

@@ -41,6 +41,21 @@ def test_validate_the_builtin_default():
     assert result.exit_code == 0 and "valid" in result.output and "warning" not in result.output
 
 
+def test_validate_lists_an_imagefolder_per_class_and_split(tmp_path):
+    from PIL import Image
+
+    for cls, n in (("cat", 5), ("dog", 10)):
+        (tmp_path / "images" / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.new("L", (4, 4)).save(tmp_path / "images" / cls / f"{i}.png")
+    config = tmp_path / "model.yaml"
+    config.write_text("data: {kind: imagefolder, path: images, channels: 3}\n")
+    result = invoke("validate", config)
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line.split()[1:] for line in result.output.splitlines()[1:]}
+    assert rows["class"] == ["train", "val", "test"] and rows["dog"] == ["6", "2", "2"] and rows["total"] == ["9", "3", "3"]
+
+
 def test_validate_says_when_a_setting_misleads(tmp_path):
     config = tmp_path / "model.yaml"
     config.write_text("distill:\n  train: {epochs: 1}\n")  # warmup_epochs 1.0 by default: all warm-up

@@ -1,23 +1,20 @@
-"""Datasets as preprocessed in-memory arrays, split deterministically.
+"""Datasets, split deterministically, behind one interface (`train`, `val`, `test` splits).
 
-`load_data(cfg, teacher_model)` returns `Data`: float32 N×C×H×W arrays already
-resized and normalised exactly as the exported model expects its input, plus
-the `Preprocess` record that travels with every artifact (ONNX metadata,
-sidecars, bundles) so a device can reproduce it.
+`load_data(cfg, teacher_model, cache_root=..., device=...)` returns:
+    Data        digits / idx: float32 N×C×H×W arrays, resized and normalised, in memory (small:
+                Fashion-MNIST at 32×32 is 245 MB); each split a TensorSplit over them
+    FolderData  imagefolder (edgekd.data.folderdata): the file list only; each split a StreamSplit whose
+                samples DataLoader workers decode (or read from the uint8 cache) one at a time
+Both carry the `Preprocess` record that travels with every artifact (ONNX metadata, sidecars,
+bundles) so a device can reproduce it, and split batches come out the same way
+(edgekd.data.splitset), so each stage is written once.
 
 Three splits, each with one job: `train` fits weights; `val` makes every choice
 (best epoch, early stopping, the online peer, the INT8 gate's search); `test` is
 used for no choice and scores every accuracy the report shows. Where they come
 from: an official held-out file or folder is the test split (idx: the t10k files;
 imagefolder: ROOT/test); what a source lacks is carved, class-stratified and seeded
-(`data.seed`), out of its training data (`carve`): idx and imagefolder without
-ROOT/val carve val; digits (no split at all) carves both. The split logic is small
-pure functions over labels (`carve`, `stratified_subsample`) so a streaming data
-layer can call the same ones.
-
-Arrays (rather than a lazy loader) keep the teacher cache and batched tensor
-augmentation simple; they cost N×C×H×W×4 bytes (Fashion-MNIST at 32×32:
-245 MB).
+(`data.seed`), out of its training data (`carve`, edgekd.data.splits).
 """
 
 from __future__ import annotations
@@ -29,9 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.config import DataConfig
-from edgekd.data.sources import RawData, list_imagefolder, load_digits, load_idx
+from typing import TYPE_CHECKING
+from edgekd.data.sources import RawData, load_digits, load_idx
 from edgekd.errors import DataError
+
+if TYPE_CHECKING:  # edgekd.config imports edgekd.data.transforms, which imports this package
+    from edgekd.config import DataConfig
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,31 @@ class Data:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train_x.shape[1:])
+
+    @property
+    def train(self):
+        from edgekd.data.splitset import TensorSplit
+
+        return TensorSplit(self.train_x, self.train_y)  # views of the arrays: no copy
+
+    @property
+    def val(self):
+        from edgekd.data.splitset import TensorSplit
+
+        return TensorSplit(self.val_x, self.val_y)
+
+    @property
+    def test(self):
+        from edgekd.data.splitset import TensorSplit
+
+        return TensorSplit(self.test_x, self.test_y)
+
+    def check(self, ui=None) -> None:
+        """Nothing to check: the arrays were read whole (FolderData decodes every image here)."""
+
     def fingerprint(self) -> str:
         """Hash of the exact arrays: stage caches key on it, not on file dates."""
         h = hashlib.sha256()
@@ -85,9 +110,18 @@ class Data:
         }
 
 
-def load_data(cfg: DataConfig, teacher_model: str | None = None) -> Data:
+def load_data(cfg: DataConfig, teacher_model: str | None = None, *, cache_root: Path | None = None,
+              device="cpu", skipped: list[str] = ()):
+    """Data (digits, idx) or FolderData (imagefolder: `cache_root` holds its uint8 cache unless
+    data.cache_dir names one; `skipped`: files the data stage found bad, left out with on_bad_image: skip)."""
     if cfg.kind == "imagefolder":
-        return _load_imagefolder(cfg, teacher_model)
+        from edgekd.data.folderdata import FolderData
+
+        if not cfg.path.is_dir():
+            raise DataError(f"data.path {str(cfg.path)!r} is not a directory.", "Point it at the ImageFolder root.")
+        root = cfg.cache_dir or cache_root or Path(".edgekd-cache")
+        return FolderData(cfg, _imagefolder_preprocess(cfg, teacher_model), cache_root=root, device=device,
+                          skipped=skipped)
     raw = load_digits(None) if cfg.kind == "digits" else load_idx(cfg.path)
     source = "scikit-learn digits" if cfg.kind == "digits" else f"idx:{cfg.path}"
     return _from_arrays(raw, cfg, source)
@@ -208,41 +242,6 @@ def _normalise(x: np.ndarray, pre: Preprocess) -> np.ndarray:
     return ((x - mean) / std).astype(np.float32)
 
 
-def _load_imagefolder(cfg: DataConfig, teacher_model: str | None) -> Data:
-    root = cfg.path
-    if not root.is_dir():
-        raise DataError(f"data.path {str(root)!r} is not a directory.", "Point it at the ImageFolder root.")
-    pre = _imagefolder_preprocess(cfg, teacher_model)
-    folders = imagefolder_layout(root)
-    listed = {split: list_imagefolder(folder) for split, folder in folders.items()}
-    classes = listed["train"][1]
-    for split, (_, found) in listed.items():
-        if found != classes:
-            raise DataError(f"{folders[split]} and {folders['train']} have different class folders.", "Make them match.")
-    items = listed["train"][0]
-    labels = np.array([label for _, label in items])
-    train_idx, val_idx, test_idx = carve(labels, 0.0 if "val" in listed else cfg.val_fraction,
-                                         0.0 if "test" in listed else cfg.test_fraction, cfg.seed)
-    chosen = {"train": [items[i] for i in train_idx],
-              "val": listed["val"][0] if "val" in listed else [items[i] for i in val_idx],
-              "test": listed["test"][0] if "test" in listed else [items[i] for i in test_idx]}
-    arrays = {split: _read_images(split_items, pre) for split, split_items in chosen.items()}
-    origin = {split: f"{folders[split]}" if split in listed else CARVED for split in ("val", "test")}
-    return Data(*arrays["train"], *arrays["val"], *arrays["test"], classes, pre, f"imagefolder:{root}", origin)
-
-
-SPLIT_FOLDERS = ("train", "val", "test")
-
-
-def imagefolder_layout(root: Path) -> dict[str, Path]:
-    """{"train": folder[, "val": folder][, "test": folder]}: ROOT/train (+ ROOT/val, ROOT/test) when
-    ROOT holds only split folders, else ROOT itself is the training data (class folders)."""
-    subdirs = {d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")}
-    if "train" not in subdirs or not subdirs <= set(SPLIT_FOLDERS):
-        return {"train": root}
-    return {split: root / split for split in SPLIT_FOLDERS if split in subdirs}
-
-
 def _imagefolder_preprocess(cfg: DataConfig, teacher_model: str | None) -> Preprocess:
     """Take mean/std/interpolation/crop from the teacher's timm pretrained config."""
     mean, std, interpolation, crop_pct = (0.5,) * cfg.channels, (0.5,) * cfg.channels, "bilinear", 1.0
@@ -255,12 +254,6 @@ def _imagefolder_preprocess(cfg: DataConfig, teacher_model: str | None) -> Prepr
                 mean, std = tuple(pcfg.mean), tuple(pcfg.std)
             interpolation, crop_pct = pcfg.interpolation or "bilinear", pcfg.crop_pct or 1.0
     return Preprocess(cfg.input_size, cfg.channels, tuple(cfg.mean or mean), tuple(cfg.std or std), interpolation, crop_pct, 255.0)
-
-
-def _read_images(items: list[tuple[Path, int]], pre: Preprocess) -> tuple[np.ndarray, np.ndarray]:
-    x = np.stack([preprocess_image(path, pre) for path, _ in items])
-    y = np.array([label for _, label in items], dtype=np.int64)
-    return x, y
 
 
 def preprocess_image(path: Path, pre: Preprocess) -> np.ndarray:

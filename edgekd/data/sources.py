@@ -111,23 +111,3 @@ def _read_idx(file: Path) -> np.ndarray:
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-
-
-def list_imagefolder(root: Path) -> tuple[list[tuple[Path, int]], list[str]]:
-    """(file, class index) pairs of a torchvision-style ImageFolder, classes sorted."""
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
-        raise DataError(
-            f"{root} has no class folders.",
-            "An imagefolder dataset is ROOT/<class name>/<image files>; "
-            "optionally ROOT/train/<class>/... and ROOT/val/<class>/....",
-        )
-    items = [
-        (f, idx)
-        for idx, name in enumerate(classes)
-        for f in sorted((root / name).rglob("*"))
-        if f.suffix.lower() in IMAGE_SUFFIXES
-    ]
-    if not items:
-        raise DataError(f"{root}'s class folders hold no images ({', '.join(sorted(IMAGE_SUFFIXES))}).", "Check data.path.")
-    return items, classes

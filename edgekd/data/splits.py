@@ -91,5 +91,14 @@ def imagefolder_splits(listing: Listing, val_fraction: float, test_fraction: flo
     return {split: listing.folders[folder].subset(rows) for split, (folder, rows) in plan.items()}
 
 
+def imagefolder_summary(root, val_fraction: float, test_fraction: float, seed: int) -> str:
+    """Images per class per split as `edgekd validate` prints it: the folders listed, nothing decoded."""
+    from edgekd.data.listing import format_summary, list_imagefolder, summarise
+
+    listing = list_imagefolder(root)
+    splits = imagefolder_splits(listing, val_fraction, test_fraction, seed)
+    return format_summary(summarise(listing.classes, {name: files.labels for name, files in splits.items()}))
+
+
 def _take(n: int, fraction: float) -> int:
     return 0 if fraction <= 0 else max(1, int(round(n * fraction)))

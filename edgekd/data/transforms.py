@@ -26,9 +26,10 @@ from edgekd.schema import Strict
 _PIL_FILTERS = {"bicubic": "BICUBIC", "nearest": "NEAREST"}  # anything else: bilinear, as preprocess_image
 
 
-class TrainTransformConfig(Strict):
-    """Training augmentation, in timm's names (timm train.py / create_transform). mean/std are not here:
-    training normalises exactly as the eval transform does (data.mean/std or the teacher's)."""
+class ImageAugmentConfig(Strict):
+    """Training augmentation of image files (data.train_transform), in timm's names (timm train.py /
+    create_transform). mean/std are not here: training normalises exactly as the eval transform does
+    (data.mean/std or the teacher's)."""
 
     scale: tuple[float, float] = Field((0.08, 1.0), description="RandomResizedCrop: area share of the picture")
     ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="RandomResizedCrop: aspect ratio range")
@@ -43,6 +44,21 @@ class TrainTransformConfig(Strict):
     re_prob: float = Field(0.0, ge=0, le=1, description="RandomErasing probability")
     re_mode: Literal["const", "rand", "pixel"] = "const"
     re_count: int = Field(1, ge=1, description="RandomErasing: up to this many boxes")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "ImageAugmentConfig":
+        if not 0 < self.scale[0] <= self.scale[1] <= 1:
+            raise ValueError("scale needs 0 < min <= max <= 1")
+        if not 0 < self.ratio[0] <= self.ratio[1]:
+            raise ValueError("ratio needs 0 < min <= max")
+        if self.auto_augment is not None:
+            _check_policy(self.auto_augment)
+        return self
+
+
+class TrainTransformConfig(ImageAugmentConfig):
+    """ImageAugmentConfig plus the small-array crop and timm Mixup/CutMix (edgekd.data.mixing)."""
+
     pad_crop: int = Field(4, ge=0, description="digits/idx arrays only: random crop of a reflect-padded image")
     mixup: float = Field(0.0, ge=0, description="mixup alpha; > 0 turns mixup on")
     cutmix: float = Field(0.0, ge=0, description="cutmix alpha; > 0 turns cutmix on")
@@ -52,15 +68,9 @@ class TrainTransformConfig(Strict):
     mixup_mode: Literal["batch", "pair", "elem"] = "batch"
 
     @model_validator(mode="after")
-    def _ranges(self) -> "TrainTransformConfig":
-        if not 0 < self.scale[0] <= self.scale[1] <= 1:
-            raise ValueError("scale needs 0 < min <= max <= 1")
-        if not 0 < self.ratio[0] <= self.ratio[1]:
-            raise ValueError("ratio needs 0 < min <= max")
+    def _cutmix_range(self) -> "TrainTransformConfig":
         if self.cutmix_minmax is not None and not 0 < self.cutmix_minmax[0] < self.cutmix_minmax[1] <= 1:
             raise ValueError("cutmix_minmax needs 0 < min < max <= 1")
-        if self.auto_augment is not None:
-            _check_policy(self.auto_augment)
         return self
 
     @property
@@ -111,7 +121,7 @@ def eval_transform(pre: Preprocess) -> EvalTransform:
     return EvalTransform(pre)
 
 
-def train_transform(cfg: TrainTransformConfig, pre: Preprocess):
+def train_transform(cfg: ImageAugmentConfig, pre: Preprocess):
     """timm's training transform (RandomResizedCrop, flips, colour jitter or an auto-augment policy,
     ToTensor, Normalize, RandomErasing) for PIL images."""
     from timm.data import create_transform

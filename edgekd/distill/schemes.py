@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgekd.config import TrainConfig
-from edgekd.distill.trainer import Amp, _optimizer, _scheduler, augment_batch, evaluate
+from edgekd.distill.distributed import Dist
+from edgekd.distill.trainer import Amp, _optimizer, _scheduler, _sharded_accuracy, as_split, eval_batches
 from edgekd.models.io import build
 from edgekd.models.torchfile import load_epoch_checkpoint, save_atomic
 
@@ -173,21 +174,27 @@ def train_peers(peers: list[nn.Module], train_xy, val_xy, cfg: TrainConfig, work
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     for peer in peers:
         peer.to(device=device, memory_format=memory_format)
-    x, y = train_xy
+    batches = as_split(train_xy).batches(cfg.batch_size, shuffle=True, seed=seed, augment=augment)
+    val_batches = eval_batches(as_split(val_xy))
+
+    def accuracies():
+        return [_sharded_accuracy(p, val_batches, device, memory_format, Dist()) for p in peers]
+
     optimizer = _optimizer(peers, cfg)
-    loop = _PeerLoop(peers, optimizer, _scheduler(optimizer, cfg, math.ceil(len(x) / cfg.batch_size)), cfg,
-                     Amp(cfg.amp, device), device, memory_format, augment, seed, temperature)
+    loop = _PeerLoop(peers, optimizer, _scheduler(optimizer, cfg, math.ceil(len(batches) / cfg.batch_size)), cfg,
+                     Amp(cfg.amp, device), device, memory_format, batches, temperature)
     state = _resume_peers(work_dir / "last.pt", key, loop)
     start_epoch = state["epoch"]
     if start_epoch == 0:  # a fresh training: rows of an earlier one must not be read as this one's
         (work_dir / "metrics.jsonl").unlink(missing_ok=True)
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
-        loss = _peers_epoch(loop, x, y, epoch)
-        accuracies = [evaluate(p, *val_xy, device=device, memory_format=memory_format) for p in peers]
+        loss = _peers_epoch(loop, epoch)
+        scores = accuracies()
         seconds = time.perf_counter() - started
-        row = {"epoch": epoch + 1, "loss": loss, "val_accuracy": max(accuracies), "peer_val_accuracy": accuracies,
-               "seconds": seconds, "images_per_s": len(x) * len(peers) / seconds, "lr": optimizer.param_groups[0]["lr"]}
+        row = {"epoch": epoch + 1, "loss": loss, "val_accuracy": max(scores), "peer_val_accuracy": scores,
+               "seconds": seconds, "images_per_s": len(batches) * len(peers) / seconds,
+               "lr": optimizer.param_groups[0]["lr"]}
         _record_peers(state, row, peers, epoch)
         _save_peers(work_dir / "last.pt", key, loop, state)
         with (work_dir / "metrics.jsonl").open("a") as fh:
@@ -198,7 +205,7 @@ def train_peers(peers: list[nn.Module], train_xy, val_xy, cfg: TrainConfig, work
             break
     if state["epoch"] == 0:  # zero epochs asked: the peers as they are
         state["best_states"] = [_cpu_state(p) for p in peers]
-        state["best_accuracies"] = [evaluate(p, *val_xy, device=device, memory_format=memory_format) for p in peers]
+        state["best_accuracies"] = accuracies()
     history = state["history"]
     return PeersResult(state["best_states"], state["best_accuracies"], state["best_epochs"], state["epoch"],
                        start_epoch, history, sum(h["seconds"] for h in history) / max(1, len(history)))
@@ -213,23 +220,18 @@ class _PeerLoop:
     amp: Amp
     device: torch.device
     memory_format: torch.memory_format
-    augment: str
-    seed: int
+    batches: object  # edgekd.data.splitset.Batches: shuffled and augmented per epoch, as trainer.train's
     temperature: float
 
 
-def _peers_epoch(loop: _PeerLoop, x, y, epoch: int) -> float:
+def _peers_epoch(loop: _PeerLoop, epoch: int) -> float:
     """One epoch; returns the mean per-peer loss."""
     for peer in loop.peers:
         peer.train()
-    generator = torch.Generator().manual_seed(loop.seed * 100_003 + epoch)  # as trainer._one_epoch
-    order = torch.randperm(len(x), generator=generator)
     total = 0.0
-    for start in range(0, len(order), loop.cfg.batch_size):
-        idx = order[start : start + loop.cfg.batch_size]
-        inputs = augment_batch(x[idx], loop.augment, generator)  # every peer sees the same batch
+    for idx, inputs, labels in loop.batches.epoch(epoch):  # every peer sees the same batch
         inputs = inputs.to(loop.device, non_blocking=True).contiguous(memory_format=loop.memory_format)
-        labels = y[idx].to(loop.device, non_blocking=True)
+        labels = labels.to(loop.device, non_blocking=True)
         with loop.amp.autocast():
             loss = mutual_loss([peer(inputs) for peer in loop.peers], labels, loop.temperature,
                                loop.cfg.label_smoothing)
@@ -237,7 +239,7 @@ def _peers_epoch(loop: _PeerLoop, x, y, epoch: int) -> float:
         loop.amp.step(loss, loop.optimizer, loop.cfg.grad_clip)
         loop.scheduler.step()
         total += loss.item() * len(idx)
-    return total / max(1, len(x)) / len(loop.peers)
+    return total / max(1, len(loop.batches)) / len(loop.peers)
 
 
 def _cpu_state(model: nn.Module) -> dict:

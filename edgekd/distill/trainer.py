@@ -1,9 +1,11 @@
 """One training loop for teachers, students and distillation.
 
-Data are in-memory tensors (edgekd.data). Each epoch's shuffle and
-augmentation are seeded from (seed, epoch), and the global RNG state is saved,
-so a run resumed from an epoch checkpoint continues exactly as the
-uninterrupted run would have.
+Data are splits (edgekd.data.splitset): in-memory tensors (digits, idx; a plain
+(x, y) tuple is taken as one) or image files streamed by DataLoader workers
+(imagefolder). Each epoch's shuffle and augmentation are seeded from (seed, epoch),
+and the global RNG state is saved, so a run resumed from an epoch checkpoint
+continues exactly as the uninterrupted run would have. Each metrics row records
+`data_wait`: the share of the epoch's training time spent waiting for batches.
 
 `loss_fn` is any (student_logits, teacher_logits, labels) -> loss callable. When
 it has `set_progress`, it is told before every step the share of the training's
@@ -30,10 +32,10 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from edgekd.config import TrainConfig
-from edgekd.distill.distributed import Dist, shard_size
+from edgekd.data.splitset import TensorSplit, augment_batch, eval_batch_size  # noqa: F401 (augment_batch: schemes)
+from edgekd.distill.distributed import Dist
 from edgekd.distill.losses import LossFn
 from edgekd.errors import ConfigError
 from edgekd.models.torchfile import load_epoch_checkpoint, save_atomic
@@ -61,8 +63,8 @@ def pick_device(choice: str) -> torch.device:
 
 def train(
     model: torch.nn.Module,
-    train_xy: tuple[torch.Tensor, torch.Tensor],
-    val_xy: tuple[torch.Tensor, torch.Tensor],
+    train_xy,
+    val_xy,
     cfg: TrainConfig,
     loss_fn: LossFn,
     work_dir: Path,
@@ -77,6 +79,8 @@ def train(
 ) -> TrainResult:
     """Train `model` in place; returns the best-by-val-accuracy weights.
 
+    train_xy, val_xy: splits (TensorSplit, StreamSplit) or (x, y) tensor tuples.
+
     dist: under torchrun, every rank calls this with the same arguments; the model is
     wrapped in DistributedDataParallel, each rank trains on its shard of every epoch
     (`Dist.shard`), validation is sharded and summed, and only rank 0 writes files.
@@ -90,11 +94,13 @@ def train(
     if objective is not None:
         objective.to(device)
         _check_objective_under_ddp(objective, dist)
-    x, y = train_xy
+    batches = as_split(train_xy).batches(cfg.batch_size, shuffle=True, seed=seed, augment=augment, rank=dist.rank,
+                                         world_size=dist.world_size)
+    val_batches = eval_batches(as_split(val_xy), dist)
     optimizer = _optimizer([model] + ([objective] if objective is not None else []), cfg)
-    steps_per_epoch = math.ceil(shard_size(len(x), dist.world_size) / cfg.batch_size)
+    steps_per_epoch = math.ceil(len(batches) / cfg.batch_size)
     loop = _Loop(model, dist.wrap(model), loss_fn, optimizer, _scheduler(optimizer, cfg, steps_per_epoch), cfg,
-                 Amp(cfg.amp, device), teacher, device, memory_format, augment, seed, dist)
+                 Amp(cfg.amp, device), teacher, device, memory_format, batches, val_batches, dist)
     # another world size shards and schedules differently: resume only the same one
     key = key if not dist.enabled else f"{key}+world{dist.world_size}"
     state = _resume(work_dir / "last.pt", key, loop)
@@ -104,17 +110,18 @@ def train(
     writer, notes = _tensorboard(cfg, work_dir) if dist.is_main else (None, [])
     try:
         for epoch in range(start_epoch, cfg.epochs):
-            row = _epoch_row(loop, x, y, val_xy, epoch)
+            row = _epoch_row(loop, epoch)
             _record(state, row, model, epoch)
             if dist.is_main:  # rank 0 writes; every rank reads last.pt when resuming
                 _save(work_dir / "last.pt", key, loop, state)
                 with (work_dir / "metrics.jsonl").open("a") as fh:
                     fh.write(json.dumps(row) + "\n")
             if writer is not None:
-                for name in ("loss", "val_accuracy", "lr", "images_per_s"):
+                for name in ("loss", "val_accuracy", "lr", "images_per_s", "data_wait"):
                     writer.add_scalar(name, row[name], row["epoch"])
             if progress is not None and dist.is_main:
-                progress(loss=row["loss"], val_acc=row["val_accuracy"], img_s=round(row["images_per_s"]))
+                progress(loss=row["loss"], val_acc=row["val_accuracy"], img_s=round(row["images_per_s"]),
+                         wait=f"{row['data_wait']:.0%}")
             if cfg.early_stopping and state["bad_epochs"] >= cfg.early_stopping:
                 break
     finally:
@@ -122,7 +129,7 @@ def train(
             writer.close()
     if state["best_state"] is None:  # zero epochs asked: the model as it is
         state["best_state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        state["best_accuracy"] = evaluate(model, *val_xy, device=device, memory_format=memory_format)
+        state["best_accuracy"] = _sharded_accuracy(model, val_batches, device, memory_format, dist)
     history = state["history"]
     return TrainResult(
         best_state=state["best_state"],
@@ -181,19 +188,22 @@ class _Loop:
     teacher: TeacherFn | None
     device: torch.device
     memory_format: torch.memory_format
-    augment: str
-    seed: int
+    batches: object  # edgekd.data.splitset.Batches: this rank's training batches, per epoch
+    val_batches: object  # this rank's stride of the validation split
     dist: Dist
 
 
-def _epoch_row(loop: _Loop, x, y, val_xy, epoch: int) -> dict:
-    started = time.perf_counter()
-    loss = _one_epoch(loop, x, y, epoch)
+def _epoch_row(loop: _Loop, epoch: int) -> dict:
+    started, waited = time.perf_counter(), loop.batches.wait_seconds
+    loss = _one_epoch(loop, epoch)
+    training = time.perf_counter() - started
     loop.dist.sync_buffers(loop.model)  # one set of BN statistics on every rank before scoring and saving
-    accuracy = _sharded_accuracy(loop.model, val_xy, loop.device, loop.memory_format, loop.dist)
+    accuracy = _sharded_accuracy(loop.model, loop.val_batches, loop.device, loop.memory_format, loop.dist)
     seconds = time.perf_counter() - started
     row = {"epoch": epoch + 1, "loss": loss, "val_accuracy": accuracy, "seconds": seconds,
-           "images_per_s": len(x) / seconds, "lr": loop.optimizer.param_groups[0]["lr"]}
+           "images_per_s": len(loop.batches) * loop.dist.world_size / seconds,
+           "data_wait": round((loop.batches.wait_seconds - waited) / max(training, 1e-9), 4),
+           "lr": loop.optimizer.param_groups[0]["lr"]}
     # scheduled loss settings (kd alpha/temperature) as used in the epoch's last step
     return {**row, **getattr(loop.loss_fn, "scheduled_values", dict)()}
 
@@ -208,22 +218,19 @@ def _record(state: dict, row: dict, model, epoch: int) -> None:
     state["epoch"] = epoch + 1
 
 
-def _one_epoch(loop: _Loop, x, y, epoch: int) -> float:
+def _one_epoch(loop: _Loop, epoch: int) -> float:
     loop.model.train()
     if isinstance(loop.loss_fn, torch.nn.Module):
         loop.loss_fn.train()
-    generator = torch.Generator().manual_seed(loop.seed * 100_003 + epoch)
-    order = loop.dist.shard(torch.randperm(len(x), generator=generator))  # same permutation on every rank
     total, count = 0.0, 0
-    steps_per_epoch = math.ceil(len(order) / loop.cfg.batch_size)
+    steps_per_epoch = math.ceil(len(loop.batches) / loop.cfg.batch_size)
     set_progress = getattr(loop.loss_fn, "set_progress", None)
-    for step, start in enumerate(range(0, len(order), loop.cfg.batch_size)):
-        idx = order[start : start + loop.cfg.batch_size]
+    # the same permutation on every rank, each its stride (edgekd.data.splitset)
+    for step, (idx, inputs, labels) in enumerate(loop.batches.epoch(epoch)):
         if set_progress is not None:
             set_progress((epoch * steps_per_epoch + step) / max(1, loop.cfg.epochs * steps_per_epoch))
-        inputs = augment_batch(x[idx], loop.augment, generator)
         inputs = inputs.to(loop.device, non_blocking=True).contiguous(memory_format=loop.memory_format)
-        labels = y[idx].to(loop.device, non_blocking=True)
+        labels = labels.to(loop.device, non_blocking=True)
         with loop.amp.autocast():
             teacher_logits = loop.teacher(idx, inputs) if loop.teacher is not None else None
             loss = loop.loss_fn(loop.net(inputs), teacher_logits, labels)
@@ -251,16 +258,53 @@ def _scaled_lr(cfg: TrainConfig, dist: Dist) -> TrainConfig:
     return cfg
 
 
-def _sharded_accuracy(model, val_xy, device, memory_format, dist: Dist) -> float:
+def as_split(data):
+    """A split as is; an (x, y) tuple of tensors as a TensorSplit."""
+    return TensorSplit(*data) if isinstance(data, tuple) else data
+
+
+def eval_batches(split, dist: Dist | None = None):
+    """In order, this rank's stride (every sample once across ranks), batches sized for memory."""
+    dist = dist or Dist()
+    return split.batches(eval_batch_size(split.sample_shape), shuffle=False, rank=dist.rank,
+                         world_size=dist.world_size)
+
+
+@torch.inference_mode()
+def predict_batches(model, batches, *, device=torch.device("cpu"), memory_format=torch.contiguous_format,
+                    progress=None) -> torch.Tensor:
+    """Logits (N, classes) on the CPU, for one in-order pass over `batches`; `progress(n)` after each batch."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for _, x, _ in batches.epoch(0):
+        out.append(model(x.to(device).contiguous(memory_format=memory_format)).float().cpu())
+        if progress is not None:
+            progress(len(x))
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+@torch.inference_mode()
+def split_accuracy(model, split, *, device=torch.device("cpu"), dist: Dist | None = None) -> float:
+    """Accuracy over a whole split, streamed (under torchrun: strides, counts summed)."""
+    return _sharded_accuracy(model, eval_batches(as_split(split), dist), device, torch.contiguous_format,
+                             dist or Dist())
+
+
+def _sharded_accuracy(model, val_batches, device, memory_format, dist: Dist) -> float:
     """Validation accuracy; under torchrun each rank scores a stride of the split and the counts are summed."""
-    x, y = val_xy
-    if not dist.enabled:
-        return evaluate(model, x, y, device=device, memory_format=memory_format)
-    xs, ys = x[dist.rank :: dist.world_size], y[dist.rank :: dist.world_size]
-    correct = float((predict_logits(model, xs, device=device, memory_format=memory_format).argmax(1) == ys).sum()
-                    if len(xs) else 0.0)
-    correct, count = dist.all_reduce_sum([correct, float(len(xs))])
-    return correct / count
+    was_training = model.training
+    model.eval()
+    correct = count = 0.0
+    with torch.inference_mode():
+        for _, x, y in val_batches.epoch(0):
+            logits = model(x.to(device).contiguous(memory_format=memory_format))
+            correct += float((logits.argmax(1).cpu() == y).sum())
+            count += len(y)
+    model.train(was_training)
+    correct, count = dist.all_reduce_sum([correct, count])
+    return correct / max(1.0, count)
 
 
 def _tensorboard(cfg: TrainConfig, work_dir: Path):
@@ -274,24 +318,6 @@ def _tensorboard(cfg: TrainConfig, work_dir: Path):
     except ImportError:
         return None, ["tensorboard: skipped, the tensorboard package is not installed (pip install tensorboard)"]
     return SummaryWriter(str(work_dir / "tensorboard")), [f"tensorboard: {work_dir / 'tensorboard'}"]
-
-
-def augment_batch(x: torch.Tensor, augment: str, generator: torch.Generator) -> torch.Tensor:
-    """Batched, seeded augmentation: random 4-px-padded crop, optional horizontal flip."""
-    if augment == "none":
-        return x
-    n, _, h, w = x.shape
-    padded = F.pad(x, (4, 4, 4, 4), mode="reflect")
-    dy = torch.randint(0, 9, (n,), generator=generator)
-    dx = torch.randint(0, 9, (n,), generator=generator)
-    rows = (dy.view(n, 1) + torch.arange(h).view(1, h)).view(n, 1, h, 1).expand(-1, x.shape[1], -1, w + 8)
-    out = padded.gather(2, rows)
-    cols = (dx.view(n, 1) + torch.arange(w).view(1, w)).view(n, 1, 1, w).expand(-1, x.shape[1], h, -1)
-    out = out.gather(3, cols)
-    if augment == "crop_flip":
-        flip = torch.rand(n, generator=generator) < 0.5
-        out[flip] = out[flip].flip(-1)
-    return out
 
 
 @torch.inference_mode()

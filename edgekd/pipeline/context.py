@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -10,7 +11,7 @@ import numpy as np
 
 from edgekd.config import CompressConfig, config_dict, config_value
 from edgekd.distill.distributed import Dist
-from edgekd.pipeline.records import CALIB_FILE, TEST_FILE, VAL_FILE
+from edgekd.pipeline.records import CALIB_FILE, SUMMARY_FILE, TEST_FILE, VAL_FILE
 from edgekd.targets import TargetProfile, load_target
 from edgekd.ui import UI
 
@@ -45,9 +46,19 @@ class RunContext:
 
     @cached_property
     def data(self):
+        """Data (digits, idx: arrays) or FolderData (imagefolder: the file list, read per sample)."""
         from edgekd.data import load_data
 
-        return load_data(self.config.data, self.config.teacher.model)
+        return load_data(self.config.data, self.config.teacher.model, cache_root=self.run_dir / "cache" / "data",
+                         device=self.device, skipped=self._skipped_images())
+
+    def _skipped_images(self) -> list[str]:
+        """Images the data stage found unreadable and left out (data.on_bad_image: skip); later stages
+        leave out the same ones. The data stage checks again (its key covers the listing)."""
+        path = self.run_dir / SUMMARY_FILE
+        if self.config.data.on_bad_image != "skip" or not path.is_file():
+            return []
+        return json.loads(path.read_text()).get("skipped_images", [])
 
     @cached_property
     def device(self):

@@ -189,11 +189,23 @@ def notes(ctx: RunContext, report: dict, results: dict) -> list[str]:
 
 
 def _dataset_notes(dataset: dict) -> list[str]:
-    test_file = dataset.get("test_file") or {}
+    out = []
+    test_file, val_file = dataset.get("test_file") or {}, dataset.get("val_file") or {}
     if test_file and test_file["samples"] < test_file["of"]:
-        return [f"Accuracy is on a stratified {test_file['samples']} of the {test_file['of']} test samples "
-                f"(`{test_file['path']}` is capped so a device can hold it)."]
-    return []
+        out.append(f"Accuracy is on a stratified {test_file['samples']} of the {test_file['of']} test samples "
+                   f"(`{test_file['path']}` is capped so a device can hold it).")
+    if val_file and val_file["samples"] < val_file["of"]:
+        out.append(f"The INT8 gate and parity checks use a stratified {val_file['samples']} of the {val_file['of']} "
+                   f"validation samples (`{val_file['path']}`); validation accuracies are on all of them.")
+    skipped = dataset.get("skipped_images") or []
+    if skipped:
+        names = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        out.append(f"{len(skipped)} unreadable image(s) left out (data.on_bad_image: skip): {names}.")
+    if dataset.get("cache"):
+        size = sum(c["bytes"] for c in dataset["cache"].values()) / 2**20
+        out.append(f"Images were read from the uint8 cache ({size:.1f} MiB, "
+                   f"{sum(c['records'] for c in dataset['cache'].values())} images).")
+    return out
 
 
 def _export_notes(report: dict) -> list[str]:

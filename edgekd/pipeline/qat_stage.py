@@ -41,7 +41,7 @@ def _reads(ctx: RunContext) -> list[str]:
     c = ctx.config
     if not qat_enabled(ctx):
         return ["student.quantization"]
-    reads = ["name", "seed", "device", "data.augment", "data.seed", "data.train_fraction", "student.quantization",
+    reads = ["name", "seed", "device", *c.data.augment_keys, "data.seed", "data.train_fraction", "student.quantization",
              "distill.qat", "distill.losses", "distill.unlabeled_fraction", "distill.teacher_cache",
              "export.opset", "export.dynamic_batch", "export.simplify", "export.parity.samples", "targets",
              "quantize.enabled"]  # calibration: data/calib.npz when quantize is on, else training samples
@@ -62,9 +62,9 @@ def _inputs(ctx: RunContext) -> list[str]:
 def calibration_samples(ctx: RunContext) -> tuple[np.ndarray, str]:
     if ctx.config.quantize.enabled:
         return ctx.calib_array(), "data/calib.npz (the post-training INT8 calibration set)"
-    train_x = ctx.data.train_x
-    idx = np.random.default_rng(ctx.config.seed).permutation(len(train_x))[:FALLBACK_CALIB_SAMPLES]
-    return train_x[np.sort(idx)], f"{len(idx)} training samples (seed {ctx.config.seed}; quantize is disabled)"
+    train = ctx.data.train
+    idx = np.random.default_rng(ctx.config.seed).permutation(len(train))[:FALLBACK_CALIB_SAMPLES]
+    return train.stack(np.sort(idx)), f"{len(idx)} training samples (seed {ctx.config.seed}; quantize is disabled)"
 
 
 def run_qat(ctx: RunContext) -> dict:
@@ -85,7 +85,7 @@ def run_qat(ctx: RunContext) -> dict:
     torch.manual_seed(c.seed)
     teacher = _load_teacher(ctx)  # teacher.safetensors, or the weighted ensemble of `teachers:`
     loss = build_objective(c.distill.losses, student=student, teacher=teacher,
-                           input_shape=tuple(ctx.data.train_x.shape[1:]), label_smoothing=c.distill.qat.label_smoothing)
+                           input_shape=ctx.data.input_shape, label_smoothing=c.distill.qat.label_smoothing)
     loss.hold_progress(1.0)  # QAT continues the distillation: scheduled kd terms keep their end values
     split = _student_split(ctx)  # the distillation's samples and withheld labels
     teacher_fn, cache_note = _teacher_source(ctx, teacher, loss, teacher_files(c), rows=split.rows)

@@ -16,7 +16,7 @@ from edgekd.data import StudentSplit, stratified_subsample, student_split
 from edgekd.data.calib import load_manifest, select
 from edgekd.distill.losses import DistillObjective, build_objective, cross_entropy
 from edgekd.distill.schemes import EnsembleTeacher, Link, chain_summary, plan_chain, run_chain, train_peers
-from edgekd.distill.trainer import TrainResult, predict_logits, train
+from edgekd.distill.trainer import TrainResult, eval_batches, predict_batches, split_accuracy, train
 from edgekd.models.io import build, load_model, read_checkpoint, save_checkpoint
 from edgekd.models.prune import init_from_teacher
 from edgekd.models.student import student_spec
@@ -29,8 +29,9 @@ from edgekd.pipeline.records import (CALIB_FILE, STUDENT_CHECKPOINT, SUMMARY_FIL
 # ---------------------------------------------------------------- data
 
 DATA_KEYS = ("kind", "path", "input_size", "channels", "val_fraction", "test_fraction", "seed", "mean", "std")
-# data/test.npz is what every reported accuracy is scored on, here and on devices (a bundle carries it):
-# the whole test split, unless that is more than this many samples or bytes, then a stratified subset.
+# data/test.npz is what every reported accuracy is scored on, here and on devices (a bundle carries it),
+# and data/val.npz what the INT8 gate and parity checks choose on: each the whole split, unless that is
+# more than this many samples or bytes, then a stratified subset (the data summary says which).
 TEST_FILE_MAX_SAMPLES = 10_000
 TEST_FILE_MAX_BYTES = 256 * 2**20
 
@@ -39,7 +40,7 @@ def _data_reads(ctx: RunContext) -> list[str]:
     c = ctx.config
     reads = [f"data.{key}" for key in DATA_KEYS]
     if c.data.kind == "imagefolder":  # normalisation and resizing follow the teacher's timm config
-        reads.append("teacher.model")
+        reads += ["teacher.model", "data.on_bad_image"]
     reads.append("quantize.enabled")
     if not c.quantize.enabled:  # a TensorRT post-training INT8 build may still need calibration samples
         reads += ["targets", "student.quantization"]
@@ -52,27 +53,45 @@ def _data_outputs(ctx: RunContext) -> list[str]:
     return [VAL_FILE, TEST_FILE, SUMMARY_FILE] + ([CALIB_FILE] if needs_calibration(ctx.config, ctx.targets) else [])
 
 
+def _data_facts(ctx: RunContext) -> dict:
+    """The dataset's identity, so a moved, added, changed or removed file re-runs the data stage and,
+    through data/summary.json, every stage that reads it. imagefolder: the listing (path, size, mtime,
+    label per file) and the preprocessing, a stat per file; idx: its files' sizes and mtimes; digits is
+    built in (the config names it whole)."""
+    c = ctx.config.data
+    if c.kind == "imagefolder":
+        return {"dataset": ctx.data.fingerprint()}
+    if c.kind == "idx":
+        files = sorted(c.path.glob("*-ubyte*")) if c.path.is_dir() else []
+        return {"dataset": [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]}
+    return {}
+
+
 def rows_for_test_file(labels: np.ndarray, sample_bytes: int, seed: int) -> np.ndarray:
-    """The test split's rows data/test.npz keeps: all, or a stratified subset within the caps."""
+    """The rows data/test.npz (or val.npz) keeps of its split: all, or a stratified subset within the caps."""
     cap = min(TEST_FILE_MAX_SAMPLES, max(1, TEST_FILE_MAX_BYTES // max(1, sample_bytes)))
     return stratified_subsample(labels, cap, seed)
 
 
 def run_data(ctx: RunContext) -> dict:
-    data, out = ctx.data, ctx.run_dir
+    data, out, seed = ctx.data, ctx.run_dir, ctx.config.data.seed
     (out / VAL_FILE).parent.mkdir(parents=True, exist_ok=True)
+    data.check(ctx.ui)  # imagefolder: every image decoded once (or cached), bad ones listed, before any training
     classes = np.array(data.classes)
-    np.savez(out / VAL_FILE, x=data.val_x, y=data.val_y, classes=classes)
-    rows = rows_for_test_file(data.test_y, data.test_x[:1].nbytes, ctx.config.data.seed)
-    np.savez(out / TEST_FILE, x=data.test_x[rows], y=data.test_y[rows], classes=classes)
+    sample_bytes = 4 * int(np.prod(data.input_shape))
+    files = {}
+    for split, path in (("val", VAL_FILE), ("test", TEST_FILE)):
+        labels = getattr(data, split).labels
+        rows = rows_for_test_file(labels, sample_bytes, seed)
+        getattr(data, split).save_npz(out / path, rows, ui=ctx.ui, classes=classes)
+        files[f"{split}_file"] = {"path": path, "samples": int(len(rows)), "of": int(len(labels))}
     outputs = [VAL_FILE, TEST_FILE, SUMMARY_FILE]
-    summary = {**data.summary(), "test_file": {"path": TEST_FILE, "samples": int(len(rows)), "of": int(len(data.test_y))},
-               "fingerprint": data.fingerprint()}
+    summary = {**data.summary(), **files, "fingerprint": data.fingerprint()}
     if needs_calibration(ctx.config, ctx.targets):
         manifest = load_manifest(ctx.config.quantize.calibration)
-        pool_x, pool_y = (data.train_x, data.train_y) if manifest.split == "train" else (data.val_x, data.val_y)
-        idx = select(pool_y, manifest)
-        np.savez(out / CALIB_FILE, x=pool_x[idx], y=pool_y[idx], indices=idx)
+        pool = data.train if manifest.split == "train" else data.val
+        idx = select(pool.labels, manifest)
+        pool.save_npz(out / CALIB_FILE, idx, ui=ctx.ui, indices=idx)
         summary["calibration"] = {"manifest": str(ctx.config.quantize.calibration), "split": manifest.split,
                                   "samples": int(len(idx)), "seed": manifest.seed}
         outputs.append(CALIB_FILE)
@@ -83,7 +102,8 @@ def run_data(ctx: RunContext) -> dict:
                        f"{data.num_classes} classes"}
 
 
-DATA = Stage("data", "load, split and preprocess the dataset", run_data, _data_reads, lambda ctx: [], _data_outputs)
+DATA = Stage("data", "list, split and check the dataset", run_data, _data_reads, lambda ctx: [], _data_outputs,
+             facts=_data_facts)
 
 # ---------------------------------------------------------------- teacher
 
@@ -94,7 +114,7 @@ TEACHER_KEYS = tuple(k for k in TeacherConfig.model_fields if k != "trust_checkp
 
 def _teacher_reads(ctx: RunContext) -> list[str]:
     c = ctx.config
-    reads = ["seed", "device", "data.augment"]
+    reads = ["seed", "device", *c.data.augment_keys]
     reads += [f"teachers[*].{key}" if c.teachers else f"teacher.{key}" for key in TEACHER_KEYS]
     if c.distill.unlabeled_fraction > 0:  # the teacher trains without the withheld labels
         reads += ["data.train_fraction", "data.seed", "distill.unlabeled_fraction"]
@@ -177,7 +197,7 @@ def _teacher_train_xy(ctx: RunContext):
         return None
     data = ctx.data
     keep = np.setdiff1d(np.arange(len(data.train_y)), _student_split(ctx).unlabeled_rows)
-    return torch.from_numpy(data.train_x[keep]), torch.from_numpy(data.train_y[keep])
+    return data.train.take(keep)
 
 
 TEACHER = Stage("teacher", "build and train the teacher", run_teacher, _teacher_reads, _teacher_inputs,
@@ -192,7 +212,7 @@ DISTILL_KEYS = tuple(k for k in DistillConfig.model_fields if k != "qat")  # qat
 
 def _student_reads(ctx: RunContext) -> list[str]:
     c = ctx.config
-    reads = ["seed", "device", "data.augment", "data.seed", "data.train_fraction",
+    reads = ["seed", "device", *c.data.augment_keys, "data.seed", "data.train_fraction",
              *(f"student.{key}" for key in STUDENT_KEYS), *(f"distill.{key}" for key in DISTILL_KEYS)]
     if c.teachers:  # the ensemble's weights shape the soft targets; the teachers' files are inputs
         reads.append("teachers[*].weight")
@@ -211,12 +231,12 @@ def _student_split(ctx: RunContext) -> StudentSplit:
     return student_split(ctx.data.train_y, c.data.train_fraction, c.distill.unlabeled_fraction, c.data.seed)
 
 
-def student_train_xy(ctx: RunContext, split: StudentSplit) -> tuple[torch.Tensor, torch.Tensor]:
-    """The student's training tensors: `data.train_fraction` of the split, withheld labels set to -1."""
+def student_train_xy(ctx: RunContext, split: StudentSplit):
+    """The student's training split: `data.train_fraction` of the training split, withheld labels set to -1."""
     data = ctx.data
     y = data.train_y[split.rows].copy()
     y[split.unlabeled] = -1
-    return torch.from_numpy(data.train_x[split.rows]), torch.from_numpy(y)
+    return data.train.take(split.rows, labels=y)
 
 
 def run_student(ctx: RunContext) -> dict:
@@ -343,8 +363,7 @@ def _run_online(ctx: RunContext) -> dict:
     cfg, work = c.distill.train, ctx.run_dir / "work" / "peers"
     split = _student_split(ctx)  # data.train_fraction (unlabeled samples are refused for online)
     with ctx.ui.progress("peer epochs", cfg.epochs) as advance:
-        result = train_peers(peers, student_train_xy(ctx, split),
-                             (torch.from_numpy(data.val_x), torch.from_numpy(data.val_y)), cfg, work,
+        result = train_peers(peers, student_train_xy(ctx, split), data.val, cfg, work,
                              key=ctx.stage_key, seed=c.seed, temperature=c.distill.peer_temperature,
                              augment=c.data.augment, device=ctx.device, progress=advance)
     if result.resumed_from_epoch:
@@ -380,7 +399,8 @@ def _init_student(ctx: RunContext, student: torch.nn.Module, teacher: torch.nn.M
     if ctx.config.student.init != "teacher":
         return {"init": "random"}
     student.to(ctx.device)
-    calibration = torch.from_numpy(ctx.data.train_x[:CALIBRATION_IMAGES])
+    train = ctx.data.train
+    calibration = torch.from_numpy(train.stack(np.arange(min(CALIBRATION_IMAGES, len(train)))))
     family = init_from_teacher(student, teacher, calibration=calibration)
     accuracy = _val_accuracy(ctx, student)
     ctx.ui.info(f"student initialised from the pruned teacher ({family}): val accuracy {accuracy:.4f} before training")
@@ -433,8 +453,9 @@ def _teacher_source(ctx: RunContext, teacher: torch.nn.Module, objective: Distil
 
 def _write_teacher_cache(ctx: RunContext, teacher: torch.nn.Module, path) -> None:
     dist = ctx.dist
-    mine = torch.from_numpy(ctx.data.train_x[dist.rank :: dist.world_size])
-    logits = dist.gather_strided(predict_logits(teacher, mine, device=ctx.device).numpy())
+    ui = ctx.ui if dist.is_main else None
+    batches = eval_batches(ctx.data.train, dist)  # this rank's stride of the training split, in order
+    logits = dist.gather_strided(_predict_with_progress(teacher, batches, ctx.device, ui).numpy())
     if dist.is_main:
         path.parent.mkdir(exist_ok=True)
         np.save(path.with_suffix(".partial.npy"), logits)
@@ -447,13 +468,21 @@ def _index_map(rows: np.ndarray):
 
 
 def _cache_tag(ctx: RunContext, files: list[str]) -> str:
-    """Names the logit cache after what computes the logits: one checkpoint's content, or an
-    ensemble's checkpoints and weights."""
+    """Names the logit cache after what the logits are of: the checkpoints that compute them (one
+    teacher's content, or an ensemble's checkpoints and weights), the dataset's identity (its files and
+    preprocessing: the transform the cached inputs went through) and its train split's order."""
     digests = [sha256_file(ctx.run_dir / f) for f in files]
-    if len(digests) == 1:
-        return digests[0][:16]
-    weights = [t.weight for t in ctx.config.teachers]
-    return hashlib.sha256(json.dumps([digests, weights]).encode()).hexdigest()[:16]
+    weights = [t.weight for t in ctx.config.teachers] if len(digests) > 1 else None
+    what = {"teacher": digests, "weights": weights, "dataset": ctx.data.fingerprint(), "transform": "eval"}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _predict_with_progress(model, batches, device, ui):
+    """Logits of one in-order pass, with a progress bar (rate, ETA) on rank 0."""
+    if ui is None:
+        return predict_batches(model, batches, device=device)
+    with ui.progress("teacher logits", len(batches), unit="images") as advance:
+        return predict_batches(model, batches, device=device, progress=advance)
 
 
 # ---------------------------------------------------------------- shared
@@ -462,8 +491,8 @@ def _cache_tag(ctx: RunContext, files: list[str]) -> str:
 def _fit(ctx: RunContext, model, name: str, cfg, loss_fn, teacher, seed: int | None = None,
          train_xy=None) -> TrainResult:
     data = ctx.data
-    train_xy = train_xy or (torch.from_numpy(data.train_x), torch.from_numpy(data.train_y))
-    val_xy = (torch.from_numpy(data.val_x), torch.from_numpy(data.val_y))
+    train_xy = train_xy or data.train
+    val_xy = data.val
     work = ctx.run_dir / "work" / name
     with ctx.ui.progress(f"{name} epochs", cfg.epochs) as advance:
         result = train(model, train_xy, val_xy, cfg, loss_fn, work, key=ctx.stage_key,
@@ -488,10 +517,8 @@ def _train_metrics(result: TrainResult) -> dict:
 
 
 def _val_accuracy(ctx: RunContext, model) -> float:
-    from edgekd.distill.trainer import evaluate
-
     model.to(ctx.device)
-    return evaluate(model, torch.from_numpy(ctx.data.val_x), torch.from_numpy(ctx.data.val_y), device=ctx.device)
+    return split_accuracy(model, ctx.data.val, device=ctx.device)  # the whole split, streamed
 
 
 def _save(ctx: RunContext, name: str, model, arch: str, kwargs: dict, config: dict, metrics: dict) -> None:

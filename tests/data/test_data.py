@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgekd.config import DataConfig
-from edgekd.data import carve, imagefolder_layout, load_data, stratified_split, stratified_subsample
+from edgekd.data import CARVED, carve, load_data, stratified_split, stratified_subsample
 from edgekd.data.calib import CalibManifest, select
 from edgekd.data.sources import KNOWN_IDX_MD5, load_idx
 from edgekd.errors import DataError
@@ -101,9 +101,11 @@ def test_imagefolder_reads_class_folders(tmp_path):
         (tmp_path / cls).mkdir()
         for i in range(10):
             Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
-    data = load_data(DataConfig(kind="imagefolder", path=tmp_path, channels=3, input_size=24), teacher_model="resnet18")
+    data = load_data(DataConfig(kind="imagefolder", path=tmp_path, channels=3, input_size=24, workers=0),
+                     teacher_model="resnet18", cache_root=tmp_path / "cache")
     assert data.classes == ["cat", "dog"]
-    assert data.train_x.shape[1:] == (3, 24, 24) and data.summary()["splits"] == {"train": 12, "val": 4, "test": 4}
+    assert data.summary()["splits"] == {"train": 12, "val": 4, "test": 4}
+    assert data.train.stack(np.arange(2)).shape == (2, 3, 24, 24)
     # preprocessing comes from the teacher's timm pretrained config
     assert data.preprocess.mean == (0.485, 0.456, 0.406) and data.preprocess.interpolation == "bicubic"
 
@@ -117,11 +119,9 @@ def test_imagefolder_test_folder_is_the_test_split(tmp_path):
             (tmp_path / split / cls).mkdir(parents=True)
             for i in range(n):
                 Image.fromarray(rng.integers(0, 255, (12, 12), dtype=np.uint8)).save(tmp_path / split / cls / f"{i}.png")
-    assert set(imagefolder_layout(tmp_path)) == {"train", "test"}
     data = load_data(DataConfig(kind="imagefolder", path=tmp_path, input_size=8, val_fraction=0.2))
     assert data.summary()["splits"] == {"train": 16, "val": 4, "test": 6}  # val carved from train, test as given
-    (tmp_path / "train" / "bird").mkdir()
-    assert imagefolder_layout(tmp_path / "train") == {"train": tmp_path / "train"}  # class folders, no splits
+    assert data.origin == {"val": CARVED, "test": str(tmp_path / "test")}
 
 
 def test_imagefolder_without_classes_is_a_clear_error(tmp_path):

@@ -47,7 +47,9 @@ SINGLE = {"name": "keys", "data": {"path": "data-folder"}, "targets": ["host-cpu
 ONLINE = {**SINGLE, "distill": {"scheme": "online"}}
 LOADED = {**SINGLE, "teacher": {"checkpoint": "teacher.pth"}}  # keys that only apply to a checkpoint file
 LOADED_TEACHERS = {**FULL, "teachers": [{"model": "resnet18"}, {"model": "resnet18", "checkpoint": "teacher.pth"}]}
-BASES = {"full": FULL, "single": SINGLE, "online": ONLINE, "loaded": LOADED, "loaded_teachers": LOADED_TEACHERS}
+IMAGES = {**SINGLE, "data": {"kind": "imagefolder", "path": "data-folder"}}
+TIMM = {**SINGLE, "data": {"kind": "imagefolder", "path": "data-folder", "augment": "timm"}}
+BASES = {"images": IMAGES, "timm": TIMM, "full": FULL, "single": SINGLE, "online": ONLINE, "loaded": LOADED, "loaded_teachers": LOADED_TEACHERS}
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,15 @@ KEY_READERS: dict[str, Case | None] = {
     "data.seed": Case(1, {"data", "teacher", "student", "qat"}),  # the split, and the student's share
     "data.augment": Case("crop", TRAINERS),
     "data.train_fraction": Case(0.5, TRAINERS),  # the teacher: only with unlabeled samples (FULL has them)
+    # how images are read, not what they hold: the cache and the draft decode give the same pixels
+    "data.workers": Case(0, set(), "images"),
+    "data.cache": Case("uint8", set(), "images"),
+    "data.cache_dir": Case("shared-cache", set(), "images"),
+    "data.on_bad_image": Case("skip", {"data"}, "images"),
+    **{f"data.train_transform.{k}": Case(v, TRAINERS - {"qat"}, "timm") for k, v in {  # SINGLE has no QAT
+        "scale": [0.5, 1.0], "ratio": [0.9, 1.1], "hflip": 0.0, "vflip": 0.5, "color_jitter": 0.2,
+        "auto_augment": "rand-m9-mstd0.5", "interpolation": "bicubic", "re_prob": 0.25, "re_mode": "pixel",
+        "re_count": 2}.items()},
     "teacher.model": Case("resnet34", {"teacher"}, "single"),
     "teacher.pretrained": Case(True, {"teacher"}, "single"),
     "teacher.checkpoint": Case("teacher.pth", {"teacher"}, "single"),
@@ -194,8 +205,12 @@ def changed_stages(folder, base: dict, key: str, value) -> set[str]:
 @pytest.fixture
 def folder(tmp_path):
     """What the configs point at: a data folder, a teacher checkpoint, another calibration manifest."""
+    from PIL import Image
+
     for name in ("data-folder", "other-folder"):
         (tmp_path / name / "class0").mkdir(parents=True)
+        for i in range(3):  # an imagefolder base lists them (the data stage's key covers the listing)
+            Image.new("L", (8, 8), 40 * i).save(tmp_path / name / "class0" / f"{i}.png")
     (tmp_path / "teacher.pth").write_bytes(b"weights")
     (tmp_path / "other-calib.yaml").write_text("split: train\nsamples: 128\nseed: 1\n")
     return tmp_path

@@ -86,7 +86,7 @@ def test_student_trains_on_its_share_with_withheld_labels(tmp_path, monkeypatch,
     real_train = train_stages.train
 
     def spy(model, train_xy, *args, **kwargs):
-        seen["y"] = train_xy[1].clone()
+        seen["y"] = train_xy.labels.copy()
         return real_train(model, train_xy, *args, **kwargs)
 
     monkeypatch.setattr(train_stages, "train", spy)
@@ -99,6 +99,6 @@ def test_student_trains_on_its_share_with_withheld_labels(tmp_path, monkeypatch,
     rows = (tmp_path / "student.metrics.jsonl").read_text()
     assert '"kd[0].alpha"' in rows and "reverse KL" in result["losses"]
     # the teacher stage trains on everything except the withheld labels
-    teacher_x, teacher_y = train_stages._teacher_train_xy(ctx)
+    teacher_y = train_stages._teacher_train_xy(ctx).labels
     assert len(teacher_y) == n - used["unlabeled"] and (teacher_y >= 0).all()
     assert {"data.train_fraction", "distill.unlabeled_fraction"} <= set(train_stages._teacher_reads(ctx))

@@ -1,0 +1,113 @@
+"""The data, teacher and student stages on an ImageFolder read per sample (issue #13): what re-runs when an
+image changes, what the uint8 cache gives, what bad images do. A few dozen 12-px images: CI size."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgekd import BUILTIN_DIR
+from edgekd.config import CompressConfig
+from edgekd.errors import DataError
+from edgekd.pipeline.context import RunContext
+from edgekd.pipeline.engine import read_record, run_stages
+from edgekd.pipeline.measure_stages import _dataset_notes
+from edgekd.pipeline.train_stages import DATA, STUDENT, TEACHER, run_data
+from edgekd.schema import parse
+from edgekd.ui import UI
+
+TRAIN = {"epochs": 1, "batch_size": 16, "lr": 0.01, "warmup_epochs": 0}
+
+
+def _folder(root, per_class=12):
+    rng = np.random.default_rng(0)
+    for c in range(3):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(per_class):  # mixed sizes; the class sets the brightness
+            pixels = np.clip(rng.normal(50 + 70 * c, 25, (14 + i % 4, 12, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / f"c{c}" / f"{i}.png")
+    return root
+
+
+def _ctx(tmp_path, images, **data) -> RunContext:
+    config = {"data": {"kind": "imagefolder", "path": str(images), "input_size": 8, "channels": 3, "workers": 0,
+                       **data},
+              "teacher": {"model": "test_resnet", "train": TRAIN}, "student": {"width": 0.5},
+              "distill": {"train": TRAIN}, "targets": ["host-cpu"],
+              "quantize": {"calibration": str(BUILTIN_DIR / "calib" / "digits.yaml")}}
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return RunContext(parse(CompressConfig, config, "test"), run_dir, ui=UI(quiet=True))
+
+
+def _keys(ctx) -> dict[str, str]:
+    return {name: read_record(ctx.run_dir, name)["key"] for name in ("data", "teacher", "student")}
+
+
+def test_moving_one_image_reruns_what_reads_it_and_never_reuses_stale_teacher_logits(tmp_path):
+    images = _folder(tmp_path / "images")
+    run_stages([DATA, TEACHER, STUDENT], _ctx(tmp_path, images), UI(quiet=True))
+    first = _keys(_ctx(tmp_path, images))
+    again = _ctx(tmp_path, images)
+    run_stages([DATA, TEACHER, STUDENT], again, UI(quiet=True))
+    assert _keys(again) == first  # nothing changed: every stage reused
+
+    shutil.move(images / "c0" / "3.png", images / "c1" / "moved.png")  # a relabelled image
+    moved = _ctx(tmp_path, images)
+    run_stages([DATA, TEACHER, STUDENT], moved, UI(quiet=True))
+    assert all(_keys(moved)[name] != first[name] for name in first)
+    summary = json.loads((moved.run_dir / "data" / "summary.json").read_text())
+    counts = summary["per_class"]["splits"].values()
+    assert [sum(split["per_class"][c] for split in counts) for c in ("c0", "c1", "c2")] == [11, 13, 12]
+    # the logit cache is named after the teacher and the dataset: the new data got logits of its own
+    assert len(list((moved.run_dir / "cache").glob("teacher_logits.*.npy"))) == 2
+    rows = [json.loads(line) for line in (moved.run_dir / "student.metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and 0 <= rows[0]["data_wait"] <= 1  # one training's rows, with its data-wait share
+
+
+def test_a_rewritten_image_changes_the_key_though_the_config_did_not(tmp_path):
+    images = _folder(tmp_path / "images")
+    before = DATA.facts(_ctx(tmp_path, images))
+    path = images / "c2" / "5.png"
+    Image.new("RGB", (20, 20), (1, 2, 3)).save(path)
+    os.utime(path, ns=(1, 1))  # a new size and mtime
+    assert DATA.facts(_ctx(tmp_path, images)) != before
+
+
+def test_the_uint8_cache_gives_the_pixels_of_the_files_and_is_shared_by_later_runs(tmp_path):
+    images = _folder(tmp_path / "images")
+    plain = _ctx(tmp_path / "plain", images)
+    run_data(plain)
+    shared = tmp_path / "shared-cache"
+    cached = _ctx(tmp_path / "cached", images, cache="uint8", cache_dir=str(shared))
+    result = run_data(cached)
+    for name in ("val.npz", "test.npz", "calib.npz"):
+        with np.load(plain.run_dir / "data" / name) as a, np.load(cached.run_dir / "data" / name) as b:
+            np.testing.assert_array_equal(a["x"], b["x"])  # bit-exact: the same draft decode and resize
+            np.testing.assert_array_equal(a["y"], b["y"])
+    assert {s["records"] for s in result["dataset"]["cache"].values()} >= {len(cached.data.val)}
+    stores = sorted(p.name for p in shared.iterdir() if p.is_dir())
+    assert len(stores) == 3  # one per split, named by its files' identity
+    written = {name: (shared / name / "images.u8").stat().st_mtime_ns for name in stores}
+    later = _ctx(tmp_path / "later", images, cache="uint8", cache_dir=str(shared)).data
+    assert len(later.train) == len(cached.data.train) and later.train.stack([0]).shape == (1, 3, 8, 8)
+    assert {name: (shared / name / "images.u8").stat().st_mtime_ns for name in stores} == written  # opened, not rebuilt
+
+
+def test_bad_images_are_all_named_before_training_or_skipped_and_counted(tmp_path):
+    images = _folder(tmp_path / "images")
+    (images / "c0" / "broken.png").write_bytes(b"\x89PNG not really")
+    (images / "c2" / "empty.jpg").write_bytes(b"")
+    with pytest.raises(DataError) as err:
+        run_data(_ctx(tmp_path / "error", images))
+    assert "c0/broken.png" in str(err.value) and "c2/empty.jpg" in str(err.value)
+    skip = _ctx(tmp_path / "skip", images, on_bad_image="skip")
+    summary = run_data(skip)["dataset"]
+    assert summary["skipped_images"] == ["c0/broken.png", "c2/empty.jpg"]
+    assert "2 unreadable image(s) left out (data.on_bad_image: skip): c0/broken.png, c2/empty.jpg." in \
+        _dataset_notes(summary)  # the report says so
+    later = _ctx(tmp_path / "skip", images, on_bad_image="skip")  # a later stage leaves out the same files
+    assert sum(len(getattr(later.data, s)) for s in ("train", "val", "test")) == 36
