@@ -46,7 +46,8 @@ from edgekd.search.candidates import architectures_of, candidate_spec, expand_gr
 
 SEARCH_DIR = "search"
 MEASURED_FILE = f"{SEARCH_DIR}/measured.json"  # every candidate measured and judged (search stage)
-CHOICE_FILE = f"{SEARCH_DIR}/choice.json"  # the chosen candidate and the report's sections (choose stage)
+CHOICE_FILE = f"{SEARCH_DIR}/choice.json"  # the chosen candidate and its proxy run: what the student stage reads
+SECTIONS_FILE = f"{SEARCH_DIR}/report.json"  # the report's search sections (a changed margin: the same student)
 CANDIDATES_DIR = "cache/search/candidates"  # untrained ONNX files, reused while their records match
 MEASUREMENTS_DIR = "cache/search/measurements"  # one file per measurement
 CHOICE_FORMAT = "edgekd.search-choice/1"
@@ -160,7 +161,7 @@ def _choose_outputs(ctx: RunContext) -> list[str]:
         return []
     c = ctx.config
     grid = expand_grid(c.student.search, c.teacher.model, ["fp32"], c.data.input_size)
-    return [CHOICE_FILE] + [f for cand in architectures_of(grid) for f in _proxy_files(cand.arch_name)]
+    return [CHOICE_FILE, SECTIONS_FILE] + [f for cand in architectures_of(grid) for f in _proxy_files(cand.arch_name)]
 
 
 def proxy_schedule(ctx: RunContext) -> TrainConfig:
@@ -225,16 +226,16 @@ def run_choose(ctx: RunContext) -> dict:
     score = (lambda candidate: _proxy_score(ctx, candidate, written)) if search.proxy_epochs else None
     result = rank_search(measured, score)
     chosen = _one_student(result.chosen)
-    sections = search_sections(result)
+    write_json_atomic(ctx.run_dir / SECTIONS_FILE, search_sections(result))
     proxy = proxy_file(chosen.arch_name) if search.proxy_epochs else None
+    # the architecture only: a margin that moves the chosen precision (fp32 -> int8) leaves the student alone
+    student = {k: v for k, v in chosen.as_dict().items() if k not in ("name", "precision")}
     write_json_atomic(ctx.run_dir / CHOICE_FILE, {
-        "format": CHOICE_FORMAT, "candidate": chosen.as_dict(), "arch_name": chosen.arch_name,
-        "by_target": {t: j.candidate.name for t, j in result.chosen.items()},
+        "format": CHOICE_FORMAT, "arch_name": chosen.arch_name, "student": student,
         "proxy": proxy and {"checkpoint": proxy, "sha256": sha256_file(ctx.run_dir / proxy),
-                            "val_accuracy": result.scores[chosen.arch_name]},
-        "sections": sections})
+                            "val_accuracy": result.scores[chosen.arch_name]}})
     ranked = f"{result.cost['scored']} proxy runs" if search.proxy_epochs else "FLOPs"
-    return {"outputs": [CHOICE_FILE, *dict.fromkeys(written)], "chosen": chosen.arch_name,
+    return {"outputs": [CHOICE_FILE, SECTIONS_FILE, *dict.fromkeys(written)], "chosen": chosen.arch_name,
             "by_target": {t: j.candidate.name for t, j in result.chosen.items()}, "cost": result.cost,
             "summary": f"{chosen.arch_name} (" + ", ".join(f"{t}: {j.candidate.precision} p50 {j.row.p50_ms:.3f} ms "
                                                            f"<= {j.limit_ms:.3g}" for t, j in result.chosen.items())
@@ -281,8 +282,8 @@ def chosen_student(ctx: RunContext) -> StudentConfig:
     student = ctx.config.student
     if not enabled(ctx):
         return student
-    c = Candidate(**_choice(ctx)["candidate"])
-    shape = {"width": c.width, "depth": c.depth} if c.derived else {"model": c.model}
+    c = _choice(ctx)["student"]
+    shape = {"width": c["width"], "depth": c["depth"]} if c["width"] is not None else {"model": c["model"]}
     return StudentConfig(**shape, init=student.init, quantization=student.quantization)
 
 
@@ -302,12 +303,12 @@ def proxy_start(ctx: RunContext) -> dict | None:
                           "Re-run `edgekd compress` (the choose stage redoes what it needs) or pass --force.")
     ckpt = read_checkpoint(path)
     s = ctx.config.student.search
-    return {"state_dict": ckpt["state_dict"], "init": f"the search's proxy run ({s.proxy_epochs} epochs on "
+    return {"state_dict": ckpt["state_dict"], "init": f"the search's proxy run ({s.proxy_epochs} epoch{'s' if s.proxy_epochs != 1 else ''} on "
             f"{s.proxy_fraction:g} of the rows, {ckpt['metrics'].get('init', 'random')}), continued",
             "init_val_accuracy": proxy["val_accuracy"], "proxy_checkpoint": proxy["checkpoint"]}
 
 
 def report_sections(run_dir: Path) -> list[dict]:
     """The search's report sections, one per target (none without a search)."""
-    path = Path(run_dir) / CHOICE_FILE
-    return json.loads(path.read_text())["sections"] if path.is_file() else []
+    path = Path(run_dir) / SECTIONS_FILE
+    return json.loads(path.read_text()) if path.is_file() else []
