@@ -621,7 +621,8 @@ def multi_pass_schemes(config: CompressConfig) -> list[str]:
 def check_single_process(config: CompressConfig, world_size: int) -> None:
     """The multi-pass schemes have not been made DDP-safe (per-link barriers, cache files, joint
     peer steps): refuse them under torchrun rather than let the ranks drift apart."""
-    used = multi_pass_schemes(config)
+    # student.search: its proxy runs train in the choose stage, which rank 0 runs alone
+    used = multi_pass_schemes(config) + (["student.search"] if config.student.search is not None else [])
     if world_size > 1 and used:
         raise ConfigError(f"{', '.join(used)} is not supported under torchrun yet ({world_size} processes).",
                           "Run this config in a single process (without torchrun), or remove those keys.")
