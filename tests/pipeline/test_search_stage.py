@@ -32,7 +32,7 @@ student:
   search: {widths: [0.5, 1.0], depths: [1.0], precisions: [fp32], proxy_epochs: 1, proxy_fraction: 0.5}
 distill:
   train: {epochs: 1, batch_size: 128, lr: 0.01, warmup_epochs: 0}
-export: {exporter: torchscript}
+export: {exporter: torchscript, opset: 17}
 quantize:
   max_int8_drop: 0.5
 targets: [TARGET]
