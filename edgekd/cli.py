@@ -55,7 +55,7 @@ def main(debug: bool) -> None:
               "stage records, epoch checkpoints (work/**/last.pt), finished chain links and the teacher-output "
               "cache (cache/) are ignored or removed. Files a stage writes are replaced when it reruns.")
 @click.option("--quiet", is_flag=True, help="Only errors and the final summary.")
-@click.option("--ssh-option", "ssh_options", multiple=True,
+@click.option("--ssh-option", "ssh_options", multiple=True, metavar="ARG",
               help="Extra ssh argument for devices student.search measures on (repeatable), e.g. "
               "--ssh-option=-i --ssh-option=~/.ssh/pi.")
 def compress(config: Path, out: Path | None, force: bool, quiet: bool, ssh_options: tuple[str, ...]) -> None:
@@ -71,7 +71,8 @@ def compress(config: Path, out: Path | None, force: bool, quiet: bool, ssh_optio
 @main.command()
 @click.argument("config", type=click.Path(path_type=Path))
 @click.option("--probe", is_flag=True, help="student.search: also reach every ssh device and ask what it runs.")
-@click.option("--ssh-option", "ssh_options", multiple=True, help="Extra ssh argument for --probe (repeatable).")
+@click.option("--ssh-option", "ssh_options", multiple=True, metavar="ARG",
+              help="Extra ssh argument for --probe (repeatable).")
 def validate(config: Path, probe: bool, ssh_options: tuple[str, ...]) -> None:
     """Check CONFIG without running anything (types, keys, paths, targets, model names); with student.search,
     preview its candidates (params, FLOPs) and how many measurements each target takes, where."""

@@ -59,7 +59,7 @@ def test_validate_previews_the_student_search(tmp_path):
 
 
 def test_force_help_says_what_it_redoes():
-    text = " ".join(invoke("compress", "--help").output.split())
+    text = " ".join(invoke("compress", "--help").output.split()).replace("- ", "-")  # Click wraps at hyphens
     assert "epoch checkpoints" in text and "teacher-output cache" in text and "chain links" in text
 
 
