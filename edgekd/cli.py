@@ -55,23 +55,29 @@ def main(debug: bool) -> None:
               "stage records, epoch checkpoints (work/**/last.pt), finished chain links and the teacher-output "
               "cache (cache/) are ignored or removed. Files a stage writes are replaced when it reruns.")
 @click.option("--quiet", is_flag=True, help="Only errors and the final summary.")
-def compress(config: Path, out: Path | None, force: bool, quiet: bool) -> None:
+@click.option("--ssh-option", "ssh_options", multiple=True, metavar="ARG",
+              help="Extra ssh argument for devices student.search measures on (repeatable), e.g. "
+              "--ssh-option=-i --ssh-option=~/.ssh/pi.")
+def compress(config: Path, out: Path | None, force: bool, quiet: bool, ssh_options: tuple[str, ...]) -> None:
     """Teacher -> student -> ONNX -> INT8 -> benchmark -> report, from CONFIG (model.yaml)."""
     from edgekd.pipeline.compress import compress as run_compress
     from edgekd.ui import UI
 
-    result = run_compress(config, out=out, force=force, ui=UI(quiet=quiet))
+    result = run_compress(config, out=out, force=force, ui=UI(quiet=quiet), ssh_options=ssh_options)
     if result.main:  # torchrun: rank 0 speaks for the run
         click.echo(result.summary())
 
 
 @main.command()
 @click.argument("config", type=click.Path(path_type=Path))
-def validate(config: Path) -> None:
-    """Check CONFIG without running anything (types, keys, paths, targets, model names)."""
-    from edgekd.pipeline.compress import preflight
-
+@click.option("--probe", is_flag=True, help="student.search: also reach every ssh device and ask what it runs.")
+@click.option("--ssh-option", "ssh_options", multiple=True, metavar="ARG",
+              help="Extra ssh argument for --probe (repeatable).")
+def validate(config: Path, probe: bool, ssh_options: tuple[str, ...]) -> None:
+    """Check CONFIG without running anything (types, keys, paths, targets, model names); with student.search,
+    preview its candidates (params, FLOPs) and how many measurements each target takes, where."""
     from edgekd.config import config_warnings
+    from edgekd.pipeline.compress import preflight, search_preview
 
     cfg = preflight(config)
     click.echo(f"{config}: valid — run name {cfg.name!r}, targets {', '.join(cfg.targets)}.")
@@ -79,6 +85,9 @@ def validate(config: Path) -> None:
         from edgekd.data.splits import imagefolder_summary
 
         click.echo(imagefolder_summary(cfg.data.path, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.seed))
+    plan = search_preview(cfg, probe=probe, ssh_options=ssh_options)
+    if plan:
+        click.echo(plan)
     for warning in config_warnings(cfg):
         click.secho(f"warning: {warning}", fg="yellow", err=True)
 

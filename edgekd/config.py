@@ -16,6 +16,7 @@ from edgekd import BUILTIN_DIR
 from edgekd.data.transforms import ImageAugmentConfig
 from edgekd.errors import ConfigError
 from edgekd.schema import Strict, parse, read_yaml
+from edgekd.search.config import SearchConfig
 
 CONFIG_VERSION = 1
 
@@ -137,11 +138,29 @@ class StudentConfig(Strict):
     quantization: Literal["none", "qat"] = Field(
         "none", description="qat = after distillation, fold BatchNorm, insert INT8 fake quantizers (NVIDIA Model "
         "Optimizer) and distil further with them in place (distill.qat); exports student.qat.onnx")
+    search: SearchConfig | None = Field(
+        None, description="measure candidate students on each target and distil the best that fits its budget "
+        "(docs/search.md); replaces model/width/depth")
 
     @model_validator(mode="after")
     def _teacher_init_needs_derived(self) -> "StudentConfig":
         if self.init == "teacher" and self.model is not None:
             raise ValueError("student.init 'teacher' prunes the teacher into a derived student: remove student.model")
+        return self
+
+    @model_validator(mode="after")
+    def _search_chooses_the_student(self) -> "StudentConfig":
+        if self.search is None:
+            return self
+        given = [k for k in ("model", "width", "depth") if k in self.model_fields_set]
+        if given:
+            raise ValueError(f"student.search chooses the student, so student.{given[0]} would be ignored: remove "
+                             f"{', '.join('student.' + k for k in given)} (list candidates in search.widths, "
+                             "search.depths and search.models)")
+        if self.init == "teacher" and self.search.models:
+            raise ValueError("student.init 'teacher' prunes the teacher into a derived student, and student.search."
+                             f"models lists named ones ({', '.join(self.search.models)}): remove search.models or use "
+                             "student.init: random")
         return self
 
 
@@ -422,6 +441,24 @@ class CompressConfig(Strict):
                              "to assistants, born-again generations or online peers: use student.init: random")
         return self
 
+    @model_validator(mode="after")
+    def _search_fits_the_run(self) -> "CompressConfig":
+        search = self.student.search
+        if search is None:
+            return self
+        chained = [k for k in multi_pass_schemes(self) if k != "teachers"]  # an ensemble teaches one student
+        if chained:
+            raise ValueError(f"student.search ranks one teacher -> student distillation per candidate; {chained[0]} "
+                             "trains other students too (assistants, generations or peers, whose shape the search "
+                             f"does not choose): remove {chained[0]}, or student.search and give the student by hand")
+        other = [s for s in search.input_sizes or [] if s != self.data.input_size]
+        if other:
+            raise ValueError(f"student.search.input_sizes {search.input_sizes} includes {other[0]} px, but a compress "
+                             f"run trains, exports and measures at data.input_size {self.data.input_size}: leave "
+                             "input_sizes out (or [data.input_size]); to compare sizes, run one config per "
+                             "data.input_size")
+        return self
+
     @field_validator("name")
     @classmethod
     def _safe_name(cls, value: str | None) -> str | None:
@@ -441,6 +478,7 @@ def load_config(path: str | Path) -> CompressConfig:
     profiles = _check_targets(config)
     _check_files_exist(config, profiles)
     _check_qat(config)
+    _check_search(config, profiles)
     return config
 
 
@@ -458,7 +496,14 @@ def _resolve_paths(config: CompressConfig, base: Path) -> CompressConfig:
     teacher = config.teacher.model_copy(update={"checkpoint": resolve(config.teacher.checkpoint)})
     teachers = config.teachers and [t.model_copy(update={"checkpoint": resolve(t.checkpoint)}) for t in config.teachers]
     quantize = config.quantize.model_copy(update={"calibration": resolve(config.quantize.calibration)})
-    return config.model_copy(update={"data": data, "teacher": teacher, "teachers": teachers, "quantize": quantize})
+    student = config.student
+    if student.search is not None and student.search.latency_table is not None:
+        table = student.search.latency_table  # the user's own files: read from the config folder, never shipped
+        here = (lambda p: p if p.is_absolute() else base / p)
+        tables = {k: here(v) for k, v in table.items()} if isinstance(table, dict) else here(table)
+        student = student.model_copy(update={"search": student.search.model_copy(update={"latency_table": tables})})
+    return config.model_copy(update={"data": data, "teacher": teacher, "teachers": teachers, "quantize": quantize,
+                                     "student": student})
 
 
 def needs_calibration(config: CompressConfig, targets: list) -> bool:
@@ -499,6 +544,34 @@ def _check_targets(config: CompressConfig) -> list:
             f"Remove export.opset to use {worst.max_opset}, or drop that target.",
         )
     return profiles
+
+
+def run_precisions(config: CompressConfig, target) -> list[str]:
+    """The precisions this run makes a student file in for `target`, in the target's order: what a search may
+    choose. ONNX Runtime: FP32 always, INT8 with `quantize.enabled` or a QAT student; TensorRT: the target's."""
+    if target.runtime != "onnxruntime":
+        return list(target.precisions)
+    makes = {"fp32"} | ({"int8"} if config.quantize.enabled or config.student.quantization == "qat" else set())
+    return [p for p in target.precisions if p in makes]
+
+
+def search_targets(config: CompressConfig, profiles: list) -> list:
+    """The target profiles as the search sees them: each offering only the precisions this run makes for it."""
+    return [t.model_copy(update={"precisions": run_precisions(config, t)}) for t in profiles]
+
+
+def _check_search(config: CompressConfig, profiles: list) -> None:
+    from edgekd.search.config import check_search
+
+    search = config.student.search
+    if search is None:
+        return
+    unmade = [p for p in search.precisions or [] if not any(p in run_precisions(config, t) for t in profiles)]
+    if unmade:
+        raise ConfigError(f"student.search.precisions lists {unmade[0]}, but this run makes no {unmade[0]} student "
+                          "file (quantize.enabled is false and student.quantization is none).",
+                          f"Set quantize.enabled: true, or remove {unmade[0]} from student.search.precisions.")
+    check_search(search, search_targets(config, profiles))
 
 
 QAT_OPSETS = range(13, 21)  # per-channel QuantizeLinear needs 13; modelopt exports via TorchScript (<= 20)
@@ -580,7 +653,8 @@ def multi_pass_schemes(config: CompressConfig) -> list[str]:
 def check_single_process(config: CompressConfig, world_size: int) -> None:
     """The multi-pass schemes have not been made DDP-safe (per-link barriers, cache files, joint
     peer steps): refuse them under torchrun rather than let the ranks drift apart."""
-    used = multi_pass_schemes(config)
+    # student.search: its proxy runs train in the choose stage, which rank 0 runs alone
+    used = multi_pass_schemes(config) + (["student.search"] if config.student.search is not None else [])
     if world_size > 1 and used:
         raise ConfigError(f"{', '.join(used)} is not supported under torchrun yet ({world_size} processes).",
                           "Run this config in a single process (without torchrun), or remove those keys.")

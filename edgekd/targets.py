@@ -21,6 +21,7 @@ from edgekd.errors import ConfigError
 from edgekd.schema import Strict, parse, read_yaml
 
 Precision = Literal["fp32", "fp16", "int8"]
+HOST_PATTERN = r"^([^@/:\s]+@)?[^@/:\s]+$"  # user@name or name: an ssh destination, no path or port
 
 
 class Budgets(Strict):
@@ -60,7 +61,7 @@ class TargetProfile(Strict):
     tensorrt: TensorRTInfo | None = None
     # Where the device is, for measuring on it (`student.search`); all optional.
     host: str | None = Field(
-        None, pattern=r"^([^@/:\s]+@)?[^@/:\s]+$",
+        None, pattern=HOST_PATTERN,
         description="user@name of the device over ssh (keys or ssh-agent, no password prompt)")
     edgekd_command: str = Field(
         "python3 -m edgekd", min_length=1,

@@ -61,6 +61,19 @@ student:
   depth: 0.5                # blocks-per-stage multiplier (derived students)
   quantization: none        # qat: quantization-aware INT8 fine-tuning (needs edgekd[qat]) -> student.qat.onnx
   init: random              # random | teacher: prune the teacher into the student (ResNet, ConvNeXt)
+  # search:                  # fit the student to each target's latency budget, measured there (docs/search.md);
+  #                         # replaces model/width/depth (remove them)
+  #   widths: [0.25, 0.5]   # derived candidates: every width x depth pair, each in (0, 1]
+  #   depths: [0.5, 1.0]
+  #   models: []            # named timm candidates, e.g. [mobilenetv3_small_050, resnet10t]
+  #   precisions: [fp32, int8]  # default: those the target lists that this run makes
+  #   proxy_epochs: 2       # short distillation ranking the candidates that fit (val split); 0: rank by FLOPs
+  #   proxy_fraction: 0.2   # share of the student's training rows the proxy runs use
+  #   max_candidates: 24    # most architectures x input sizes (a larger grid is refused)
+  #   margin: 0.9           # fits when p50 <= margin x budgets.latency_ms (peak memory likewise)
+  #   per_target: true      # several targets: the same winner for all; false: the best that fits them all
+  #   # latency_table: rpi5-table.json  # `edgekd profile` output of an offline device ({target: path} for several)
+  #   # hosts: {rpi5: pi@raspberrypi}   # measure that target over ssh (else the profile's host, else this machine)
 
 distill:
   losses:

@@ -63,8 +63,18 @@ def test_validate_says_when_a_setting_misleads(tmp_path):
     assert result.exit_code == 0 and "warning: distill.train.warmup_epochs 1 >= epochs 1" in result.output
 
 
+def test_validate_previews_the_student_search(tmp_path):
+    config = tmp_path / "model.yaml"
+    config.write_text("data: {kind: digits, input_size: 32}\n"
+                      "student: {search: {widths: [0.25, 0.5], depths: [0.5], precisions: [fp32], proxy_epochs: 0}}\n")
+    result = invoke("validate", config)
+    assert result.exit_code == 0, result.output
+    assert "2 candidates, 2 measurements" in result.output and "ranked by FLOPs" in result.output
+    assert "resnet18-w0.25-d0.5-32px" in result.output and "host-cpu: 2 measurements (fp32) on this machine" in result.output
+
+
 def test_force_help_says_what_it_redoes():
-    text = " ".join(invoke("compress", "--help").output.split())
+    text = " ".join(invoke("compress", "--help").output.split()).replace("- ", "-")  # Click wraps at hyphens
     assert "epoch checkpoints" in text and "teacher-output cache" in text and "chain links" in text
 
 

@@ -226,3 +226,35 @@ def test_a_warmup_as_long_as_training_is_said(tmp_path):
     [warning] = config_warnings(cfg)  # the teacher's default warmup_epochs 1.0 covers its one epoch
     assert warning.startswith("teacher.train.warmup_epochs 1 >= epochs 1") and "cosine decay never runs" in warning
     assert config_warnings(load_config(write(tmp_path, "name: fine\n"))) == []
+
+
+@pytest.mark.parametrize("text, message", [
+    ("student: {width: 0.5, search: {models: [resnet10t]}}\n", "student.search chooses the student, so student.width"),
+    ("student: {init: teacher, search: {models: [resnet10t]}}\n", "prunes the teacher into a derived student"),
+    ("student: {search: {widths: [0.5], depths: [1.0]}}\ndistill: {assistants: [{width: 0.5}]}\n",
+     "remove distill.assistants, or student.search"),
+    ("data: {input_size: 32}\nstudent: {search: {models: [resnet10t], input_sizes: [32, 64]}}\n",
+     "includes 64 px, but a compress run trains"),
+    ("quantize: {enabled: false}\nstudent: {search: {models: [resnet10t], precisions: [int8]}}\n",
+     "this run makes no int8 student file"),
+    ("targets: [jetson-orin-nano]\nstudent: {search: {models: [resnet10t]}}\n", "ONNX Runtime targets only"),
+    ("student: {search: {models: [resnet10t], hosts: {rpi5: pi@pi}}}\n", "student.search.hosts names 'rpi5'"),
+    ("student: {search: {models: [resnet10t], latency_table: missing.json}}\n", "which does not exist"),
+])
+def test_student_search_rules_checked_at_load(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text))
+
+
+def test_student_search_latency_table_resolves_from_the_config_folder(tmp_path):
+    (tmp_path / "pi.json").write_text("{}")
+    cfg = load_config(write(tmp_path, "student: {search: {models: [resnet10t], latency_table: pi.json}}\n"))
+    assert cfg.student.search.latency_table == tmp_path / "pi.json"
+
+
+def test_student_search_is_refused_under_torchrun(tmp_path, monkeypatch):
+    from edgekd.pipeline.compress import preflight
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="student.search is not supported under torchrun"):
+        preflight(write(tmp_path, "student: {search: {models: [resnet10t]}}\n"))

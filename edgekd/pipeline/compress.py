@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekd.artifacts import write_text_atomic
-from edgekd.config import CompressConfig, config_warnings, load_config
+from edgekd.config import CompressConfig, StudentConfig, config_warnings, load_config
 from edgekd.errors import FileSystemError, GateError, ModelError
 from edgekd.ui import UI
 
@@ -48,7 +48,8 @@ class CompressResult:
 
 
 def preflight(config_path: str | Path) -> CompressConfig:
-    """Everything that can be checked before any work: config, targets, model names."""
+    """Everything that can be checked before any work: config, targets, model names, the search's plan
+    and latency tables (its ssh devices: `probe_search_devices`)."""
     from edgekd.config import check_single_process, needs_calibration
     from edgekd.distill.distributed import torchrun_world
     from edgekd.targets import load_target
@@ -56,6 +57,7 @@ def preflight(config_path: str | Path) -> CompressConfig:
     config = load_config(config_path)
     check_single_process(config, torchrun_world())
     _check_model_names(config)
+    _open_search_backends(config, probe=False)
     if needs_calibration(config, [load_target(name) for name in config.targets]):
         from edgekd.data.calib import load_manifest
 
@@ -79,10 +81,72 @@ def _check_model_names(config: CompressConfig) -> None:
 
     build(config.teacher.model, {})  # raises ModelError with "did you mean" for unknown names
     _check_student(config, config.student, "student")
+    for name in (config.student.search.models if config.student.search else []):
+        build(name, {})
+    if config.student.search and config.student.search.widths:  # derived candidates: the teacher's family derives
+        s = config.student.search
+        _check_student(config, StudentConfig(width=s.widths[0], depth=s.depths[0]), "student.search")
     for i, assistant in enumerate(config.distill.assistants):
         _check_student(config, assistant_student(config, assistant), f"distill.assistants[{i}]")
     if config.student.init == "teacher":
         _check_prunable(config.teacher.model)
+
+
+def _open_search_backends(config: CompressConfig, probe: bool, ssh_options=()) -> dict:
+    """student.search: where each target is measured (this machine needs its arch and onnxruntime), its
+    latency table checked against the target and the searched input sizes, and with `probe` its ssh device
+    asked what it runs (unreachable, no onnxruntime, no edgekd: an error naming the command and the fix).
+    Returns {target: backend}."""
+    search = config.student.search
+    if search is None:
+        return {}
+    from edgekd.config import search_targets
+    from edgekd.search import MeasureOptions, open_backends, plan_targets
+    from edgekd.targets import load_target
+
+    plans = plan_targets(search, search_targets(config, [load_target(n) for n in config.targets]),
+                         config.data.input_size)
+    wanted = [p for p in plans if p.backend != "ssh" or probe]
+    return open_backends(wanted, MeasureOptions(ssh_options=tuple(ssh_options)))
+
+
+def probe_search_devices(config: CompressConfig, run_dir: Path, force: bool = False, ssh_options=()) -> None:
+    """Before a run whose search has not finished (or under --force): reach every ssh device now, before
+    anything is written or trained. A run whose search stage is recorded needs no device when it is reused;
+    a changed search re-runs its stage, which probes again, still before the teacher trains."""
+    from edgekd.pipeline.records import read_record
+
+    if config.student.search is not None and (force or read_record(run_dir, "search") is None):
+        _open_search_backends(config, probe=True, ssh_options=ssh_options)
+
+
+def search_preview(config: CompressConfig, probe: bool = False, ssh_options=()) -> str | None:
+    """`edgekd validate`: the candidates (params, FLOPs, built on the CPU) and how many measurements where."""
+    search = config.student.search
+    if search is None:
+        return None
+    from edgekd.config import search_targets
+    from edgekd.search import MeasureOptions, format_preview, preview
+    from edgekd.targets import load_target
+
+    classes = _class_count(config.data)
+    p = preview(search, search_targets(config, [load_target(n) for n in config.targets]),
+                teacher_arch=config.teacher.model, teacher_kwargs={"num_classes": classes or 10,
+                                                                   "in_chans": config.data.channels},
+                default_input_size=config.data.input_size, probe=probe,
+                options=MeasureOptions(ssh_options=tuple(ssh_options)))
+    head = "" if classes else " (params with a 10-class head: validate does not read the labels)"
+    return format_preview(p) + head
+
+
+def _class_count(data) -> int | None:
+    """The class count without reading the data: digits 10; an image folder's class folders; idx: None."""
+    if data.kind == "digits":
+        return 10
+    if data.kind == "imagefolder" and data.path.is_dir():
+        root = data.path / "train" if (data.path / "train").is_dir() else data.path
+        return sum(1 for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) or None
+    return None
 
 
 def _check_student(config: CompressConfig, student, where: str) -> None:
@@ -109,16 +173,20 @@ def _check_prunable(teacher: str) -> None:
                           f"Supported families: {', '.join(PRUNERS)}. Use student.init: random.")
 
 
-def compress(config_path: str | Path, out: Path | None = None, force: bool = False, ui: UI | None = None) -> CompressResult:
+def compress(config_path: str | Path, out: Path | None = None, force: bool = False, ui: UI | None = None,
+             ssh_options: tuple[str, ...] = ()) -> CompressResult:
+    """ssh_options: extra ssh arguments for the devices `student.search` measures on (-i KEY, -p PORT, ...)."""
     config = preflight(config_path)  # before torch is imported or anything is written
+    run_dir = (out or Path("runs") / config.name).resolve()
     from edgekd.distill.distributed import init_from_env, shutdown
 
     dist, _ = init_from_env(config.device)  # torchrun: join the process group; else single process
+    if dist.is_main:
+        probe_search_devices(config, run_dir, force, ssh_options)
     ui = (ui or UI()) if dist.is_main else UI(quiet=True)
-    run_dir = (out or Path("runs") / config.name).resolve()
     try:
         with _held(run_dir, dist.is_main):
-            records = _run(config, run_dir, dist, ui, force)
+            records = _run(config, run_dir, dist, ui, force, tuple(ssh_options))
     except BaseException as exc:
         if isinstance(exc, OSError) and exc.filename is None:  # e.g. np.savez on a full disk names no file
             exc.filename = str(run_dir)
@@ -149,7 +217,7 @@ def _held(run_dir: Path, main: bool):
             raise
 
 
-def _run(config: CompressConfig, run_dir: Path, dist, ui: UI, force: bool) -> dict:
+def _run(config: CompressConfig, run_dir: Path, dist, ui: UI, force: bool, ssh_options: tuple[str, ...] = ()) -> dict:
     from edgekd.pipeline.context import RunContext
     from edgekd.pipeline.engine import run_stages
     from edgekd.pipeline.stages import STAGES
@@ -161,7 +229,7 @@ def _run(config: CompressConfig, run_dir: Path, dist, ui: UI, force: bool) -> di
         if force:
             forget_intermediates(run_dir)
     dist.barrier()
-    ctx = RunContext(config=config, run_dir=run_dir, ui=ui, dist=dist, force=force)
+    ctx = RunContext(config=config, run_dir=run_dir, ui=ui, dist=dist, force=force, ssh_options=ssh_options)
     return run_stages(STAGES, ctx, ui, force=force)
 
 

@@ -24,6 +24,7 @@ class RunContext:
     stage_key: str = ""  # set by the engine before each stage runs (keys epoch checkpoints)
     dist: Dist = field(default_factory=Dist)  # this process's rank under torchrun (single process: rank 0 of 1)
     force: bool = False  # --force: redo finished chain links too (the engine already ignores stage records)
+    ssh_options: tuple[str, ...] = ()  # --ssh-option: extra ssh arguments for devices the search measures on
 
     @cached_property
     def targets(self) -> list[TargetProfile]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shlex
 
-from edgekd.artifacts import write_text_atomic
+from edgekd.artifacts import write_bytes_atomic, write_text_atomic
 from edgekd.config import WHOLE_CONFIG, config_warnings
 from edgekd.pipeline.context import RunContext
 from edgekd.pipeline.engine import Stage
@@ -21,7 +21,8 @@ HOST_RUNTIMES = ("pytorch", "onnxruntime")  # what this workstation measures; Te
 BENCH_FILE = "bench.json"
 REPORT_FILES = ["report.json", "report.md", "report.html"]
 UPSTREAM = STAGE_ORDER[: STAGE_ORDER.index("bench")]
-RESULT_STAGES = ("teacher", "student", "export", "quantize", "qat", "tensorrt")  # whose results the report shows
+# whose results the report shows
+RESULT_STAGES = ("search", "teacher", "choose", "student", "export", "quantize", "qat", "tensorrt")
 
 
 PRECISION_ORDER = {"fp32": 0, "fp16": 1, "int8": 2}
@@ -113,6 +114,7 @@ def run_report(ctx: RunContext) -> dict:
                       machine=bench["machine"], measurement=bench["measurement"], rows=bench["rows"], extra=extra)
     if results["tensorrt"].get("builds"):
         report["tensorrt"] = {"builds": results["tensorrt"]["builds"], "variants": results["tensorrt"]["variants"]}
+    plots = _search_report(ctx, report)
     report["on_device"] = on_device_steps(ctx, report)
     report["failures"] = [f for r in results.values() for f in r.get("failures", [])]
     report["notes"] = notes(ctx, report, results)
@@ -120,9 +122,40 @@ def run_report(ctx: RunContext) -> dict:
     (ctx.run_dir / "report.md").write_text(render_markdown(report))
     write_html(report, ctx.run_dir / "report.html")
     rec = report["recommended"]
-    return {"outputs": REPORT_FILES,
+    return {"outputs": REPORT_FILES + plots,
             "summary": f"recommended: {rec['name']} ({rec['why']})" if rec else
             f"no student artifact passes every {ctx.primary_target.name} check measured here"}
+
+
+def _search_report(ctx: RunContext, report: dict) -> list[str]:
+    """report.json `search` (the first target's section; every target's under `search_targets` when there are
+    several) and each section's Pareto plot as a PNG beside report.md; returns the plot files."""
+    from edgekd.pipeline.search_stage import report_sections
+    from edgekd.search.report import pareto_plot, plot_file
+
+    sections = report_sections(ctx.run_dir)
+    if not sections:
+        return []
+    report["search"] = sections[0]
+    if len(sections) > 1:
+        report["search_targets"] = sections
+    written = []
+    for section in sections:
+        png = pareto_plot(section)
+        if png is not None:
+            name = plot_file(section, len(sections) > 1)
+            write_bytes_atomic(ctx.run_dir / name, png)
+            written.append(name)
+    return written
+
+
+def _report_outputs(ctx: RunContext) -> list[str]:
+    if ctx.config.student.search is None:
+        return REPORT_FILES
+    from edgekd.search.report import plot_file
+
+    several = len(ctx.targets) > 1
+    return REPORT_FILES + [plot_file({"target": t.name}, several) for t in ctx.targets]
 
 
 def _report_inputs(ctx: RunContext) -> list[str]:
@@ -237,4 +270,4 @@ def _int8_notes(report: dict, quantize: dict) -> list[str]:
 
 
 REPORT = Stage("report", "write report.json, report.md and report.html", run_report,
-               lambda ctx: [WHOLE_CONFIG, "targets"], _report_inputs, lambda ctx: REPORT_FILES)  # it embeds both
+               lambda ctx: [WHOLE_CONFIG, "targets"], _report_inputs, _report_outputs)  # it embeds both

@@ -20,7 +20,7 @@ from edgekd.artifacts import STUDENT_CHECKPOINT, TEACHER_CHECKPOINT
 from edgekd.rundir import RECORDS
 
 # The stages of `edgekd compress`, in order (edgekd.pipeline.stages.STAGES; a test keeps the two equal).
-STAGE_ORDER = ("data", "teacher", "student", "qat", "export", "quantize", "tensorrt", "bench", "report")
+STAGE_ORDER = ("data", "search", "teacher", "choose", "student", "qat", "export", "quantize", "tensorrt", "bench", "report")
 
 # Run-directory files more than one module names.
 CHECKPOINTS = {"teacher": TEACHER_CHECKPOINT, "student": STUDENT_CHECKPOINT}  # model role -> its checkpoint

@@ -21,6 +21,7 @@ from edgekd.models.io import build, load_model, read_checkpoint, save_checkpoint
 from edgekd.models.prune import init_from_teacher
 from edgekd.models.student import student_spec
 from edgekd.models.teacher import build_teacher
+from edgekd.pipeline import search_stage
 from edgekd.pipeline.context import RunContext
 from edgekd.pipeline.engine import Stage
 from edgekd.pipeline.records import (CALIB_FILE, STUDENT_CHECKPOINT, SUMMARY_FILE, TEACHER_CHECKPOINT, TEST_FILE,
@@ -206,7 +207,8 @@ TEACHER = Stage("teacher", "build and train the teacher", run_teacher, _teacher_
 # ---------------------------------------------------------------- student
 
 
-STUDENT_KEYS = tuple(k for k in StudentConfig.model_fields if k != "quantization")  # quantization: the QAT stage's
+# quantization: the QAT stage's; search: the search stages' (their choice arrives as search/choice.json)
+STUDENT_KEYS = tuple(k for k in StudentConfig.model_fields if k not in ("quantization", "search"))
 DISTILL_KEYS = tuple(k for k in DistillConfig.model_fields if k != "qat")  # qat: the QAT stage's
 
 
@@ -247,7 +249,8 @@ def run_student(ctx: RunContext) -> dict:
 
 
 STUDENT = Stage("student", "distil the student from the teacher", run_student, _student_reads,
-                lambda ctx: [SUMMARY_FILE, *teacher_files(ctx.config)], _student_outputs, distributed=True)
+                lambda ctx: [SUMMARY_FILE, *teacher_files(ctx.config), *search_stage.choice_files(ctx)],
+                _student_outputs, distributed=True)
 
 
 def _student_arch(ctx: RunContext) -> tuple[str, dict]:
@@ -280,7 +283,7 @@ def _run_chain(ctx: RunContext) -> dict:
         return student_spec(student_cfg, teacher_ckpt["arch"], teacher_ckpt["arch_kwargs"])
 
     assistants = [derived(assistant_student(c, a)) for a in c.distill.assistants]
-    links = plan_chain(derived(c.student), assistants, c.distill.generations, c.seed)
+    links = plan_chain(derived(search_stage.chosen_student(ctx)), assistants, c.distill.generations, c.seed)
     files = [_link_file(link, last=i == len(links) - 1) for i, link in enumerate(links)]
     # what each link's teacher is, as files: their content names the logit cache
     sources = [teacher_files(c)] + [[f] for f in files[:-1]]
@@ -305,11 +308,12 @@ def _run_chain(ctx: RunContext) -> dict:
 
 
 def _distil_link(ctx: RunContext, link: Link, student, teacher, teacher_source: list[str],
-                 out: str) -> tuple[float, dict]:
+                 out: str, split: StudentSplit | None = None, train_cfg=None) -> tuple[float, dict]:
     """One full distillation (distill.losses, distill.train) of `student` from `teacher`.
 
     Links before the last are saved to `out` with the stage key: a chain interrupted in a
     later link reuses them instead of retraining (the trainer resumes the link it was in).
+    `split` and `train_cfg` replace the student's rows and distill.train (the search's proxy runs).
     """
     c, pre = ctx.config, ctx.data.preprocess
     if out != STUDENT_CHECKPOINT and (done := _finished_link(ctx, out)) is not None:
@@ -317,14 +321,14 @@ def _distil_link(ctx: RunContext, link: Link, student, teacher, teacher_source: 
         ctx.ui.info(f"{link.name}: reused {out} (finished earlier in this stage)")
         return done["metrics"]["val_accuracy"], done["metrics"]
     teacher.to(ctx.device).eval()
-    init = _init_student(ctx, student, teacher) if link.role == "student" else {"init": "random"}
+    init = _init_student(ctx, student, teacher, link.role) if link.role in ("student", "proxy") else {"init": "random"}
     objective = build_objective(c.distill.losses, student=student, teacher=teacher,
                                 input_shape=(pre.channels, pre.input_size, pre.input_size),
                                 label_smoothing=c.distill.train.label_smoothing)
-    split = _student_split(ctx)
+    split = split or _student_split(ctx)
     teacher_fn, cache_note = _teacher_source(ctx, teacher, objective, teacher_source, rows=split.rows)
     try:
-        result = _fit(ctx, student, link.name, c.distill.train, objective, teacher=teacher_fn, seed=link.seed,
+        result = _fit(ctx, student, link.name, train_cfg or c.distill.train, objective, teacher=teacher_fn, seed=link.seed,
                       train_xy=student_train_xy(ctx, split))
     finally:
         objective.close()  # hooks off: the saved and exported student is the plain timm model
@@ -338,6 +342,21 @@ def _distil_link(ctx: RunContext, link: Link, student, teacher, teacher_source: 
         _save(ctx, out, student, link.arch, link.kwargs, {"link": link.name, "distill": config_dict(c.distill)},
               {**metrics, "stage_key": ctx.stage_key})
     return accuracy, metrics
+
+
+def distil_subset(ctx: RunContext, arch: str, kwargs: dict, *, fraction: float, train_cfg, name: str,
+                  out: str) -> tuple[float, dict]:
+    """Distil a fresh (arch, kwargs) student from the run's teacher(s) on a seeded, class-stratified `fraction`
+    of the student's training rows with `train_cfg`, under work/<name>; saved to `out`. (val accuracy, metrics).
+    The student search's proxy run (edgekd.pipeline.search_stage), the full run's losses and data otherwise."""
+    split = _student_split(ctx)
+    keep = stratified_subsample(ctx.data.train_y[split.rows], max(1, round(len(split.rows) * fraction)),
+                                ctx.config.data.seed)
+    subset = StudentSplit(split.rows[keep], split.unlabeled[keep], split.of)
+    torch.manual_seed(ctx.config.seed)  # the full run's initial weights
+    student = build(arch, kwargs)
+    link = Link(name, "proxy", 1, arch, kwargs, ctx.config.seed)
+    return _distil_link(ctx, link, student, _load_teacher(ctx), teacher_files(ctx.config), out, subset, train_cfg)
 
 
 def _finished_link(ctx: RunContext, out: str) -> dict | None:
@@ -394,8 +413,13 @@ def _run_online(ctx: RunContext) -> dict:
 CALIBRATION_IMAGES = 512  # BatchNorm re-estimation after pruning: a few batches suffice
 
 
-def _init_student(ctx: RunContext, student: torch.nn.Module, teacher: torch.nn.Module) -> dict:
-    """Random init, or the teacher pruned into the student (its accuracy before training is recorded)."""
+def _init_student(ctx: RunContext, student: torch.nn.Module, teacher: torch.nn.Module, role: str = "student") -> dict:
+    """Random init, the teacher pruned into the student (its accuracy before training is recorded), or for the
+    searched student its proxy run's weights (edgekd.pipeline.search_stage: the proxy is continued, not repeated)."""
+    start = search_stage.proxy_start(ctx) if role == "student" else None
+    if start is not None:
+        student.load_state_dict(start.pop("state_dict"))
+        return start
     if ctx.config.student.init != "teacher":
         return {"init": "random"}
     student.to(ctx.device)

@@ -190,6 +190,7 @@ def _sections(report: dict) -> list[str]:
         out = ["## Notes", "", *out, ""]
     for file in (report.get("quantization") or {}).get("files") or []:
         out += _int8_section(file)
+    out += _search_section(report)
     out += _on_device_section(report.get("on_device") or [])
     out += _tensorrt_section(report.get("tensorrt"))
     out += ["## How to read this", "",
@@ -228,6 +229,21 @@ def _int8_section(file: dict) -> list[str]:
                    f"{att['accuracy']:.4f} | {_num(att.get('latency_ms_p50'), 3)} | "
                    f"{att.get('outcome') or ('pass' if att['passed'] else 'fail')} |")
     return out + [""]
+
+
+def _search_section(report: dict) -> list[str]:
+    """student.search: per target, the choice, the Pareto plot (a PNG beside report.md) and every candidate."""
+    from edgekd.search.report import COLUMNS, candidate_cells, cost_line, headline, plot_file
+
+    sections = report.get("search_targets") or ([report["search"]] if report.get("search") else [])
+    out = ["## Student search", ""] if sections else []
+    for section in sections:
+        out += [headline(section), "", f"![latency against proxy accuracy]({plot_file(section, len(sections) > 1)})",
+                "", "| " + " | ".join(COLUMNS) + " |", "|---|---|---:|---:|---:|---:|---|"]
+        out += ["| " + " | ".join(f"**{c}**" if chosen and i == 0 else c for i, c in enumerate(cells)) + " |"
+                for chosen, cells in candidate_cells(section)]
+        out += ["", cost_line(section), ""]
+    return out
 
 
 def _on_device_section(steps: list[dict]) -> list[str]:

@@ -87,6 +87,7 @@ def render_html(report: dict) -> str:
                 "Every timed call at batch 1, interleaved across artifacts in rounds."),
         _figure(plots.throughput_sweep(artifacts), "Throughput against batch size", ""),
         _sweep_table(artifacts),
+        *_search(report),
     ]
     body = "\n".join(p for p in parts if p)
     return (
@@ -224,6 +225,21 @@ def _notes(report: dict) -> str:
         return ""
     items = "".join(f"<li>{_e(n)}</li>" for n in (notes if isinstance(notes, list) else [notes]))
     return f"<h2>Notes</h2><ul>{items}</ul>"
+
+
+def _search(report: dict) -> list[str]:
+    """student.search, per target: the Pareto plot, every candidate (the chosen one highlighted), the cost."""
+    from edgekd.search.report import COLUMNS, candidate_cells, cost_line, headline, pareto_plot
+
+    out = []
+    for section in report.get("search_targets") or ([report["search"]] if report.get("search") else []):
+        out.append(_figure(pareto_plot(section), f"Student search: {section['target']}", headline(section)))
+        head = "".join(f'<th class="l">{_e(c)}</th>' for c in COLUMNS)
+        rows = "".join(f'<tr{" class=selected" if chosen else ""}>' + "".join(f'<td class="l">{_e(v)}</td>' for v in cells)
+                       + "</tr>" for chosen, cells in candidate_cells(section))
+        out.append(f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>'
+                   f'<p class="note">{_e(cost_line(section))}</p>')
+    return out
 
 
 def _figure(png: bytes | None, title: str, caption: str) -> str:

@@ -3,7 +3,8 @@
 The pipeline (phase 2, see docs/search.md) calls, in order:
 
     plan_targets / open_backends   where each target is measured; probes ssh devices, checks tables
-    run_search                     expand the grid, export/quantize, measure (cached), judge, choose
+    run_search                     measure_search (expand the grid, export/quantize, measure (cached), judge)
+                                   then rank_search (rank the candidates that fit, choose)
     search_sections / pareto_plot  the report's `search` data and plot
     preview / format_preview       what `edgekd validate` shows
 
@@ -22,11 +23,11 @@ from edgekd.search.candidates import (
     prepare_candidates,
 )
 from edgekd.search.config import SearchConfig, check_search, precisions_for
-from edgekd.search.driver import SearchResult, run_search
+from edgekd.search.driver import SearchMeasurement, SearchResult, measure_search, rank_search, run_search
 from edgekd.search.measure import BACKENDS, Measured, MeasureResult, measure_candidates, open_backends
 from edgekd.search.plan import MeasureOptions, TargetPlan, plan_targets
 from edgekd.search.preview import format_preview, preview
-from edgekd.search.rank import Judged, Scorer, choose, judge
+from edgekd.search.rank import Judged, Scorer, check_fits, choose, judge
 from edgekd.search.report import pareto_plot, search_sections
 
 __all__ = [
@@ -42,8 +43,10 @@ __all__ = [
     "RuntimeInfo",
     "Scorer",
     "SearchConfig",
+    "SearchMeasurement",
     "SearchResult",
     "TargetPlan",
+    "check_fits",
     "check_search",
     "choose",
     "describe_architectures",
@@ -51,6 +54,7 @@ __all__ = [
     "format_preview",
     "judge",
     "measure_candidates",
+    "measure_search",
     "measurement_key",
     "open_backends",
     "pareto_plot",
@@ -58,6 +62,7 @@ __all__ = [
     "precisions_for",
     "prepare_candidates",
     "preview",
+    "rank_search",
     "run_search",
     "search_sections",
 ]

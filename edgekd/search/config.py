@@ -14,13 +14,13 @@ loaded, before anything else happens.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from edgekd.errors import ConfigError
 from edgekd.schema import Strict
-from edgekd.targets import Precision
+from edgekd.targets import HOST_PATTERN, Precision
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgekd.targets import TargetProfile
@@ -42,6 +42,9 @@ class SearchConfig(Strict):
     per_target: bool = Field(True, description="one student per target; false: the best single student fitting all")
     latency_table: Path | dict[str, Path] | None = Field(
         None, description="`edgekd profile` output for an offline device; {target: path} with several targets")
+    hosts: dict[str, Annotated[str, StringConstraints(pattern=HOST_PATTERN)]] = Field(
+        default_factory=dict, description="{target: user@name}: measure that target's candidates over ssh (overrides "
+        "the profile's host)")
 
     @field_validator("widths", "depths")
     @classmethod
@@ -133,6 +136,10 @@ def check_search(search: SearchConfig, targets: list["TargetProfile"]) -> None:
             raise ConfigError(f"Target {t.name!r} runs none of student.search.precisions {search.precisions}.",
                               f"Add one of {t.precisions}, or leave precisions out.")
     _check_tables(search, [t.name for t in targets])
+    unknown = sorted(set(search.hosts) - {t.name for t in targets})
+    if unknown:
+        raise ConfigError(f"student.search.hosts names {', '.join(map(repr, unknown))}, not among the targets "
+                          f"({', '.join(t.name for t in targets)}).", "Use the targets' names as keys.")
 
 
 def _check_tables(search: SearchConfig, names: list[str]) -> None:

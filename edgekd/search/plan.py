@@ -74,7 +74,7 @@ def plan_targets(search: SearchConfig, targets: list["TargetProfile"], default_i
                  hosts: dict[str, str] | None = None) -> list[TargetPlan]:
     """One plan per target; ConfigError for a target that cannot be measured anywhere."""
     check_search(search, targets)
-    hosts = hosts or {}
+    hosts = {**search.hosts, **(hosts or {})}
     unknown = sorted(set(hosts) - {t.name for t in targets})
     if unknown:
         raise ConfigError(f"Hosts are given for {', '.join(unknown)}, which are not among the targets "

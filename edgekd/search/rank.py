@@ -75,15 +75,24 @@ def score_of(score: Score, candidate: Candidate, flops: int) -> float:
 def choose(judged: list[Judged], score: "Score | Scorer" = None, per_target: bool = True) -> dict[str, Judged]:
     """The chosen candidate per target; ConfigError when a target (or, per_target=False, all) has none.
     Pass a `Scorer` to read the scores back."""
+    targets = check_fits(judged, per_target)
+    scores = score if isinstance(score, Scorer) else Scorer(score)
+    if per_target:
+        return {t: _best([j for j in judged if j.row.target == t and j.fits], scores) for t in targets}
+    return _best_for_all(judged, targets, scores)
+
+
+def check_fits(judged: list[Judged], per_target: bool = True) -> list[str]:
+    """The targets, in order, when a choice exists: every target has a candidate that fits (and, with
+    per_target=False, one architecture fits them all). ConfigError otherwise, before anything is scored."""
     targets = list(dict.fromkeys(j.row.target for j in judged))
     for t in targets:
         mine = [j for j in judged if j.row.target == t]
         if not any(j.fits for j in mine):
             raise _nothing_fits(t, mine)
-    scores = score if isinstance(score, Scorer) else Scorer(score)
-    if per_target:
-        return {t: _best([j for j in judged if j.row.target == t and j.fits], scores) for t in targets}
-    return _best_for_all(judged, targets, scores)
+    if not per_target and not _common_architectures(judged, targets):
+        raise _no_common_fit(judged, targets)
+    return targets
 
 
 class Scorer:
@@ -110,21 +119,32 @@ def _best_for_all(judged: list[Judged], targets: list[str], scores: Scorer) -> d
     """The architecture that fits every target (in some precision each), best score, then lowest worst-case
     latency relative to each target's limit."""
     options = []
+    for arch, picks in _common_architectures(judged, targets).items():
+        worst = max(j.row.p50_ms / j.limit_ms for j in picks.values())
+        options.append((-scores(next(iter(picks.values()))), worst, arch, picks))
+    if not options:
+        raise _no_common_fit(judged, targets)
+    return min(options, key=lambda o: o[:3])[3]
+
+
+def _common_architectures(judged: list[Judged], targets: list[str]) -> dict[str, dict[str, Judged]]:
+    """arch_name -> {target: its fastest fitting precision there}, for the architectures that fit every target."""
+    out = {}
     for arch in dict.fromkeys(j.candidate.arch_name for j in judged):
         per = {t: [j for j in judged if j.candidate.arch_name == arch and j.row.target == t and j.fits] for t in targets}
         if all(per.values()):
-            picks = {t: min(js, key=lambda j: j.row.p50_ms) for t, js in per.items()}
-            worst = max(j.row.p50_ms / j.limit_ms for j in picks.values())
-            options.append((-scores(next(iter(picks.values()))), worst, arch, picks))
-    if not options:
-        best_each = {t: min((j for j in judged if j.row.target == t and j.fits), key=lambda j: j.row.p50_ms)
-                     for t in targets}
-        raise ConfigError(
-            "No single student.search candidate fits every target (per_target: false). Fastest that fits each: "
-            + "; ".join(f"{t}: {j.candidate.name} {j.row.p50_ms:.3f} ms" for t, j in best_each.items()) + ".",
-            "Set student.search.per_target: true (one student per target), or " + FIX_HINT[0].lower() + FIX_HINT[1:],
-        )
-    return min(options, key=lambda o: o[:3])[3]
+            out[arch] = {t: min(js, key=lambda j: j.row.p50_ms) for t, js in per.items()}
+    return out
+
+
+def _no_common_fit(judged: list[Judged], targets: list[str]) -> ConfigError:
+    best_each = {t: min((j for j in judged if j.row.target == t and j.fits), key=lambda j: j.row.p50_ms)
+                 for t in targets}
+    return ConfigError(
+        "No single student.search candidate fits every target (per_target: false). Fastest that fits each: "
+        + "; ".join(f"{t}: {j.candidate.name} {j.row.p50_ms:.3f} ms" for t, j in best_each.items()) + ".",
+        "Set student.search.per_target: true (one student per target), or " + FIX_HINT[0].lower() + FIX_HINT[1:],
+    )
 
 
 def _nothing_fits(target: str, rows: list[Judged]) -> ConfigError:

@@ -52,6 +52,47 @@ def _candidate(j: "Judged", result: "SearchResult") -> dict:
             "cached": j.row.cached}
 
 
+# ------------------------------------------------------------------ text for report.md / report.html
+COLUMNS = ("candidate", "precision", "params", "MFLOPs", "p50 ms", "proxy val acc", "fits")
+
+
+def plot_file(section: dict, several: bool) -> str:
+    """The run-directory file report.md shows the section's plot from."""
+    return f"search_pareto.{section['target']}.png" if several else "search_pareto.png"
+
+
+def headline(section: dict) -> str:
+    """One sentence: the target, its limit, where it was measured, how it was ranked, the choice."""
+    ranking = "proxy distillation (validation accuracy)" if section["ranking"] == "proxy" else "FLOPs"
+    memory = (f" and peak memory <= {section['margin']:g} x {section['memory_budget_mb']:g} MB"
+              if section.get("memory_budget_mb") else "")
+    return (f"Target {section['target']}: a candidate fits at p50 <= {section['margin']:g} x {section['budget_ms']:g} ms "
+            f"= {section['limit_ms']:.3g} ms{memory}, measured on {section['measured_on']}"
+            + (f" ({section['runtime']})" if section.get("runtime") else "")
+            + f"; ranked by {ranking}. Chosen: {section['chosen']}.")
+
+
+def cost_line(section: dict) -> str:
+    c = section["cost"]
+    scored = (f"; {c['scored']} proxy distillations {c['score_s']:.1f} s" if section["ranking"] == "proxy"
+              else "; ranked by FLOPs, no proxy runs")
+    return (f"Search cost: {c['architectures']} candidates, {c['measurements']} measurements ({c['measured']} made, "
+            f"{c['reused']} reused from the cache); preparing (export, INT8) {c['prepare_s']:.1f} s, measuring "
+            f"{c['measure_s']:.1f} s{scored}.")
+
+
+def candidate_cells(section: dict) -> list[tuple[bool, list[str]]]:
+    """(is the chosen one, cells in COLUMNS order) per candidate, fastest first."""
+    rows = []
+    for c in sorted(section["candidates"], key=lambda c: c["p50_ms"]):
+        proxy = "—" if c["proxy_accuracy"] is None else f"{c['proxy_accuracy']:.4f}"
+        fits = "yes" if c["fits"] else f"no: {c['why_not']}"
+        rows.append((c["name"] == section["chosen"],
+                     [c["name"], c["precision"], f"{c['params']:,}", f"{c['flops'] / 1e6:.1f}", f"{c['p50_ms']:.3f}",
+                      proxy, fits]))
+    return rows
+
+
 def pareto_plot(section: dict, fmt: str = "png") -> bytes | None:
     """p50 latency vs proxy accuracy (or MFLOPs when ranked by FLOPs): fits in green, misses in red, the
     Pareto front, the budget and margin lines, the chosen candidate starred."""
@@ -62,11 +103,17 @@ def pareto_plot(section: dict, fmt: str = "png") -> bytes | None:
         return None
     by_proxy = section["ranking"] == "proxy"
     value = (lambda c: c["proxy_accuracy"]) if by_proxy else (lambda c: c["flops"] / 1e6)
-    rows = [c for c in rows if value(c) is not None]  # unscored (did not fit) have no proxy accuracy
+    unscored = [c for c in rows if value(c) is None]  # missed the budget: never distilled, no proxy accuracy
+    rows = [c for c in rows if value(c) is not None]
     if not rows:
         return None
     pts = [(c["p50_ms"], value(c)) for c in rows]
     fig, ax = _figure(8.5, 4.6)
+    if unscored:  # along the bottom, so the plot still shows what the budget cut
+        low, high = min(p[1] for p in pts), max(p[1] for p in pts)
+        floor = low - 0.08 * ((high - low) or abs(low) or 1.0)
+        ax.scatter([c["p50_ms"] for c in unscored], [floor] * len(unscored), s=36, marker="x", color=FAIL,
+                   label="misses the budget (no proxy run)", zorder=2)
     front = pareto_front(pts)
     ax.step([pts[i][0] for i in front], [pts[i][1] for i in front], where="post", color=FRONT, lw=1.2, alpha=0.6,
             label="Pareto front", zorder=1)
@@ -81,7 +128,7 @@ def pareto_plot(section: dict, fmt: str = "png") -> bytes | None:
                    label=f"chosen: {section['chosen']}", zorder=4)
     ax.axvline(section["budget_ms"], color=FAIL, ls="--", lw=1.2, label=f"budget {section['budget_ms']:g} ms")
     ax.axvline(section["limit_ms"], color=FAIL, ls=":", lw=1.0, label=f"margin {section['margin']:g} x budget")
-    _log_if_wide(ax, [p[0] for p in pts] + [section["budget_ms"]], axis="x")
+    _log_if_wide(ax, [p[0] for p in pts] + [c["p50_ms"] for c in unscored] + [section["budget_ms"]], axis="x")
     if not by_proxy:
         _log_if_wide(ax, [p[1] for p in pts], axis="y")
     ax.set_xlabel(f"p50 latency at batch 1 on {section['target']} (ms)")

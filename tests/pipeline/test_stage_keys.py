@@ -49,7 +49,11 @@ LOADED = {**SINGLE, "teacher": {"checkpoint": "teacher.pth"}}  # keys that only 
 LOADED_TEACHERS = {**FULL, "teachers": [{"model": "resnet18"}, {"model": "resnet18", "checkpoint": "teacher.pth"}]}
 IMAGES = {**SINGLE, "data": {"kind": "imagefolder", "path": "data-folder"}}
 TIMM = {**SINGLE, "data": {"kind": "imagefolder", "path": "data-folder", "augment": "timm"}}
-BASES = {"images": IMAGES, "timm": TIMM, "full": FULL, "single": SINGLE, "online": ONLINE, "loaded": LOADED, "loaded_teachers": LOADED_TEACHERS}
+# student.search: candidates measured on the host (search) and ranked by proxy distillation (choose)
+SEARCH = {"name": "keys", "data": {"path": "data-folder"}, "targets": ["host-cpu"],
+          "student": {"search": {"widths": [0.5], "depths": [1.0], "models": ["resnet10t"]}}}
+BASES = {"images": IMAGES, "timm": TIMM, "full": FULL, "single": SINGLE, "online": ONLINE, "loaded": LOADED, "loaded_teachers": LOADED_TEACHERS,
+         "search": SEARCH}
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,14 @@ KEY_READERS: dict[str, Case | None] = {
     "student.depth": Case(1.0, {"student"}),
     "student.init": Case("teacher", {"student"}, "single"),
     "student.quantization": Case("none", {"qat", "tensorrt"}),  # the Jetson INT8 file: QAT export or PTQ
+    # the search measures (search) and ranks (choose); the student stage reads only its choice, as a file
+    **{f"student.search.{k}": Case(v, {"search"}, "search") for k, v in {
+        "widths": [0.25], "depths": [0.5], "models": ["mobilenetv3_small_050"], "input_sizes": [32],
+        "precisions": ["fp32"], "margin": 0.8, "latency_table": "table.json",
+        "hosts": {"host-cpu": "pi@pi5"}}.items()},
+    "student.search.max_candidates": Case(30, set(), "search"),  # a limit on the grid, not the result
+    **{f"student.search.{k}": Case(v, {"choose"}, "search") for k, v in {
+        "proxy_epochs": 1, "proxy_fraction": 0.5, "per_target": False}.items()},
     "distill.losses": Case([{"kind": "dkd"}], {"student", "qat"}),
     **{f"distill.train.{k}": Case(TRAIN_VALUES[k], {"student"}) for k in TRAIN_KEYS},
     **{f"distill.qat.{k}": Case(TRAIN_VALUES[k], {"qat"}) for k in TRAIN_KEYS},
@@ -143,6 +155,19 @@ CONDITIONAL = [
      {"data", "teacher"}),
     ("data.train_fraction without unlabeled samples: the teacher trains on the whole split",
      SINGLE, "data.train_fraction", 0.5, {"student"}),
+    ("teacher.model, search: derived candidates are shaped from the teacher",
+     SEARCH, "teacher.model", "resnet34", {"teacher", "search"}),
+    ("distill.train.epochs, search: the proxy runs use the student's schedule, shortened",
+     SEARCH, "distill.train.epochs", 3, {"student", "choose"}),
+    ("quantize.enabled, search: the precisions the search may choose",
+     SEARCH, "quantize.enabled", False, {"data", "quantize", "search"}),
+    ("export.opset, search: how candidates are exported",
+     SEARCH, "export.opset", 17, {"export", "search"}),
+    ("student.search on: the search and choose stages run (the student stage reads their choice as a file)",
+     {**SINGLE, "targets": ["host-cpu"]}, "student", {"search": {"models": ["resnet10t"]}}, {"search", "choose"}),
+    ("student.search.proxy_fraction without proxy runs: FLOPs rank, nothing trains",
+     {**SEARCH, "student": {"search": {"widths": [0.5], "depths": [1.0], "proxy_epochs": 0}}},
+     "student.search.proxy_fraction", 0.5, set()),
 ]
 
 
@@ -204,7 +229,8 @@ def changed_stages(folder, base: dict, key: str, value) -> set[str]:
 
 @pytest.fixture
 def folder(tmp_path):
-    """What the configs point at: a data folder, a teacher checkpoint, another calibration manifest."""
+    """What the configs point at: a data folder, a teacher checkpoint, another calibration manifest, a latency
+    table."""
     from PIL import Image
 
     for name in ("data-folder", "other-folder"):
@@ -213,6 +239,7 @@ def folder(tmp_path):
             Image.new("L", (8, 8), 40 * i).save(tmp_path / name / "class0" / f"{i}.png")
     (tmp_path / "teacher.pth").write_bytes(b"weights")
     (tmp_path / "other-calib.yaml").write_text("split: train\nsamples: 128\nseed: 1\n")
+    (tmp_path / "table.json").write_text("{}")  # student.search.latency_table: read when the search runs
     return tmp_path
 
 
