@@ -87,9 +87,12 @@ class TrainConfig(Strict):
 
     @model_validator(mode="after")
     def _train_keys_fit(self) -> "TrainConfig":
-        if "ema_decay" in self.model_fields_set and not self.ema:
+        # compared with the defaults, not `model_fields_set`: a section rebuilt from a dump (teachers[0] as
+        # `teacher`) has every key set
+        if self.ema_decay != TrainConfig.model_fields["ema_decay"].default and not self.ema:
             raise ValueError("ema_decay applies to ema: true: set ema: true or remove ema_decay")
-        given = sorted(k for k in IMAGE_ONLY_KEYS if self.augment is not None and k in self.augment.model_fields_set)
+        given = sorted(k for k in IMAGE_ONLY_KEYS if self.augment is not None
+                       and getattr(self.augment, k) != TrainTransformConfig.model_fields[k].default)
         if given:
             raise ValueError(f"augment.{', '.join(given)} need decoded pictures; training here augments the "
                              "preprocessed tensors: use pad_crop, hflip, vflip, re_*, mixup and cutmix")

@@ -24,7 +24,7 @@ import torch
 from edgekd.data import Preprocess
 from edgekd.data.mixing import make_mixup, mix_batch
 from edgekd.data.seeding import derive_seed, fork_rngs
-from edgekd.data.transforms import TrainTransformConfig, array_train_transform
+from edgekd.data.transforms import IMAGE_ONLY_KEYS, TrainTransformConfig, array_train_transform
 from edgekd.errors import ModelError
 
 
@@ -32,7 +32,9 @@ class BatchViews:
     def __init__(self, cfg: TrainTransformConfig, *, channels: int, input_size: int, num_classes: int, seed: int):
         identity = Preprocess(input_size=input_size, channels=channels, mean=(0.0,) * channels,
                               std=(1.0,) * channels, pixel_max=1.0)
-        self.transform = array_train_transform(cfg, identity)
+        # only the keys arrays use count as given (a config rebuilt from a dump has every key set)
+        self.transform = array_train_transform(
+            TrainTransformConfig(**cfg.model_dump(exclude=set(IMAGE_ONLY_KEYS))), identity)
         self.mixup = make_mixup(cfg, num_classes)  # label smoothing stays with the loss
         self.seed = seed
 
