@@ -20,13 +20,13 @@ is scored once, after the last epoch, on the official 10k test images, which no
 choice sees. (The committed results were measured before that split existed:
 on all 60k training images, monitored on the first 1k test images.)
 
-    python benchmarks/distill_fashion_mnist.py --quick     # smoke run: 512 images, 1 epoch, ~1-2 min
-    python benchmarks/distill_fashion_mnist.py             # full run; rows print their epoch time
+    python benchmarks/distill_loss_families.py --quick     # smoke run: 512 images, 1 epoch, ~1-2 min
+    python benchmarks/distill_loss_families.py             # full run; rows print their epoch time
 
 The committed table (benchmarks/results/distill_fashion_mnist.md) is what a 2-core CPU
 finishes in about an hour: a half-width ResNet-18 teacher and fewer epochs,
 
-    python benchmarks/distill_fashion_mnist.py --teacher-width 0.5 --teacher-epochs 6 --epochs 6 --input-size 28
+    python benchmarks/distill_loss_families.py --teacher-width 0.5 --teacher-epochs 6 --epochs 6 --input-size 28
 
 Results: benchmarks/results/distill_fashion_mnist.{md,json} (`--quick`: *_quick.*).
 Each finished row is saved under benchmarks/results/distill_fashion_mnist[_quick]/<row>.json
