@@ -112,7 +112,8 @@ def train_settings(args, kind: str) -> TrainConfig:
     preset = PRESETS[args.preset]
     common = {"batch_size": preset.batch_size, "amp": preset.amp, "channels_last": preset.channels_last}
     epochs = {"teacher": preset.teacher_epochs, "standard": preset.epochs, "fm": preset.fm_epochs}[kind]
-    epochs = SMOKE["epochs"] if args.smoke else epochs
+    if args.smoke:  # one epoch without warm-up: the few steps it has should move the weights
+        epochs, common["warmup_epochs"] = SMOKE["epochs"], 0.0
     if kind == "teacher":
         return TeacherConfig(recipe="strong", train={**common, "epochs": epochs}).train
     if kind == "fm":
