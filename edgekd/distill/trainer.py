@@ -13,7 +13,7 @@ the same values. When it is an nn.Module (edgekd.distill.losses.DistillObjective
 feature adapters, are trained with the model and saved with the epoch
 checkpoint, but never enter the model's weights.
 
-`train.augment` replaces the batched crop/flip with edgekd.data's seeded per-sample views and
+`train.augment` replaces the batched crop/flip with edgekd.data's transforms (seeded per step) and
 mixup/cutmix (edgekd.distill.views): the mixed tensor is what both the teacher function and
 the model receive. `train.ema` keeps a weight average (edgekd.distill.ema), scored every epoch
 next to the model; the better of the two can become the best weights (TrainResult.best_weights).
@@ -260,7 +260,7 @@ def _one_epoch(loop: _Loop, x, y, epoch: int) -> float:
 
 
 def _batch(loop: _Loop, x, y, idx, generator, epoch: int, step: int):
-    """The step's (inputs, labels) on the device. With train.augment: seeded per-sample views and,
+    """The step's (inputs, labels) on the device. With train.augment: views seeded per step and,
     with mixup/cutmix, one mixed tensor (teacher and student both get it) and (B, classes) soft
     labels; otherwise data.augment's batched crop/flip and the integer labels."""
     if loop.views is None:
