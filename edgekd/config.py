@@ -13,7 +13,8 @@ from typing import Annotated, Literal, Union
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from edgekd import BUILTIN_DIR
-from edgekd.data.transforms import ImageAugmentConfig
+from edgekd.data.transforms import IMAGE_ONLY_KEYS, ImageAugmentConfig, TrainTransformConfig
+from edgekd.distill.recipes import DISTILL_RECIPES, TEACHER_RECIPES, expand_recipe
 from edgekd.errors import ConfigError
 from edgekd.schema import Strict, parse, read_yaml
 from edgekd.search.config import SearchConfig
@@ -100,9 +101,40 @@ class TrainConfig(Strict):
     amp: Literal["none", "bf16", "fp16"] = Field(
         "none", description="autocast precision: bf16 on CPU or CUDA, fp16 on CUDA only (with a GradScaler)")
     tensorboard: bool = Field(False, description="write per-epoch scalars for TensorBoard (needs the tensorboard package)")
+    ema: bool = Field(
+        False, description="keep an exponential moving average of the weights (timm ModelEmaV3); every epoch scores "
+        "the model and the average on the validation split, and the better one can become the checkpoint")
+    ema_decay: float = Field(0.999, gt=0, lt=1, description="the average's decay per optimizer step, reached after "
+                             "timm's warm-up ramp (1 - (1 + step)^-3/4)")
+    augment: TrainTransformConfig | None = Field(
+        None, description="this training's augmentation in timm's names (edgekd.data.transforms): pad_crop, hflip, "
+        "vflip, re_prob/re_mode/re_count (random erasing), mixup, cutmix, cutmix_minmax, mixup_prob, "
+        "mixup_switch_prob, mixup_mode; seeded per (seed, sample, epoch). Replaces data.augment for this training. "
+        "With mixup/cutmix the teacher and the student receive the same mixed batch")
+
+    @model_validator(mode="after")
+    def _train_keys_fit(self) -> "TrainConfig":
+        # compared with the defaults, not `model_fields_set`: a section rebuilt from a dump (teachers[0] as
+        # `teacher`) has every key set
+        if self.ema_decay != TrainConfig.model_fields["ema_decay"].default and not self.ema:
+            raise ValueError("ema_decay applies to ema: true: set ema: true or remove ema_decay")
+        given = sorted(k for k in IMAGE_ONLY_KEYS if self.augment is not None
+                       and getattr(self.augment, k) != TrainTransformConfig.model_fields[k].default)
+        if given:
+            raise ValueError(f"augment.{', '.join(given)} need decoded pictures; training here augments the "
+                             "preprocessed tensors: use pad_crop, hflip, vflip, re_*, mixup and cutmix")
+        return self
+
+    @property
+    def mixing(self) -> bool:
+        return self.augment is not None and self.augment.mixing
 
 
 class TeacherConfig(Strict):
+    recipe: Literal[tuple(TEACHER_RECIPES)] = Field(
+        "standard", description="standard: the keys as written; strong: sgd (Nesterov) lr 0.05, label smoothing 0.1, "
+        "crop + flip + random erasing, weight EMA, 30 epochs (edgekd/distill/recipes.py). Every key it sets can be "
+        "overridden")
     model: str = Field("resnet18", description="a timm model name")
     pretrained: bool = Field(False, description="download timm's pretrained weights (needs the model hub)")
     checkpoint: Path | None = Field(None, description="a state dict, timm checkpoint, safetensors or edgekd checkpoint")
@@ -114,6 +146,11 @@ class TeacherConfig(Strict):
         description="how the teacher is trained or fine-tuned when no ready checkpoint is given",
     )
     finetune: bool | None = Field(None, description="train the loaded teacher further; default: only when no checkpoint")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_recipe(cls, data):
+        return expand_recipe("teacher", data)
 
     @model_validator(mode="after")
     def _one_source(self) -> "TeacherConfig":
@@ -300,6 +337,10 @@ class AssistantConfig(Strict):
 
 
 class DistillConfig(Strict):
+    recipe: Literal[tuple(DISTILL_RECIPES)] = Field(
+        "standard", description="standard: the keys as written; function_matching: kd with alpha 1 and T 1 (KL to the "
+        "teacher only), teacher and student on the same mixup/cutmix batch (live teacher), weight EMA, 100 epochs "
+        "(edgekd/distill/recipes.py). Every key it sets can be overridden")
     losses: list[LossConfig] = Field(default_factory=lambda: [KDConfig()], min_length=1)
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=15, lr=3e-3))
     teacher_cache: bool = Field(
@@ -313,6 +354,14 @@ class DistillConfig(Strict):
         0.0, ge=0, lt=1, description="this seeded, class-stratified share of the student's training samples is "
         "used without labels (transfer data): only teacher-reading terms learn from it. The teacher stage "
         "never sees those labels either")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_recipe(cls, data):
+        if isinstance(data, dict) and data.get("recipe") == "function_matching" and data.get("scheme") == "online":
+            raise ValueError("recipe function_matching distils from a teacher; scheme: online has none: "
+                             "use scheme: offline or recipe: standard")
+        return expand_recipe("distill", data)
 
     @model_validator(mode="after")
     def _unlabeled_needs_a_teacher(self) -> "DistillConfig":
@@ -346,7 +395,34 @@ class DistillConfig(Strict):
             if self.unlabeled_fraction > 0:
                 raise ValueError("scheme: online peers learn from labels and each other, not from a teacher: "
                                  "unlabeled samples would only echo the peers' guesses; set unlabeled_fraction: 0")
+            if self.train.ema or self.train.augment is not None:
+                raise ValueError("scheme: online trains its peers in their own loop, without train.ema or "
+                                 "train.augment: remove them (data.augment applies)")
+        if self.qat.ema or self.qat.augment is not None:
+            raise ValueError("distill.qat fine-tunes a quantizer-wrapped student: qat.ema and qat.augment are not "
+                             "supported there, remove them")
         return self
+
+    @model_validator(mode="after")
+    def _mixing_fits_the_losses(self) -> "DistillConfig":
+        if not self.train.mixing:
+            return self
+        # a mixed batch has soft labels (two classes per row): terms built on one target class cannot read them
+        one_class = sorted({loss.kind for loss in self.losses if loss.kind in ("dkd", "tfkd")})
+        if one_class:
+            raise ValueError(f"distill.train.augment mixes batches (mixup/cutmix), and {', '.join(one_class)} "
+                             "need one target class per sample: use kd/ce, or remove mixup/cutmix")
+        if self.unlabeled_fraction > 0 and any(_reads_labels(loss) for loss in self.losses):
+            raise ValueError("with unlabeled_fraction > 0 and mixup/cutmix, a mixed row may pair a sample without "
+                             "a label: every loss must read the teacher only (kd with alpha 1, fitnets, at, rkd; "
+                             "no ce), or remove mixup/cutmix")
+        return self
+
+
+def _reads_labels(loss) -> bool:
+    if loss.kind == "kd":
+        return loss.alpha < 1 or (loss.alpha_end is not None and loss.alpha_end < 1)
+    return loss.kind in ("ce", "dkd", "tfkd")
 
 
 class ParityConfig(Strict):
@@ -439,6 +515,23 @@ class CompressConfig(Strict):
         if self.student.init == "teacher" and (d.assistants or d.generations > 1 or d.scheme == "online"):
             raise ValueError("student.init 'teacher' prunes the teacher into the first student; it does not apply "
                              "to assistants, born-again generations or online peers: use student.init: random")
+        return self
+
+    @model_validator(mode="after")
+    def _train_augment_fits_the_data(self) -> "CompressConfig":
+        # train.augment replaces data.augment with views of the eval-transformed tensors; over timm's picture
+        # transform (crop scale, colour, policies, run in the workers) it would silently drop it
+        if self.data.augment != "timm":
+            return self
+        sections = {"teacher.train": self.teacher.train, "distill.train": self.distill.train,
+                    **{f"teachers[{i}].train": t.train for i, t in enumerate(self.teachers or [])}}
+        given = [key for key, train in sections.items() if train.augment is not None]
+        if given:
+            raise ValueError(f"{given[0]}.augment draws views of preprocessed tensors in place of data.augment, which "
+                             "is 'timm' (picture transforms in the loader workers): they do not combine. Put the "
+                             "picture keys in data.train_transform and remove " + given[0] + ".augment (and any "
+                             "recipe setting it: teacher.recipe strong, distill.recipe function_matching), or set "
+                             "data.augment: none/crop_flip to use train.augment")
         return self
 
     @model_validator(mode="after")

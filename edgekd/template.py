@@ -35,6 +35,8 @@ data:
 #   - {model: resnet18, weight: 1.0}   # the others -> teachers/<i>.safetensors
 #                           # soft targets: log of the weighted mean of probabilities; ce/kd/dkd losses only
 teacher:
+  recipe: standard          # standard: the keys below | strong: sgd (Nesterov) lr 0.05, label smoothing 0.1,
+                            #   crop + flip + random erasing, weight EMA, 30 epochs; any key it sets can be overridden
   model: resnet18           # any timm model name
   pretrained: false         # true downloads timm's weights (needs the model hub)
   # checkpoint: teacher.pth # a state dict, timm checkpoint, .safetensors or edgekd checkpoint
@@ -54,6 +56,17 @@ teacher:
     # early_stopping: 5     # epochs without a better val accuracy
     amp: none               # none | bf16 (CPU or CUDA autocast) | fp16 (CUDA only, with a GradScaler)
     tensorboard: false      # event files under runs/<name>/work/<model>/tensorboard (needs `tensorboard`)
+    ema: false              # weight EMA (timm ModelEmaV3): scored on val every epoch; the better of model and
+                            #   average becomes the checkpoint (metrics: best_weights)
+    # ema_decay: 0.999      # ema only: per-step decay, reached after timm's warm-up ramp
+    # augment:              # this training's augmentation (timm's names), replacing data.augment for it;
+    #   pad_crop: 4         #   random crop of a reflect-padded image
+    #   hflip: 0.5          #   flip probabilities (vflip: 0.0)
+    #   re_prob: 0.0        #   random erasing: probability, re_mode const|rand|pixel, re_count boxes
+    #   mixup: 0.0          #   mixup alpha (> 0: on); cutmix: 0.0 alpha; mixup_prob 1.0, mixup_switch_prob 0.5,
+    #                       #   mixup_mode batch|pair|elem, cutmix_minmax. Mixed batches: soft labels; in distill,
+    #                       #   teacher and student get the same mixed tensor (the teacher runs live)
+    #                       #   Not with data.augment: timm (refused at load: use data.train_transform there)
 
 student:
   # model: resnet10t        # a timm model name; default: derived from the teacher
@@ -76,6 +89,9 @@ student:
   #   # hosts: {rpi5: pi@raspberrypi}   # measure that target over ssh (else the profile's host, else this machine)
 
 distill:
+  recipe: standard          # standard: the keys below | function_matching (Beyer et al. 2022): kd with alpha 1, T 1
+                            #   (KL to the teacher only), teacher and student on the same mixup/cutmix batch, weight
+                            #   EMA, 100 epochs; any key it sets can be overridden (edgekd/distill/recipes.py)
   losses:
     - kind: kd              # Hinton KD: alpha * T^2 * KL(teacher || student at T) + (1 - alpha) * CE
       weight: 1.0

@@ -14,14 +14,16 @@ Training transforms draw from the global generators, which the dataset seeds per
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
-from edgekd.data import Preprocess
 from edgekd.errors import ConfigError
 from edgekd.schema import Strict
+
+if TYPE_CHECKING:  # annotations only: edgekd.config imports this module, maybe while edgekd.data initialises
+    from edgekd.data import Preprocess
 
 _PIL_FILTERS = {"bicubic": "BICUBIC", "nearest": "NEAREST"}  # anything else: bilinear, as preprocess_image
 

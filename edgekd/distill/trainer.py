@@ -15,8 +15,13 @@ the same values. When it is an nn.Module (edgekd.distill.losses.DistillObjective
 feature adapters, are trained with the model and saved with the epoch
 checkpoint, but never enter the model's weights.
 
+`train.augment` replaces the batched crop/flip with edgekd.data's transforms (seeded per step) and
+mixup/cutmix (edgekd.distill.views): the mixed tensor is what both the teacher function and
+the model receive. `train.ema` keeps a weight average (edgekd.distill.ema), scored every epoch
+next to the model; the better of the two can become the best weights (TrainResult.best_weights).
+
 Work directory layout (one per trained model):
-    last.pt         model, optimizer, scheduler, RNG, best weights, loss state — written every epoch
+    last.pt         model, optimizer, scheduler, RNG, best weights, loss state, weight average — every epoch
     metrics.jsonl   one line per epoch
     tensorboard/    event files, with `tensorboard: true`
 """
@@ -36,7 +41,9 @@ import torch
 from edgekd.config import TrainConfig
 from edgekd.data.splitset import TensorSplit, augment_batch, eval_batch_size  # noqa: F401 (augment_batch: schemes)
 from edgekd.distill.distributed import Dist
+from edgekd.distill.ema import WeightAverage, make_average
 from edgekd.distill.losses import LossFn
+from edgekd.distill.views import BatchViews, make_views
 from edgekd.errors import ConfigError
 from edgekd.models.torchfile import load_epoch_checkpoint, save_atomic
 
@@ -53,6 +60,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     seconds_per_epoch: float = 0.0
     notes: list[str] = field(default_factory=list)  # e.g. tensorboard skipped, and why
+    best_weights: str = "model"  # "ema": best_state is the weight average (train.ema), which scored higher
 
 
 def pick_device(choice: str) -> torch.device:
@@ -94,13 +102,16 @@ def train(
     if objective is not None:
         objective.to(device)
         _check_objective_under_ddp(objective, dist)
-    batches = as_split(train_xy).batches(cfg.batch_size, shuffle=True, seed=seed, augment=augment, rank=dist.rank,
-                                         world_size=dist.world_size)
+    split = as_split(train_xy)
+    # train.augment replaces data.augment: its views are drawn from the un-augmented batches (_batch)
+    batches = split.batches(cfg.batch_size, shuffle=True, seed=seed, augment="none" if cfg.augment else augment,
+                            rank=dist.rank, world_size=dist.world_size)
     val_batches = eval_batches(as_split(val_xy), dist)
     optimizer = _optimizer([model] + ([objective] if objective is not None else []), cfg)
     steps_per_epoch = math.ceil(len(batches) / cfg.batch_size)
     loop = _Loop(model, dist.wrap(model), loss_fn, optimizer, _scheduler(optimizer, cfg, steps_per_epoch), cfg,
-                 Amp(cfg.amp, device), teacher, device, memory_format, batches, val_batches, dist)
+                 Amp(cfg.amp, device), teacher, device, memory_format, batches, val_batches, dist,
+                 views=make_views(cfg, split, model, seed), average=make_average(model, cfg))
     # another world size shards and schedules differently: resume only the same one
     key = key if not dist.enabled else f"{key}+world{dist.world_size}"
     state = _resume(work_dir / "last.pt", key, loop)
@@ -111,7 +122,7 @@ def train(
     try:
         for epoch in range(start_epoch, cfg.epochs):
             row = _epoch_row(loop, epoch)
-            _record(state, row, model, epoch)
+            _record(state, row, loop, epoch)
             if dist.is_main:  # rank 0 writes; every rank reads last.pt when resuming
                 _save(work_dir / "last.pt", key, loop, state)
                 with (work_dir / "metrics.jsonl").open("a") as fh:
@@ -140,6 +151,7 @@ def train(
         history=history,
         seconds_per_epoch=sum(h["seconds"] for h in history) / max(1, len(history)),
         notes=notes,
+        best_weights=state.get("best_weights", "model"),
     )
 
 
@@ -191,6 +203,8 @@ class _Loop:
     batches: object  # edgekd.data.splitset.Batches: this rank's training batches, per epoch
     val_batches: object  # this rank's stride of the validation split
     dist: Dist
+    views: BatchViews | None = None  # train.augment: per-sample views, mixup/cutmix (edgekd.distill.views)
+    average: WeightAverage | None = None  # train.ema
 
 
 def _epoch_row(loop: _Loop, epoch: int) -> dict:
@@ -199,8 +213,11 @@ def _epoch_row(loop: _Loop, epoch: int) -> dict:
     training = time.perf_counter() - started
     loop.dist.sync_buffers(loop.model)  # one set of BN statistics on every rank before scoring and saving
     accuracy = _sharded_accuracy(loop.model, loop.val_batches, loop.device, loop.memory_format, loop.dist)
+    averaged = ({"val_accuracy_ema": _sharded_accuracy(loop.average.module, loop.val_batches, loop.device,
+                                                        loop.memory_format, loop.dist)}
+                if loop.average is not None else {})
     seconds = time.perf_counter() - started
-    row = {"epoch": epoch + 1, "loss": loss, "val_accuracy": accuracy, "seconds": seconds,
+    row = {"epoch": epoch + 1, "loss": loss, "val_accuracy": accuracy, **averaged, "seconds": seconds,
            "images_per_s": len(loop.batches) * loop.dist.world_size / seconds,
            "data_wait": round((loop.batches.wait_seconds - waited) / max(training, 1e-9), 4),
            "lr": loop.optimizer.param_groups[0]["lr"]}
@@ -208,11 +225,16 @@ def _epoch_row(loop: _Loop, epoch: int) -> dict:
     return {**row, **getattr(loop.loss_fn, "scheduled_values", dict)()}
 
 
-def _record(state: dict, row: dict, model, epoch: int) -> None:
+def _record(state: dict, row: dict, loop: _Loop, epoch: int) -> None:
+    """Keep the epoch's weights when they beat every earlier epoch on the validation split: the
+    model's, or with train.ema the average's when it scores higher (a tie goes to the model)."""
     state["history"].append(row)
-    if row["val_accuracy"] > state["best_accuracy"]:
-        state.update(best_accuracy=row["val_accuracy"], best_epoch=epoch + 1, bad_epochs=0,
-                     best_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+    source, accuracy, net = "model", row["val_accuracy"], loop.model
+    if loop.average is not None and row["val_accuracy_ema"] > accuracy:
+        source, accuracy, net = "ema", row["val_accuracy_ema"], loop.average.module
+    if accuracy > state["best_accuracy"]:
+        state.update(best_accuracy=accuracy, best_epoch=epoch + 1, bad_epochs=0, best_weights=source,
+                     best_state={k: v.detach().cpu().clone() for k, v in net.state_dict().items()})
     else:
         state["bad_epochs"] += 1
     state["epoch"] = epoch + 1
@@ -227,20 +249,39 @@ def _one_epoch(loop: _Loop, epoch: int) -> float:
     set_progress = getattr(loop.loss_fn, "set_progress", None)
     # the same permutation on every rank, each its stride (edgekd.data.splitset)
     for step, (idx, inputs, labels) in enumerate(loop.batches.epoch(epoch)):
+        if loop.views is not None:
+            idx, inputs, labels = loop.views.usable(idx, inputs, labels)
+            if not len(idx):
+                continue
         if set_progress is not None:
             set_progress((epoch * steps_per_epoch + step) / max(1, loop.cfg.epochs * steps_per_epoch))
-        inputs = inputs.to(loop.device, non_blocking=True).contiguous(memory_format=loop.memory_format)
-        labels = labels.to(loop.device, non_blocking=True)
+        inputs, labels = _batch(loop, inputs, labels, epoch, step)
         with loop.amp.autocast():
             teacher_logits = loop.teacher(idx, inputs) if loop.teacher is not None else None
             loss = loop.loss_fn(loop.net(inputs), teacher_logits, labels)
         loop.optimizer.zero_grad(set_to_none=True)
         loop.amp.step(loss, loop.optimizer, loop.cfg.grad_clip)
         loop.scheduler.step()
+        if loop.average is not None:
+            loop.average.update(loop.model, step=epoch * steps_per_epoch + step + 1)
         total += loss.item() * len(idx)
         count += len(idx)
     total, count = loop.dist.all_reduce_sum([total, count])
     return total / max(1, count)
+
+
+def _batch(loop: _Loop, inputs, labels, epoch: int, step: int):
+    """The step's (inputs, labels) on the device. With train.augment: views of the un-augmented
+    batch, seeded per step, and with mixup/cutmix one mixed tensor (teacher and student both get
+    it) and (B, classes) soft labels; otherwise the batch as the split made it (data.augment)."""
+    if loop.views is not None:
+        inputs = loop.views.augment(inputs, epoch, step)
+    inputs = inputs.to(loop.device, non_blocking=True).contiguous(memory_format=loop.memory_format)
+    labels = labels.to(loop.device, non_blocking=True)
+    if loop.views is not None:
+        inputs, labels = loop.views.mix(inputs, labels, epoch, step)
+        inputs = inputs.contiguous(memory_format=loop.memory_format)
+    return inputs, labels
 
 
 def _check_objective_under_ddp(objective: torch.nn.Module, dist: Dist) -> None:
@@ -380,6 +421,8 @@ def _resume(path: Path, key: str, loop: _Loop) -> dict:
         loop.loss_fn.load_state_dict(ckpt["loss"])
     if loop.amp.scaler is not None and ckpt.get("scaler") is not None:
         loop.amp.scaler.load_state_dict(ckpt["scaler"])
+    if loop.average is not None and ckpt.get("ema") is not None:
+        loop.average.load_state_dict(ckpt["ema"])
     torch.set_rng_state(ckpt["rng"])
     return ckpt["state"]
 
@@ -388,4 +431,5 @@ def _save(path: Path, key: str, loop: _Loop, state: dict) -> None:
     loss_state = loop.loss_fn.state_dict() if isinstance(loop.loss_fn, torch.nn.Module) else None
     save_atomic({"key": key, "model": loop.model.state_dict(), "optimizer": loop.optimizer.state_dict(),
                  "scheduler": loop.scheduler.state_dict(), "rng": torch.get_rng_state(), "state": state,
-                 "loss": loss_state, "scaler": loop.amp.scaler.state_dict() if loop.amp.scaler else None}, path)
+                 "loss": loss_state, "scaler": loop.amp.scaler.state_dict() if loop.amp.scaler else None,
+                 "ema": loop.average.state_dict() if loop.average is not None else None}, path)

@@ -326,9 +326,11 @@ def _distil_link(ctx: RunContext, link: Link, student, teacher, teacher_source: 
                                 input_shape=(pre.channels, pre.input_size, pre.input_size),
                                 label_smoothing=c.distill.train.label_smoothing)
     split = split or _student_split(ctx)
-    teacher_fn, cache_note = _teacher_source(ctx, teacher, objective, teacher_source, rows=split.rows)
+    train_cfg = train_cfg or c.distill.train
+    teacher_fn, cache_note = _teacher_source(ctx, teacher, objective, teacher_source, rows=split.rows,
+                                             train_cfg=train_cfg)
     try:
-        result = _fit(ctx, student, link.name, train_cfg or c.distill.train, objective, teacher=teacher_fn, seed=link.seed,
+        result = _fit(ctx, student, link.name, train_cfg, objective, teacher=teacher_fn, seed=link.seed,
                       train_xy=student_train_xy(ctx, split))
     finally:
         objective.close()  # hooks off: the saved and exported student is the plain timm model
@@ -432,7 +434,7 @@ def _init_student(ctx: RunContext, student: torch.nn.Module, teacher: torch.nn.M
 
 
 def _teacher_source(ctx: RunContext, teacher: torch.nn.Module, objective: DistillObjective,
-                    files: list[str] = (TEACHER_CHECKPOINT,), rows: np.ndarray | None = None):
+                    files: list[str] = (TEACHER_CHECKPOINT,), rows: np.ndarray | None = None, train_cfg=None):
     """No teacher when every loss is teacher-free (ce, tfkd); cached teacher logits when
     inputs repeat exactly every epoch and every loss reads logits only; else the live
     teacher (its hooks record what feature losses read).
@@ -446,14 +448,19 @@ def _teacher_source(ctx: RunContext, teacher: torch.nn.Module, objective: Distil
     Under torchrun the cache is computed sharded: each rank runs the teacher on its
     stride of the training set, the strides are gathered, rank 0 writes the file, and
     every rank reads it back (each indexes it with its own shard's indices).
+
+    train_cfg: the training's TrainConfig; its `augment` (fresh views, maybe mixed, every step) needs
+    the live teacher, on exactly the tensor the student gets.
     """
     teacher.eval()
     if not objective.needs_teacher:
         kinds = ", ".join(dict.fromkeys(objective.kinds))
         return None, f"off: no loss reads the teacher ({kinds}), it does not run"
     augment = ctx.config.data.augment
+    fresh_views = train_cfg is not None and train_cfg.augment is not None
     to_split = (lambda idx: idx) if rows is None else _index_map(rows)
-    if ctx.config.distill.teacher_cache and augment == "none" and not objective.needs_teacher_internals:
+    deterministic = augment == "none" and not fresh_views
+    if ctx.config.distill.teacher_cache and deterministic and not objective.needs_teacher_internals:
         path = ctx.run_dir / "cache" / f"teacher_logits.{_cache_tag(ctx, list(files))}.npy"
         if not ctx.dist.broadcast_object(path.is_file()):  # one answer on every rank: all join, or none
             _write_teacher_cache(ctx, teacher, path)
@@ -467,6 +474,9 @@ def _teacher_source(ctx: RunContext, teacher: torch.nn.Module, objective: Distil
 
     if not ctx.config.distill.teacher_cache:
         why = "off in config"
+    elif fresh_views:
+        why = ("off: distill.train.augment draws new views every step; the teacher runs live on the same "
+               + ("mixed " if train_cfg.mixing else "") + "batch as the student")
     elif augment != "none":
         why = f"off: augmentation {augment!r} changes inputs every epoch"
     else:  # caching every tapped map would cost N x (sum of C*H*W) floats: 1.9 GB for resnet18 on Fashion-MNIST
@@ -537,7 +547,7 @@ def _fit(ctx: RunContext, model, name: str, cfg, loss_fn, teacher, seed: int | N
 def _train_metrics(result: TrainResult) -> dict:
     return {"epochs": result.epochs_run, "best_epoch": result.best_epoch,
             "seconds_per_epoch": round(result.seconds_per_epoch, 3), "resumed_from_epoch": result.resumed_from_epoch,
-            **({"notes": result.notes} if result.notes else {})}
+            "best_weights": result.best_weights, **({"notes": result.notes} if result.notes else {})}
 
 
 def _val_accuracy(ctx: RunContext, model) -> float:

@@ -33,7 +33,16 @@ TRAIN_KEYS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "moment
               "label_smoothing", "grad_clip", "channels_last", "early_stopping", "scale_lr", "amp", "tensorboard")
 TRAIN_VALUES = {"epochs": 3, "batch_size": 32, "optimizer": "sgd", "lr": 0.01, "weight_decay": 0.0, "momentum": 0.8,
                 "schedule": "constant", "warmup_epochs": 0.5, "label_smoothing": 0.1, "grad_clip": 1.0,
-                "channels_last": False, "early_stopping": 2, "scale_lr": True, "amp": "bf16", "tensorboard": True}
+                "channels_last": False, "early_stopping": 2, "scale_lr": True, "amp": "bf16", "tensorboard": True,
+                "ema": True}
+# train.augment (timm's names, edgekd.data.transforms): a valid new value per key. The keys that need decoded
+# pictures are refused for the in-memory tensors every training uses today: they have no valid new value.
+AUGMENT_VALUES = {"hflip": 0.0, "vflip": 0.5, "re_prob": 0.25, "re_mode": "pixel", "re_count": 2, "pad_crop": 2,
+                  "mixup": 0.2, "cutmix": 1.0, "cutmix_minmax": [0.2, 0.8], "mixup_prob": 0.5,
+                  "mixup_switch_prob": 0.25, "mixup_mode": "pair"}
+AUGMENT_REFUSED = ("scale", "ratio", "color_jitter", "auto_augment", "interpolation")
+TRAIN_VALUES.update({f"augment.{k}": v for k, v in AUGMENT_VALUES.items()})
+TRAIN_KEYS += ("ema", *(f"augment.{k}" for k in AUGMENT_VALUES))
 
 # Base configs. FULL switches on every conditional read it can hold at once: several teachers,
 # unlabeled samples (the teacher stage then reads the student's split), a QAT student, quantize,
@@ -52,8 +61,11 @@ TIMM = {**SINGLE, "data": {"kind": "imagefolder", "path": "data-folder", "augmen
 # student.search: candidates measured on the host (search) and ranked by proxy distillation (choose)
 SEARCH = {"name": "keys", "data": {"path": "data-folder"}, "targets": ["host-cpu"],
           "student": {"search": {"widths": [0.5], "depths": [1.0], "models": ["resnet10t"]}}}
-BASES = {"images": IMAGES, "timm": TIMM, "full": FULL, "single": SINGLE, "online": ONLINE, "loaded": LOADED, "loaded_teachers": LOADED_TEACHERS,
-         "search": SEARCH}
+# ema_decay applies with ema: true (separate dicts: a deep copy keeps shared ones shared)
+EMA_SINGLE = {**SINGLE, "teacher": {"train": {"ema": True}}, "distill": {"train": {"ema": True}}}
+EMA_FULL = {**FULL, "teachers": [{"model": "resnet18"}, {"model": "resnet18", "train": {"ema": True}}]}
+BASES = {"images": IMAGES, "timm": TIMM, "full": FULL, "single": SINGLE, "online": ONLINE, "loaded": LOADED,
+         "loaded_teachers": LOADED_TEACHERS, "search": SEARCH, "ema_single": EMA_SINGLE, "ema_full": EMA_FULL}
 
 
 @dataclass(frozen=True)
@@ -68,7 +80,9 @@ class Case:
         object.__setattr__(self, "base", base)
 
 
-UNCHANGEABLE = None  # a key with one valid value (`version`)
+UNCHANGEABLE = None  # a key with one valid value (`version`), or none valid besides its default
+MIXING = ("augment.mixup", "augment.cutmix", "augment.cutmix_minmax")
+QAT_REFUSED = ("ema", "augment.")
 TRAINERS = {"teacher", "student", "qat"}
 
 KEY_READERS: dict[str, Case | None] = {
@@ -96,13 +110,19 @@ KEY_READERS: dict[str, Case | None] = {
     "teacher.checkpoint": Case("teacher.pth", {"teacher"}, "single"),
     "teacher.finetune": Case(True, {"teacher"}, "single"),
     "teacher.trust_checkpoint": Case(True, set(), "loaded"),  # allows a load; the weights are the file's
+    "teacher.recipe": Case("strong", {"teacher"}, "single"),
     **{f"teacher.train.{k}": Case(TRAIN_VALUES[k], {"teacher"}, "single") for k in TRAIN_KEYS},
+    "teacher.train.ema_decay": Case(0.99, {"teacher"}, "ema_single"),
+    **{f"teacher.train.augment.{k}": UNCHANGEABLE for k in AUGMENT_REFUSED},
     "teachers[*].model": Case("resnet34", {"teacher"}),
     "teachers[*].pretrained": Case(True, {"teacher"}),
     "teachers[*].checkpoint": Case("teacher.pth", {"teacher"}),
     "teachers[*].finetune": Case(True, {"teacher"}),
     "teachers[*].trust_checkpoint": Case(True, set(), "loaded_teachers"),
+    "teachers[*].recipe": Case("strong", {"teacher"}),
     **{f"teachers[*].train.{k}": Case(TRAIN_VALUES[k], {"teacher"}) for k in TRAIN_KEYS},
+    "teachers[*].train.ema_decay": Case(0.99, {"teacher"}, "ema_full"),
+    **{f"teachers[*].train.augment.{k}": UNCHANGEABLE for k in AUGMENT_REFUSED},
     "teachers[*].weight": Case(3.0, {"student", "qat"}),  # soft targets, not the teachers themselves
     "student.model": Case("resnet10t", {"student"}),
     "student.width": Case(0.5, {"student"}),
@@ -117,9 +137,17 @@ KEY_READERS: dict[str, Case | None] = {
     "student.search.max_candidates": Case(30, set(), "search"),  # a limit on the grid, not the result
     **{f"student.search.{k}": Case(v, {"choose"}, "search") for k, v in {
         "proxy_epochs": 1, "proxy_fraction": 0.5, "per_target": False}.items()},
+    "distill.recipe": Case("function_matching", {"student", "qat"}),  # qat: its losses come from the recipe
     "distill.losses": Case([{"kind": "dkd"}], {"student", "qat"}),
-    **{f"distill.train.{k}": Case(TRAIN_VALUES[k], {"student"}) for k in TRAIN_KEYS},
-    **{f"distill.qat.{k}": Case(TRAIN_VALUES[k], {"qat"}) for k in TRAIN_KEYS},
+    **{f"distill.train.{k}": Case(TRAIN_VALUES[k], {"student"}) for k in TRAIN_KEYS if k not in MIXING},
+    # mixing with unlabeled samples (FULL) needs teacher-only losses: the single-teacher base
+    **{f"distill.train.{k}": Case(TRAIN_VALUES[k], {"student"}, "single") for k in MIXING},
+    "distill.train.ema_decay": Case(0.99, {"student"}, "ema_single"),
+    **{f"distill.train.augment.{k}": UNCHANGEABLE for k in AUGMENT_REFUSED},
+    **{f"distill.qat.{k}": Case(TRAIN_VALUES[k], {"qat"}) for k in TRAIN_KEYS if not k.startswith(QAT_REFUSED)},
+    # QAT fine-tunes a quantizer-wrapped student without a weight average or augment views: refused there
+    **{f"distill.qat.{k}": UNCHANGEABLE for k in ("ema", "ema_decay",
+                                                  *(f"augment.{k}" for k in (*AUGMENT_VALUES, *AUGMENT_REFUSED)))},
     "distill.teacher_cache": Case(False, {"student", "qat"}),
     "distill.unlabeled_fraction": Case(0.5, TRAINERS),
     "distill.scheme": Case("online", {"student"}, "single"),
