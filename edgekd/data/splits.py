@@ -60,13 +60,6 @@ def three_way_split(labels: np.ndarray, val_fraction: float, test_fraction: floa
     return SplitIndices(**{k: np.sort(np.concatenate(v)).astype(np.int64) for k, v in parts.items()})
 
 
-def idx_splits(train_labels: np.ndarray, val_fraction: float, seed: int) -> SplitIndices:
-    """idx sources: rows of the *training file* for train and val; test is the whole official test file
-    (its rows are not in the result: they index another array)."""
-    two = three_way_split(train_labels, val_fraction, 0.0, seed)
-    return SplitIndices(two.train, two.val, np.zeros(0, dtype=np.int64))
-
-
 def folder_splits(folders: dict[str, np.ndarray], val_fraction: float, test_fraction: float,
                   seed: int) -> dict[str, tuple[str, np.ndarray]]:
     """ImageFolder rule over the label arrays of the folders found ("all", or "train"/"val"/"test"):
