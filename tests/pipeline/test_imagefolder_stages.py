@@ -108,6 +108,43 @@ def test_bad_images_are_all_named_before_training_or_skipped_and_counted(tmp_pat
     summary = run_data(skip)["dataset"]
     assert summary["skipped_images"] == ["c0/broken.png", "c2/empty.jpg"]
     assert "2 unreadable image(s) left out (data.on_bad_image: skip): c0/broken.png, c2/empty.jpg." in \
-        _dataset_notes(summary)  # the report says so
+        _dataset_notes(summary, [])  # the report says so
     later = _ctx(tmp_path / "skip", images, on_bad_image="skip")  # a later stage leaves out the same files
     assert sum(len(getattr(later.data, s)) for s in ("train", "val", "test")) == 36
+
+
+def test_the_whole_test_split_is_scored_streaming_when_the_test_file_is_a_capped_subset(tmp_path, monkeypatch):
+    import torch
+
+    from edgekd.models.io import load_model
+    from edgekd.pipeline import train_stages
+    from edgekd.pipeline.deploy_stages import EXPORT
+    from edgekd.pipeline.full_test import score_full_test, test_file_is_subset
+    from edgekd.pipeline.measure_stages import _dataset_notes as notes
+    from edgekd.pipeline.records import current_artifacts
+    from edgekd.runtime.ort import make_session, predict
+
+    monkeypatch.setattr(train_stages, "TEST_FILE_MAX_SAMPLES", 4)
+    ctx = _ctx(tmp_path, _folder(tmp_path / "images"), test_fraction=0.34)
+    run_stages([DATA, TEACHER, STUDENT, EXPORT], ctx, UI(quiet=True))
+    assert test_file_is_subset(ctx)
+    with np.load(ctx.run_dir / "data" / "test.npz") as npz:
+        assert len(npz["y"]) == 4
+    artifacts = [a for a in current_artifacts(ctx.run_dir) if a.runtime in ("pytorch", "onnxruntime")]
+    assert {a.runtime for a in artifacts} == {"pytorch", "onnxruntime"}
+    scores = score_full_test(ctx, artifacts)
+
+    test = ctx.data.test  # 12 images at 8 px: small enough to stack for the reference
+    x, y = test.stack(np.arange(len(test))), test.labels
+    for a in artifacts:
+        if a.runtime == "pytorch":
+            with torch.inference_mode():
+                logits = load_model(ctx.run_dir / a.path)(torch.from_numpy(x)).numpy()
+        else:
+            logits = predict(make_session(ctx.run_dir / a.path), x)
+        assert scores[a.name] == pytest.approx(float((logits.argmax(1) == y).mean()), abs=1e-9)
+    summary = json.loads((ctx.run_dir / "data" / "summary.json").read_text())
+    rows = [{"name": name, "accuracy_full_test": value} for name, value in scores.items()]
+    said = " ".join(notes(summary, rows))
+    assert f"On the whole test split ({len(test)} samples" in said and "`data/test.npz` 4 of" in said
+    assert "`data/calib.npz`" in said
