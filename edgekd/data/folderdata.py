@@ -25,14 +25,14 @@ SPLITS = ("train", "val", "test")
 
 
 class FolderData:
-    def __init__(self, cfg, preprocess, *, cache_root: Path, device="cpu", skipped: list[str] = ()):
+    def __init__(self, cfg, preprocess, *, cache_root: Path, device="cpu", skipped: list[str] = (), ui=None):
         self.cfg, self.preprocess, self.cache_root, self.device = cfg, preprocess, Path(cache_root), device
         if cfg.kind == "webdataset":  # tar shards listed from their headers (edgekd.data.tarlist)
             from edgekd.data.tarlist import list_shards
 
-            listing, self.source = list_shards(cfg.shards, self.cache_root), f"webdataset:{cfg.shards}"
+            listing, self.source = list_shards(cfg.shards, self.cache_root, ui), f"webdataset:{cfg.shards}"
         else:
-            listing, self.source = list_imagefolder(cfg.path), f"imagefolder:{cfg.path}"
+            listing, self.source = list_imagefolder(cfg.path, ui), f"imagefolder:{cfg.path}"
         self.classes = list(listing.classes)
         self.files = imagefolder_splits(listing, cfg.val_fraction, cfg.test_fraction, cfg.seed)
         folders = {"val": "val", "test": "test"} if listing.split_folders else {}

@@ -33,6 +33,7 @@ import numpy as np
 from edgekd.data.listing import FileList, Listing, _pack
 from edgekd.data.shards import IMAGE_KEYS, shard_urls
 from edgekd.errors import DataError
+from edgekd.ui import progress_of
 
 SPLIT_FOLDERS = ("train", "val", "test")
 CLASSES_FILE = "classes.txt"
@@ -90,7 +91,7 @@ def localise(urls: list[str], cache_root: Path, ui=None) -> list[str]:
     target = Path(cache_root) / f"shards-{hashlib.sha256(chr(10).join(urls).encode()).hexdigest()[:16]}"
     target.mkdir(parents=True, exist_ok=True)
     paths = [target / f"{k:06d}.tar" for k in range(len(urls))]
-    with _progress(ui, f"copying {len(urls)} shards to {target}", len(urls), "shards") as advance:
+    with progress_of(ui, f"copying {len(urls)} shards to {target}", len(urls), "shards") as advance:
         for url, path in zip(urls, paths):
             if not path.is_file():
                 partial = path.with_name(path.name + ".partial")
@@ -104,7 +105,7 @@ def localise(urls: list[str], cache_root: Path, ui=None) -> list[str]:
 
 def _list_group(paths: list[str], ui) -> TarList:
     relpaths, sizes, mtimes, labels, shard_index, data_offsets = [], [], [], [], [], []
-    with _progress(ui, f"listing {len(paths)} shards", len(paths), "shards") as advance:
+    with progress_of(ui, f"listing {len(paths)} shards", len(paths), "shards") as advance:
         for number, path in enumerate(paths):
             mtime = os.stat(path).st_mtime_ns
             for name, size, offset, label in _samples(path):
@@ -169,8 +170,3 @@ def _with_classes(files: TarList, classes: list[str]) -> TarList:
 def _shown(paths: list[str]) -> str:
     return ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
 
-
-def _progress(ui, description: str, total: int, unit: str):
-    from edgekd.ui import quiet_progress
-
-    return ui.progress(description, total, unit=unit) if ui is not None else quiet_progress()

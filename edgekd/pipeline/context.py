@@ -51,7 +51,7 @@ class RunContext:
         from edgekd.data import load_data
 
         return load_data(self.config.data, self.config.teacher.model, cache_root=self.run_dir / "cache" / "data",
-                         device=self.device, skipped=self._skipped_images())
+                         device=self.device, skipped=self._skipped_images(), ui=self.ui)
 
     def _skipped_images(self) -> list[str]:
         """Images the data stage found unreadable and left out (data.on_bad_image: skip); later stages

@@ -180,7 +180,8 @@ def _quantize_for(ctx: RunContext, scheme, targets: list, reference: float, val_
     try:
         gate = quantize_with_gate(ctx.run_dir / "student.onnx", ctx.run_dir / name, calib_source(ctx), val_x, val_y,
                                   reference_accuracy=reference, max_accuracy_drop=bound, method=q.method,
-                                  per_channel=q.per_channel, fallbacks=q.fallbacks, target=targets[0], scheme=scheme)
+                                  per_channel=q.per_channel, fallbacks=q.fallbacks, target=targets[0], scheme=scheme,
+                                  ui=ctx.ui)
     except GateError as exc:
         ctx.ui.warn(f"INT8 gate failed for {name}: {exc.message.splitlines()[0]}")
         return {**record, "gate_passed": False, "attempts": exc.details or [], "speed": {},

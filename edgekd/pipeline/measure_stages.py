@@ -53,7 +53,8 @@ def _bench_inputs(ctx: RunContext) -> list[str]:
 
 
 def run_bench(ctx: RunContext) -> dict:
-    from edgekd.bench.measure import ArtifactToMeasure, BenchSettings, measure_artifacts, measurement_context
+    from edgekd.bench.measure import (ArtifactToMeasure, BenchSettings, measure_artifacts, measurement_context,
+                                      measurement_steps)
     from edgekd.bench.sysinfo import machine_info
 
     b = ctx.config.bench
@@ -61,11 +62,11 @@ def run_bench(ctx: RunContext) -> dict:
                              batch_sizes=tuple(b.batch_sizes), rounds=b.rounds)
     artifacts, target = to_measure(ctx), measuring_target(ctx)
     test_x, _ = ctx.test_arrays()
-    with ctx.ui.progress("measuring (interleaved, one process per artifact)", 1) as advance:
+    steps = measurement_steps(len(artifacts), settings, data=True)
+    with ctx.ui.progress("measuring (interleaved, one process per artifact)", steps, unit="steps") as advance:
         measured = measure_artifacts([ArtifactToMeasure(a.name, a.runtime, ctx.run_dir / a.path) for a in artifacts],
                                      input_shape=tuple(test_x.shape[1:]), target=target, settings=settings,
-                                     data=ctx.run_dir / TEST_FILE)
-        advance()
+                                     data=ctx.run_dir / TEST_FILE, progress=advance)
     rows = [_row(ctx, a, measured[a.name], test_x.shape[1:]) for a in artifacts]
     _add_full_test(ctx, artifacts, rows)
     measurement = measurement_context(target, settings)
