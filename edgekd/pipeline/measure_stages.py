@@ -49,7 +49,7 @@ def measuring_target(ctx: RunContext):
 
 
 def _bench_inputs(ctx: RunContext) -> list[str]:
-    return [TEST_FILE, *CHECKPOINTS.values()] + [a.path for a in to_measure(ctx)]
+    return [TEST_FILE, SUMMARY_FILE, *CHECKPOINTS.values()] + [a.path for a in to_measure(ctx)]  # summary: full test
 
 
 def run_bench(ctx: RunContext) -> dict:
