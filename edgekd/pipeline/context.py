@@ -75,6 +75,14 @@ class RunContext:
         """The validation split as written by the data stage: for choices and checks (gate, parity)."""
         return _xy(self.run_dir / VAL_FILE)
 
+    def parity_inputs(self, samples: int) -> np.ndarray:
+        """A class-stratified `samples` of data/val.npz's inputs for parity checks (an image folder's file
+        is in class order: its head would be one class)."""
+        from edgekd.data import stratified_subsample
+
+        x, y = self.val_arrays()
+        return x[stratified_subsample(y, samples, self.config.data.seed)]
+
     def test_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """The test split as written by the data stage (what devices score): for reported accuracy only."""
         return _xy(self.run_dir / TEST_FILE)

@@ -116,22 +116,27 @@ def test_bad_images_are_all_named_before_training_or_skipped_and_counted(tmp_pat
 def test_the_whole_test_split_is_scored_streaming_when_the_test_file_is_a_capped_subset(tmp_path, monkeypatch):
     import torch
 
-    from edgekd.models.io import load_model
+    from edgekd.export import export_onnx
+    from edgekd.models.io import build, load_model, save_checkpoint
     from edgekd.pipeline import train_stages
-    from edgekd.pipeline.deploy_stages import EXPORT
     from edgekd.pipeline.full_test import score_full_test, test_file_is_subset
     from edgekd.pipeline.measure_stages import _dataset_notes as notes
-    from edgekd.pipeline.records import current_artifacts
+    from edgekd.pipeline.records import Artifact
     from edgekd.runtime.ort import make_session, predict
 
     monkeypatch.setattr(train_stages, "TEST_FILE_MAX_SAMPLES", 4)
     ctx = _ctx(tmp_path, _folder(tmp_path / "images"), test_fraction=0.34)
-    run_stages([DATA, TEACHER, STUDENT, EXPORT], ctx, UI(quiet=True))
+    run_data(ctx)
     assert test_file_is_subset(ctx)
     with np.load(ctx.run_dir / "data" / "test.npz") as npz:
         assert len(npz["y"]) == 4
-    artifacts = [a for a in current_artifacts(ctx.run_dir) if a.runtime in ("pytorch", "onnxruntime")]
-    assert {a.runtime for a in artifacts} == {"pytorch", "onnxruntime"}
+    with torch.random.fork_rng():  # an untrained model: its predictions differ per image, which is all this needs
+        torch.manual_seed(0)
+        model = build("test_resnet", {"num_classes": 3, "in_chans": 3}).eval()
+    save_checkpoint(ctx.run_dir / "model.safetensors", model, "test_resnet", {"num_classes": 3, "in_chans": 3})
+    export_onnx(model, ctx.run_dir / "model.onnx", input_shape=(1, 3, 8, 8), opset=18)
+    artifacts = [Artifact("model-pytorch", "student", "pytorch", "fp32", "model.safetensors"),
+                 Artifact("model-fp32", "student", "onnxruntime", "fp32", "model.onnx")]
     scores = score_full_test(ctx, artifacts)
 
     test = ctx.data.test  # 12 images at 8 px: small enough to stack for the reference
@@ -148,3 +153,8 @@ def test_the_whole_test_split_is_scored_streaming_when_the_test_file_is_a_capped
     said = " ".join(notes(summary, rows))
     assert f"On the whole test split ({len(test)} samples" in said and "`data/test.npz` 4 of" in said
     assert "`data/calib.npz`" in said
+    with np.load(ctx.run_dir / "data" / "val.npz") as npz:  # in class order: parity takes every class, not the head
+        val_x, val_y = npz["x"], npz["y"]
+    parity = ctx.parity_inputs(3)
+    rows = [int(np.flatnonzero((val_x == row).all(axis=(1, 2, 3)))[0]) for row in parity]
+    assert sorted(val_y[rows]) == [0, 1, 2]
