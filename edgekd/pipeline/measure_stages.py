@@ -14,7 +14,7 @@ from edgekd.artifacts import write_bytes_atomic, write_text_atomic
 from edgekd.config import WHOLE_CONFIG, config_warnings
 from edgekd.pipeline.context import RunContext
 from edgekd.pipeline.engine import Stage
-from edgekd.pipeline.records import (CHECKPOINTS, RECORDS, STAGE_ORDER, SUMMARY_FILE, TEST_FILE, Artifact,
+from edgekd.pipeline.records import (CALIB_FILE, CHECKPOINTS, RECORDS, STAGE_ORDER, SUMMARY_FILE, TEST_FILE, Artifact,
                                      current_artifacts, read_record)
 
 HOST_RUNTIMES = ("pytorch", "onnxruntime")  # what this workstation measures; TensorRT files run on the device
@@ -265,7 +265,7 @@ def _bounded_files_note(dataset: dict) -> str:
              for what, f in (("validation", dataset.get("val_file")), ("test", dataset.get("test_file"))) if f]
     calib = dataset.get("calibration")
     if calib:
-        parts.append(f"`data/calib.npz` {calib['samples']} {calib['split']} samples")
+        parts.append(f"`{CALIB_FILE}` {calib['samples']} {calib['split']} samples")
     return "Bounded sample files (stratified, capped): " + "; ".join(parts) + "." if parts else ""
 
 
