@@ -592,7 +592,11 @@ def _resolve_paths(config: CompressConfig, base: Path) -> CompressConfig:
 
     cache_dir = config.data.cache_dir and config.data.cache_dir.expanduser()
     cache_dir = cache_dir if cache_dir is None or cache_dir.is_absolute() else base / cache_dir
-    data = config.data.model_copy(update={"path": resolve(config.data.path), "cache_dir": cache_dir})
+    shards = config.data.shards  # a local folder or glob: from the config's folder; pipe:/URL specs stay as written
+    if shards and not shards.startswith("pipe:") and "://" not in shards and not Path(shards).expanduser().is_absolute():
+        shards = str(base / shards)
+    data = config.data.model_copy(update={"path": resolve(config.data.path), "cache_dir": cache_dir,
+                                          "shards": shards})
     teacher = config.teacher.model_copy(update={"checkpoint": resolve(config.teacher.checkpoint)})
     teachers = config.teachers and [t.model_copy(update={"checkpoint": resolve(t.checkpoint)}) for t in config.teachers]
     quantize = config.quantize.model_copy(update={"calibration": resolve(config.quantize.calibration)})
