@@ -80,7 +80,8 @@ def run_qat(ctx: RunContext) -> dict:
     ckpt = read_checkpoint(ctx.run_dir / STUDENT_CHECKPOINT)
     student = load_model(ctx.run_dir / STUDENT_CHECKPOINT).to(ctx.device)
     calib_x, calib_note = calibration_samples(ctx)
-    setup = prepare_qat(student, calib_x)
+    with ctx.ui.progress("calibrating the INT8 fake quantizers", len(calib_x), unit="images") as advance:
+        setup = prepare_qat(student, calib_x, progress=advance)
     calibrated_accuracy = _val_accuracy(ctx, student)  # fake-quantized, before any QAT step: PTQ-like
     torch.manual_seed(c.seed)
     teacher = _load_teacher(ctx)  # teacher.safetensors, or the weighted ensemble of `teachers:`
