@@ -23,8 +23,11 @@ CONFIG_VERSION = 1
 
 
 class DataConfig(Strict):
-    kind: Literal["digits", "idx", "imagefolder"] = "digits"
+    kind: Literal["digits", "idx", "imagefolder", "webdataset"] = "digits"
     path: Path | None = Field(None, description="idx: folder of *-ubyte.gz files; imagefolder: root of class folders")
+    shards: str | None = Field(
+        None, description="webdataset: tar shards (<key>.jpg + <key>.cls): a folder of *.tar (or of train/, val/, "
+        "test/ subfolders), a glob, or a brace-expanded pipe:/URL list (copied once into the cache folder)")
     input_size: int = Field(32, ge=8, description="square side the model sees, in pixels")
     channels: Literal[1, 3] = 1
     val_fraction: float = Field(
@@ -61,9 +64,13 @@ class DataConfig(Strict):
     def _path_when_needed(self) -> "DataConfig":
         if self.kind in ("idx", "imagefolder") and self.path is None:
             raise ValueError(f"data.kind {self.kind!r} needs data.path")
-        if self.kind != "imagefolder" and (self.cache != "none" or self.cache_dir is not None):
-            raise ValueError(f"data.cache and data.cache_dir apply to imagefolder; {self.kind} is held in memory")
-        if self.augment == "timm" and self.kind != "imagefolder":
+        if (self.kind == "webdataset") != (self.shards is not None):
+            raise ValueError("data.kind webdataset needs data.shards (and data.shards is for webdataset only)")
+        streamed = self.kind in ("imagefolder", "webdataset")
+        if not streamed and (self.cache != "none" or self.cache_dir is not None):
+            raise ValueError(f"data.cache and data.cache_dir apply to imagefolder and webdataset; {self.kind} is "
+                             "held in memory")
+        if self.augment == "timm" and not streamed:
             raise ValueError(f"data.augment 'timm' crops and recolours pictures (imagefolder); {self.kind} arrays "
                              "are already at input size: use augment: crop or crop_flip")
         if "train_transform" in self.model_fields_set and self.augment != "timm":
@@ -585,7 +592,11 @@ def _resolve_paths(config: CompressConfig, base: Path) -> CompressConfig:
 
     cache_dir = config.data.cache_dir and config.data.cache_dir.expanduser()
     cache_dir = cache_dir if cache_dir is None or cache_dir.is_absolute() else base / cache_dir
-    data = config.data.model_copy(update={"path": resolve(config.data.path), "cache_dir": cache_dir})
+    shards = config.data.shards  # a local folder or glob: from the config's folder; pipe:/URL specs stay as written
+    if shards and not shards.startswith("pipe:") and "://" not in shards and not Path(shards).expanduser().is_absolute():
+        shards = str(base / shards)
+    data = config.data.model_copy(update={"path": resolve(config.data.path), "cache_dir": cache_dir,
+                                          "shards": shards})
     teacher = config.teacher.model_copy(update={"checkpoint": resolve(config.teacher.checkpoint)})
     teachers = config.teachers and [t.model_copy(update={"checkpoint": resolve(t.checkpoint)}) for t in config.teachers]
     quantize = config.quantize.model_copy(update={"calibration": resolve(config.quantize.calibration)})

@@ -10,8 +10,9 @@ device: auto                # auto | cpu | cuda — where training runs
 
 data:
   kind: digits              # digits (built in) | idx (MNIST-format .gz files) | imagefolder (ROOT/<class>/*.png,
-                            #   or ROOT/train with ROOT/val and/or ROOT/test)
+                            #   or ROOT/train with ROOT/val and/or ROOT/test) | webdataset (tar shards: shards)
   # path: /usr/share/datasets/fashion-mnist   # idx / imagefolder root (relative paths: from this file)
+  # shards: /data/shards    # kind: webdataset: *.tar folder (or train/ val/ test/), glob, or pipe:/URL list
   input_size: 32            # square side the model sees
   channels: 1               # 1 (grey) or 3 (RGB)
   val_fraction: 0.2         # carved from the training data for validation (every choice: best epoch, INT8 gate)

@@ -68,6 +68,11 @@ def quiet_progress():
     yield lambda n=1, **fields: None
 
 
+def progress_of(ui: "UI | None", description: str, total: int, unit: str | None = None):
+    """`ui.progress(...)` (rate and ETA with a unit), or `quiet_progress()` for callers given no UI."""
+    return ui.progress(description, total, unit=unit) if ui is not None else quiet_progress()
+
+
 class _RateColumn(ProgressColumn):
     def __init__(self, unit: str):
         super().__init__()

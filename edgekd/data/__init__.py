@@ -111,17 +111,18 @@ class Data:
 
 
 def load_data(cfg: DataConfig, teacher_model: str | None = None, *, cache_root: Path | None = None,
-              device="cpu", skipped: list[str] = ()):
+              device="cpu", skipped: list[str] = (), ui=None):
     """Data (digits, idx) or FolderData (imagefolder: `cache_root` holds its uint8 cache unless
-    data.cache_dir names one; `skipped`: files the data stage found bad, left out with on_bad_image: skip)."""
-    if cfg.kind == "imagefolder":
+    data.cache_dir names one; `skipped`: files the data stage found bad, left out with on_bad_image: skip;
+    `ui`: listing progress with rate and ETA)."""
+    if cfg.kind in STREAMED_KINDS:
         from edgekd.data.folderdata import FolderData
 
-        if not cfg.path.is_dir():
+        if cfg.kind == "imagefolder" and not cfg.path.is_dir():
             raise DataError(f"data.path {str(cfg.path)!r} is not a directory.", "Point it at the ImageFolder root.")
         root = cfg.cache_dir or cache_root or Path(".edgekd-cache")
         return FolderData(cfg, _imagefolder_preprocess(cfg, teacher_model), cache_root=root, device=device,
-                          skipped=skipped)
+                          skipped=skipped, ui=ui)
     raw = load_digits(None) if cfg.kind == "digits" else load_idx(cfg.path)
     source = "scikit-learn digits" if cfg.kind == "digits" else f"idx:{cfg.path}"
     return _from_arrays(raw, cfg, source)
@@ -144,6 +145,7 @@ def _from_arrays(raw: RawData, cfg: DataConfig, source: str) -> Data:
                 ready(test_x), np.asarray(test_y, dtype=np.int64), raw.classes, pre, source, origin)
 
 
+STREAMED_KINDS = ("imagefolder", "webdataset")  # read per sample from files (FolderData); the others in memory
 CARVED = "carved from the training data (stratified, data.seed)"
 
 

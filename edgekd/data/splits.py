@@ -18,6 +18,7 @@ not itself take.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -84,11 +85,13 @@ def imagefolder_splits(listing: Listing, val_fraction: float, test_fraction: flo
     return {split: listing.folders[folder].subset(rows) for split, (folder, rows) in plan.items()}
 
 
-def imagefolder_summary(root, val_fraction: float, test_fraction: float, seed: int) -> str:
-    """Images per class per split as `edgekd validate` prints it: the folders listed, nothing decoded."""
+def imagefolder_summary(root, val_fraction: float, test_fraction: float, seed: int, cache_root=None) -> str:
+    """Images per class per split as `edgekd validate` prints it: the folders (a Path) or the webdataset
+    shards (a str spec: tar headers; pipe:/URL shards are copied into `cache_root` first) listed, nothing decoded."""
     from edgekd.data.listing import format_summary, list_imagefolder, summarise
+    from edgekd.data.tarlist import list_shards
 
-    listing = list_imagefolder(root)
+    listing = list_shards(root, cache_root or Path(".edgekd-cache")) if isinstance(root, str) else list_imagefolder(root)
     splits = imagefolder_splits(listing, val_fraction, test_fraction, seed)
     return format_summary(summarise(listing.classes, {name: files.labels for name, files in splits.items()}))
 

@@ -362,12 +362,16 @@ def _tensorboard(cfg: TrainConfig, work_dir: Path):
 
 
 @torch.inference_mode()
-def evaluate(model, x, y, *, device=torch.device("cpu"), batch_size: int = 256, memory_format=torch.contiguous_format) -> float:
+def evaluate(model, x, y, *, device=torch.device("cpu"), batch_size: int | None = None,
+             memory_format=torch.contiguous_format) -> float:
     return float((predict_logits(model, x, device=device, batch_size=batch_size, memory_format=memory_format).argmax(1) == y).float().mean())
 
 
 @torch.inference_mode()
-def predict_logits(model, x, *, device=torch.device("cpu"), batch_size: int = 256, memory_format=torch.contiguous_format) -> torch.Tensor:
+def predict_logits(model, x, *, device=torch.device("cpu"), batch_size: int | None = None,
+                   memory_format=torch.contiguous_format) -> torch.Tensor:
+    """Logits of in-memory inputs x; batch_size None: sized for memory (eval_batch_size), not a fixed count."""
+    batch_size = batch_size or eval_batch_size(tuple(x.shape[1:]))
     was_training = model.training
     model.eval()
     out = [model(x[i : i + batch_size].to(device).contiguous(memory_format=memory_format)).float().cpu()

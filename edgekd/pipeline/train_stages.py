@@ -40,8 +40,8 @@ TEST_FILE_MAX_BYTES = 256 * 2**20
 def _data_reads(ctx: RunContext) -> list[str]:
     c = ctx.config
     reads = [f"data.{key}" for key in DATA_KEYS]
-    if c.data.kind == "imagefolder":  # normalisation and resizing follow the teacher's timm config
-        reads += ["teacher.model", "data.on_bad_image"]
+    if c.data.kind in ("imagefolder", "webdataset"):  # normalisation and resizing follow the teacher's timm config
+        reads += ["teacher.model", "data.on_bad_image"] + (["data.shards"] if c.data.kind == "webdataset" else [])
     reads.append("quantize.enabled")
     if not c.quantize.enabled:  # a TensorRT post-training INT8 build may still need calibration samples
         reads += ["targets", "student.quantization"]
@@ -60,7 +60,7 @@ def _data_facts(ctx: RunContext) -> dict:
     label per file) and the preprocessing, a stat per file; idx: its files' sizes and mtimes; digits is
     built in (the config names it whole)."""
     c = ctx.config.data
-    if c.kind == "imagefolder":
+    if c.kind in ("imagefolder", "webdataset"):  # webdataset: per sample its member, size, shard mtime, label
         return {"dataset": ctx.data.fingerprint()}
     if c.kind == "idx":
         files = sorted(c.path.glob("*-ubyte*")) if c.path.is_dir() else []

@@ -108,6 +108,53 @@ def test_bad_images_are_all_named_before_training_or_skipped_and_counted(tmp_pat
     summary = run_data(skip)["dataset"]
     assert summary["skipped_images"] == ["c0/broken.png", "c2/empty.jpg"]
     assert "2 unreadable image(s) left out (data.on_bad_image: skip): c0/broken.png, c2/empty.jpg." in \
-        _dataset_notes(summary)  # the report says so
+        _dataset_notes(summary, [])  # the report says so
     later = _ctx(tmp_path / "skip", images, on_bad_image="skip")  # a later stage leaves out the same files
     assert sum(len(getattr(later.data, s)) for s in ("train", "val", "test")) == 36
+
+
+def test_the_whole_test_split_is_scored_streaming_when_the_test_file_is_a_capped_subset(tmp_path, monkeypatch):
+    import torch
+
+    from edgekd.export import export_onnx
+    from edgekd.models.io import build, load_model, save_checkpoint
+    from edgekd.pipeline import train_stages
+    from edgekd.pipeline.full_test import score_full_test, test_file_is_subset
+    from edgekd.pipeline.measure_stages import _dataset_notes as notes
+    from edgekd.pipeline.records import Artifact
+    from edgekd.runtime.ort import make_session, predict
+
+    monkeypatch.setattr(train_stages, "TEST_FILE_MAX_SAMPLES", 4)
+    ctx = _ctx(tmp_path, _folder(tmp_path / "images"), test_fraction=0.34)
+    run_data(ctx)
+    assert test_file_is_subset(ctx)
+    with np.load(ctx.run_dir / "data" / "test.npz") as npz:
+        assert len(npz["y"]) == 4
+    with torch.random.fork_rng():  # an untrained model: its predictions differ per image, which is all this needs
+        torch.manual_seed(0)
+        model = build("test_resnet", {"num_classes": 3, "in_chans": 3}).eval()
+    save_checkpoint(ctx.run_dir / "model.safetensors", model, "test_resnet", {"num_classes": 3, "in_chans": 3})
+    export_onnx(model, ctx.run_dir / "model.onnx", input_shape=(1, 3, 8, 8), opset=18)
+    artifacts = [Artifact("model-pytorch", "student", "pytorch", "fp32", "model.safetensors"),
+                 Artifact("model-fp32", "student", "onnxruntime", "fp32", "model.onnx")]
+    scores = score_full_test(ctx, artifacts)
+
+    test = ctx.data.test  # 12 images at 8 px: small enough to stack for the reference
+    x, y = test.stack(np.arange(len(test))), test.labels
+    for a in artifacts:
+        if a.runtime == "pytorch":
+            with torch.inference_mode():
+                logits = load_model(ctx.run_dir / a.path)(torch.from_numpy(x)).numpy()
+        else:
+            logits = predict(make_session(ctx.run_dir / a.path), x)
+        assert scores[a.name] == pytest.approx(float((logits.argmax(1) == y).mean()), abs=1e-9)
+    summary = json.loads((ctx.run_dir / "data" / "summary.json").read_text())
+    rows = [{"name": name, "accuracy_full_test": value} for name, value in scores.items()]
+    said = " ".join(notes(summary, rows))
+    assert f"On the whole test split ({len(test)} samples" in said and "`data/test.npz` 4 of" in said
+    assert "`data/calib.npz`" in said
+    with np.load(ctx.run_dir / "data" / "val.npz") as npz:  # in class order: parity takes every class, not the head
+        val_x, val_y = npz["x"], npz["y"]
+    parity = ctx.parity_inputs(3)
+    rows = [int(np.flatnonzero((val_x == row).all(axis=(1, 2, 3)))[0]) for row in parity]
+    assert sorted(val_y[rows]) == [0, 1, 2]

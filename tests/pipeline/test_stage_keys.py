@@ -25,6 +25,7 @@ from edgekd.pipeline.context import RunContext
 from edgekd.pipeline.stages import STAGES
 from edgekd.pipeline.records import STAGE_ORDER
 from edgekd.ui import UI
+from tests.data.imagefolders import write_shards
 
 # Lists whose entries' fields are read separately (the teacher stage reads a teacher's `model`,
 # the student stage its `weight`): walked into as `teachers[*].<key>`. Other lists are one leaf.
@@ -58,13 +59,14 @@ LOADED = {**SINGLE, "teacher": {"checkpoint": "teacher.pth"}}  # keys that only 
 LOADED_TEACHERS = {**FULL, "teachers": [{"model": "resnet18"}, {"model": "resnet18", "checkpoint": "teacher.pth"}]}
 IMAGES = {**SINGLE, "data": {"kind": "imagefolder", "path": "data-folder"}}
 TIMM = {**SINGLE, "data": {"kind": "imagefolder", "path": "data-folder", "augment": "timm"}}
+SHARDS = {**SINGLE, "data": {"kind": "webdataset", "shards": "data-shards"}}
 # student.search: candidates measured on the host (search) and ranked by proxy distillation (choose)
 SEARCH = {"name": "keys", "data": {"path": "data-folder"}, "targets": ["host-cpu"],
           "student": {"search": {"widths": [0.5], "depths": [1.0], "models": ["resnet10t"]}}}
 # ema_decay applies with ema: true (separate dicts: a deep copy keeps shared ones shared)
 EMA_SINGLE = {**SINGLE, "teacher": {"train": {"ema": True}}, "distill": {"train": {"ema": True}}}
 EMA_FULL = {**FULL, "teachers": [{"model": "resnet18"}, {"model": "resnet18", "train": {"ema": True}}]}
-BASES = {"images": IMAGES, "timm": TIMM, "full": FULL, "single": SINGLE, "online": ONLINE, "loaded": LOADED,
+BASES = {"images": IMAGES, "timm": TIMM, "shards": SHARDS, "full": FULL, "single": SINGLE, "online": ONLINE, "loaded": LOADED,
          "loaded_teachers": LOADED_TEACHERS, "search": SEARCH, "ema_single": EMA_SINGLE, "ema_full": EMA_FULL}
 
 
@@ -101,6 +103,7 @@ KEY_READERS: dict[str, Case | None] = {
     "data.cache": Case("uint8", set(), "images"),
     "data.cache_dir": Case("shared-cache", set(), "images"),
     "data.on_bad_image": Case("skip", {"data"}, "images"),
+    "data.shards": Case("other-shards", {"data"}, "shards"),
     **{f"data.train_transform.{k}": Case(v, TRAINERS - {"qat"}, "timm") for k, v in {  # SINGLE has no QAT
         "scale": [0.5, 1.0], "ratio": [0.9, 1.1], "hflip": 0.0, "vflip": 0.5, "color_jitter": 0.2,
         "auto_augment": "rand-m9-mstd0.5", "interpolation": "bicubic", "re_prob": 0.25, "re_mode": "pixel",
@@ -265,6 +268,8 @@ def folder(tmp_path):
         (tmp_path / name / "class0").mkdir(parents=True)
         for i in range(3):  # an imagefolder base lists them (the data stage's key covers the listing)
             Image.new("L", (8, 8), 40 * i).save(tmp_path / name / "class0" / f"{i}.png")
+    for name in ("data", "other"):  # the same images as tar shards: a webdataset base lists their headers
+        write_shards(tmp_path / f"{name}-folder", tmp_path / f"{name}-shards", per_shard=2)
     (tmp_path / "teacher.pth").write_bytes(b"weights")
     (tmp_path / "other-calib.yaml").write_text("split: train\nsamples: 128\nseed: 1\n")
     (tmp_path / "table.json").write_text("{}")  # student.search.latency_table: read when the search runs
