@@ -87,6 +87,7 @@ class ReplayTeacher:
         shape = np.load(self.path, mmap_mode="r").shape if self.complete else None
         return {"mode": "replay", "views": self.views, "file": self.path.name, "dtype": "float16",
                 "shape": list(shape) if shape else None,
+                "disk_bytes": self.path.stat().st_size if self.complete else None,
                 "disk_mb": round(self.path.stat().st_size / 2**20, 3) if self.complete else None,
                 "build_seconds": None if self.build_seconds is None else round(self.build_seconds, 2),
                 "reused": self.build_seconds is None}
