@@ -109,8 +109,9 @@ class TrainConfig(Strict):
     augment: TrainTransformConfig | None = Field(
         None, description="this training's augmentation in timm's names (edgekd.data.transforms): pad_crop, hflip, "
         "vflip, re_prob/re_mode/re_count (random erasing), mixup, cutmix, cutmix_minmax, mixup_prob, "
-        "mixup_switch_prob, mixup_mode; seeded per (seed, sample, epoch). Replaces data.augment for this training. "
-        "With mixup/cutmix the teacher and the student receive the same mixed batch")
+        "mixup_switch_prob, mixup_mode; drawn per sample in the DataLoader workers, seeded per (seed, sample, epoch), "
+        "after the split's transform (timm's with data.augment: timm); replaces data.augment crop/crop_flip. With "
+        "mixup/cutmix the teacher and the student receive the same mixed batch")
 
     @model_validator(mode="after")
     def _train_keys_fit(self) -> "TrainConfig":
@@ -339,7 +340,7 @@ class AssistantConfig(Strict):
 class DistillConfig(Strict):
     recipe: Literal[tuple(DISTILL_RECIPES)] = Field(
         "standard", description="standard: the keys as written; function_matching: kd with alpha 1 and T 1 (KL to the "
-        "teacher only), teacher and student on the same mixup/cutmix batch (live teacher), weight EMA, 100 epochs "
+        "teacher only), teacher and student on the same mixup/cutmix batch (live teacher, or replay_views), weight EMA, 100 epochs "
         "(edgekd/distill/recipes.py). Every key it sets can be overridden")
     losses: list[LossConfig] = Field(default_factory=lambda: [KDConfig()], min_length=1)
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=15, lr=3e-3))
