@@ -340,7 +340,8 @@ class AssistantConfig(Strict):
 class DistillConfig(Strict):
     recipe: Literal[tuple(DISTILL_RECIPES)] = Field(
         "standard", description="standard: the keys as written; function_matching: kd with alpha 1 and T 1 (KL to the "
-        "teacher only), teacher and student on the same mixup/cutmix batch (live teacher, or replay_views), weight EMA, 100 epochs "
+        "teacher only), teacher and student on the same mixup/cutmix batch (live teacher, or replay_views), weight "
+        "EMA, 100 epochs "
         "(edgekd/distill/recipes.py). Every key it sets can be overridden")
     losses: list[LossConfig] = Field(default_factory=lambda: [KDConfig()], min_length=1)
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=15, lr=3e-3))

@@ -22,7 +22,8 @@ mixes the collated batch on the device (mixup/cutmix): the mixed tensor is what 
 function and the model receive. A teacher function with `views` = K (edgekd.distill.replay.
 ReplayTeacher) replays stored logits of K fixed views: the trainer fills its cache once, from the
 very batches training makes, before the first epoch, and shows epoch e the views of e mod K (with
-mixup/cutmix the whole epoch, order and mixing included, of e mod K, so the mixed rows repeat). `train.ema` keeps a weight average (edgekd.distill.ema), scored every epoch
+mixup/cutmix the whole epoch, order and mixing included, of e mod K, so the mixed rows repeat).
+`train.ema` keeps a weight average (edgekd.distill.ema), scored every epoch
 next to the model; the better of the two can become the best weights (TrainResult.best_weights).
 
 Work directory layout (one per trained model):

@@ -342,7 +342,8 @@ def _distil_link(ctx: RunContext, link: Link, student, teacher, teacher_source: 
     student.load_state_dict(result.best_state)
     accuracy = _val_accuracy(ctx, student)
     metrics = {"val_accuracy": accuracy, "params": sum(p.numel() for p in student.parameters()),
-               "teacher_cache": cache_note, "teacher_outputs": teacher_fn.summary() if replay else _outputs(teacher_fn, cache_note),
+               "teacher_cache": cache_note,
+               "teacher_outputs": teacher_fn.summary() if replay else _outputs(teacher_fn, cache_note),
                **init, "losses": objective.describe(),
                "loss_params": sum(p.numel() for p in objective.parameters()), "student_data": split.summary(),
                **_train_metrics(result)}

@@ -67,7 +67,8 @@ def test_merge_replaces_lists_and_merges_dicts():
     ({"distill": {"scheme": "online", "train": {"ema": True}}}, "own loop"),
     # the K-view teacher replay cache (edgekd.distill.replay)
     ({"distill": {"replay_views": 4}}, "no per-sample augmentation"),
-    ({"distill": {"replay_views": 4, "recipe": "function_matching", "teacher_cache": False}}, "replay is a teacher cache"),
+    ({"distill": {"replay_views": 4, "recipe": "function_matching", "teacher_cache": False}},
+     "replay is a teacher cache"),
     ({"distill": {"replay_views": 4, "recipe": "function_matching", "losses": [{"kind": "at"}]}}, "teacher internals"),
     ({"distill": {"replay_views": 4, "recipe": "function_matching", "losses": [{"kind": "ce"}]}}, "nothing to replay"),
 ])
