@@ -33,6 +33,7 @@ a folder of the four *-ubyte.gz files.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -96,6 +97,8 @@ def parse_args(argv=None):
     p.add_argument("--smoke", action="store_true", help=f"{SMOKE['train']} training images, 1 epoch per row")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--rows", nargs="*", help="run only these rows (names as in the table)")
+    p.add_argument("--replay-views", type=int, default=0, help="function matching: K > 0 replays the teacher's "
+                   "logits of K stored views per image (distill.replay_views) instead of running it live")
     args = p.parse_args(argv)
     args.device = pick_device(args.device)
     args.preset = args.preset or ("gpu" if args.device.type == "cuda" else "cpu")
@@ -129,6 +132,7 @@ def settings(args, kind: str) -> dict:
                       + (f" (smoke: {SMOKE['train']} / {SMOKE['val']} / {SMOKE['test']})" if args.smoke else ""),
             "monitor": f"val, first {preset.val_limit}" if preset.val_limit and not args.smoke else "val",
             "input_size": 32, "train": train_settings(args, kind).model_dump(mode="json"),
+            **({"replay_views": args.replay_views} if kind == "fm" and args.replay_views else {}),
             **({"teacher_width": preset.teacher_width} if kind != "teacher" else {})}
 
 
@@ -218,6 +222,14 @@ def objective(args, row: Row, cfg: TrainConfig, model, teacher, logits):
     losses = DistillConfig(recipe="function_matching").losses
     loss = build_objective(losses)
 
+    if args.replay_views:  # the teacher's logits of K fixed (mixed) views, computed once, replayed
+        from edgekd.distill.replay import ReplayTeacher
+
+        tag = hashlib.sha256(json.dumps(settings(args, row.kind)).encode()).hexdigest()[:12]
+        replay = ReplayTeacher(teacher, args.work / "cache" / f"fm_replay.{tag}.npy", args.replay_views,
+                               len(logits), device=args.device)
+        return loss, replay, f"replay cache, {args.replay_views} views per image"
+
     def live(_idx, inputs):  # the very tensor the student gets: mixed views, on the device
         with torch.no_grad():
             return teacher(inputs).float()
@@ -228,7 +240,7 @@ def objective(args, row: Row, cfg: TrainConfig, model, teacher, logits):
 def epoch_printer(name: str, epochs: int):
     started = time.perf_counter()
 
-    def progress(loss, val_acc, img_s):
+    def progress(loss, val_acc, img_s, **_):  # also epoch, wait (the data-wait share)
         progress.done = getattr(progress, "done", 0) + 1
         per_epoch = (time.perf_counter() - started) / progress.done
         print(f"  [{name}] epoch {progress.done}/{epochs}: loss {loss:.4f}, val {val_acc:.4f}, {img_s} img/s, "

@@ -11,12 +11,14 @@ DataLoader worker, mixing on the collated batch):
     replay   the same KL, the teacher's logits replayed from the K-view cache (distill.replay_views: K),
              after the cache is built; the build (K teacher passes) is timed apart
 
-Each row trains `--epochs` epochs; the epoch time is the trainer's own (training plus a validation
-pass over `--val-images`, the same in every row), and the figure is the fastest epoch (a shared
-machine only ever makes an epoch slower). The teacher's weights are random: cost, not accuracy, is
+The cache is built first (timed). Then `--rounds` rounds each train one epoch of every row, in turn
+(plain, replay, live), from the same initial weights: rows measured side by side, so a change in the
+shared machine's load hits all of them. The epoch time is the trainer's own (training plus a
+validation pass over `--val-images`, the same in every row); the figure is a row's fastest round (a
+shared machine only ever makes an epoch slower), all rounds are in the JSON. The teacher's weights are random: cost, not accuracy, is
 measured here (a teacher's FLOPs do not depend on its weights).
 
-    nice -n 10 python benchmarks/replay_cost.py            # ~6 min on 2 busy cores
+    nice -n 10 python benchmarks/replay_cost.py            # ~7 min on 2 busy cores
 Results: benchmarks/results/replay_cost.{json,md}, with the CPU and the load around the run.
 """
 
@@ -57,7 +59,7 @@ def main() -> None:
     p.add_argument("--train-images", type=int, default=10_000)
     p.add_argument("--val-images", type=int, default=1_000)
     p.add_argument("--views", type=int, default=4, help="K of the replay cache")
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3, help="one epoch of every row per round")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=1, help="DataLoader processes drawing the views")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the training process")
@@ -71,7 +73,7 @@ def main() -> None:
     train_split = TensorSplit(data.train_x[rows], data.train_y[rows], workers=args.workers)
     val_rows = stratified_subsample(data.val_y, args.val_images, 0)
     val = (torch.from_numpy(data.val_x[val_rows]), torch.from_numpy(data.val_y[val_rows]))
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=3e-3, warmup_epochs=0.0,
+    cfg = TrainConfig(epochs=1, batch_size=args.batch_size, lr=3e-3, warmup_epochs=0.0,
                       channels_last=False, augment=AUGMENT)
     kwargs = {"num_classes": 10, "in_chans": 1}
     arch, student_kwargs = student_spec(StudentConfig(width=0.125, depth=0.5), "resnet18", kwargs)
@@ -82,15 +84,21 @@ def main() -> None:
 
     torch.manual_seed(1)
     teacher = build("resnet18", kwargs).eval()
-    results = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        results["plain"] = _row(train(student(), train_split, val, cfg, cross_entropy(), work / "plain", key="plain"))
-        results["live"] = _row(_distil(student(), teacher, train_split, val, cfg, work / "live",
-                                       _live(teacher)))
         replay = ReplayTeacher(teacher, work / "cache" / "replay.npy", args.views, len(rows))
-        results["replay"] = {**_row(_distil(student(), teacher, train_split, val, cfg, work / "replay", replay)),
-                             **replay.summary()}
+        rows_run = {
+            "plain": lambda w: train(student(), train_split, val, cfg, cross_entropy(), w, key="plain"),
+            "replay": lambda w: _distil(student(), teacher, train_split, val, cfg, w, replay),
+            "live": lambda w: _distil(student(), teacher, train_split, val, cfg, w, _live(teacher)),
+        }
+        history = {name: [] for name in rows_run}
+        for r in range(args.rounds):  # round 0's replay epoch builds the cache first (timed apart)
+            for name, run in rows_run.items():
+                history[name] += run(work / f"{name}{r}").history
+                print(f"round {r + 1}/{args.rounds} {name}: {history[name][-1]['seconds']:.2f} s", flush=True)
+        results = {name: _row(h) for name, h in history.items()}
+        results["replay"].update(replay.summary())
     report = _report(args, results, count_params(student()), count_params(teacher), load_before)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
@@ -114,10 +122,10 @@ def _live(teacher):
     return logits
 
 
-def _row(result) -> dict:
-    seconds = [h["seconds"] for h in result.history]
+def _row(history: list[dict]) -> dict:
+    seconds = [h["seconds"] for h in history]
     return {"epoch_seconds": [round(s, 2) for s in seconds], "best_epoch_s": round(min(seconds), 2),
-            "data_wait": [h["data_wait"] for h in result.history]}
+            "data_wait": [h["data_wait"] for h in history]}
 
 
 def _report(args, rows: dict, student_params: int, teacher_params: int, load_before) -> dict:
@@ -130,7 +138,7 @@ def _report(args, rows: dict, student_params: int, teacher_params: int, load_bef
         "load_average_1_5_15": {"before": [round(v, 2) for v in load_before],
                                 "after": [round(v, 2) for v in os.getloadavg()]},
         "settings": {"train_images": args.train_images, "val_images": args.val_images, "views": args.views,
-                     "epochs": args.epochs, "batch_size": args.batch_size, "workers": args.workers,
+                     "rounds": args.rounds, "batch_size": args.batch_size, "workers": args.workers,
                      "torch_threads": args.threads, "augment": AUGMENT, "loss": "kd alpha 1, T 1",
                      "student_params": student_params, "teacher": "resnet18", "teacher_params": teacher_params},
         "rows": rows,
@@ -151,7 +159,8 @@ def _markdown(r: dict) -> str:
              f"{s['train_images']:,} Fashion-MNIST training images at 32 px (stratified), batch {s['batch_size']}, "
              f"the function-matching augmentation ({s['augment']}), {s['student_params']:,}-parameter student, "
              f"ResNet-18 teacher ({s['teacher_params']:,} parameters, random weights: cost only), K = {s['views']} "
-             f"views. Fastest of {s['epochs']} epochs (each includes a {s['val_images']:,}-image validation pass).", "",
+             f"views. Each row's fastest of {s['rounds']} one-epoch rounds, the rows taking turns in every round (an epoch "
+             f"includes a {s['val_images']:,}-image validation pass).", "",
              "| row | s/epoch | x plain | data wait |", "|---|---:|---:|---:|"]
     for name, label in (("plain", "student alone (augmented)"), ("live", "kd, live teacher"),
                         ("replay", f"kd, replay cache (K={s['views']})")):
