@@ -21,6 +21,8 @@ each distilled row names its `alone` row, which has exactly the same `settings`,
     python benchmarks/distill_fashion_mnist.py --preset gpu --device cuda   # key rows <= 8 min on an H200 (target)
     python benchmarks/distill_fashion_mnist.py --preset cpu                 # about an hour on 2 cores (target)
     python benchmarks/distill_fashion_mnist.py --preset cpu --smoke         # a few minutes: proves it runs
+    python benchmarks/distill_fashion_mnist.py --preset cpu --replay-views 4  # function matching replays the
+                                                                            # teacher's logits of 4 stored views
 
 Results: benchmarks/results/distill_fashion_mnist_<device>_<preset>[_smoke].{json,md}. Each finished
 row is saved in --work and reused by a re-run with the same settings; an interrupted row resumes from
@@ -196,7 +198,7 @@ def run_row(args, row: Row, data, teacher, logits):
     if row.init == "teacher":
         init_from_teacher(model, teacher, calibration=train_xy[0][:512])
         info["init_val_accuracy"] = evaluate(model, *val_xy, device=args.device)
-    loss, teacher_fn, info["teacher"] = objective(args, row, cfg, model, teacher, logits)
+    loss, teacher_fn, info["teacher"] = objective(args, row, cfg, model, teacher, logits, len(train_xy[1]))
     result = train(model, train_xy, val_xy, cfg, loss, args.work / "work" / slug(row.name),
                    key=json.dumps(settings(args, row.kind)) + row.name, teacher=teacher_fn, device=args.device,
                    progress=epoch_printer(row.name, cfg.epochs))
@@ -212,7 +214,7 @@ def run_row(args, row: Row, data, teacher, logits):
                    "seconds_per_epoch": round(result.seconds_per_epoch, 2)}
 
 
-def objective(args, row: Row, cfg: TrainConfig, model, teacher, logits):
+def objective(args, row: Row, cfg: TrainConfig, model, teacher, logits, n_train: int = 0):
     """(loss, teacher function, how the teacher is used) for the row's method."""
     if row.method in ("teacher", "alone"):
         return cross_entropy(cfg.label_smoothing), None, "none"
@@ -227,7 +229,7 @@ def objective(args, row: Row, cfg: TrainConfig, model, teacher, logits):
 
         tag = hashlib.sha256(json.dumps(settings(args, row.kind)).encode()).hexdigest()[:12]
         replay = ReplayTeacher(teacher, args.work / "cache" / f"fm_replay.{tag}.npy", args.replay_views,
-                               len(logits), device=args.device)
+                               n_train, device=args.device)
         return loss, replay, f"replay cache, {args.replay_views} views per image"
 
     def live(_idx, inputs):  # the very tensor the student gets: mixed views, on the device
