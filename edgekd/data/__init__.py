@@ -62,6 +62,7 @@ class Data:
     preprocess: Preprocess
     source: str  # where the data came from, for the report
     origin: dict = field(default_factory=dict)  # split -> where it came from ("official test file", "carved from train")
+    workers: int | None = None  # data.workers: processes drawing train.augment views (None: this machine's cores)
 
     @property
     def num_classes(self) -> int:
@@ -75,7 +76,7 @@ class Data:
     def train(self):
         from edgekd.data.splitset import TensorSplit
 
-        return TensorSplit(self.train_x, self.train_y)  # views of the arrays: no copy
+        return TensorSplit(self.train_x, self.train_y, workers=self.workers)  # views of the arrays: no copy
 
     @property
     def val(self):
@@ -142,7 +143,7 @@ def _from_arrays(raw: RawData, cfg: DataConfig, source: str) -> Data:
 
     origin = {"val": CARVED, "test": "the source's own test files" if has_test else CARVED}
     return Data(_normalise(train, pre), raw.train_y[train_idx], ready(raw.train_x[val_idx]), raw.train_y[val_idx],
-                ready(test_x), np.asarray(test_y, dtype=np.int64), raw.classes, pre, source, origin)
+                ready(test_x), np.asarray(test_y, dtype=np.int64), raw.classes, pre, source, origin, cfg.workers)
 
 
 STREAMED_KINDS = ("imagefolder", "webdataset")  # read per sample from files (FolderData); the others in memory

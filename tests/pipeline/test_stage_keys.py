@@ -152,6 +152,8 @@ KEY_READERS: dict[str, Case | None] = {
     **{f"distill.qat.{k}": UNCHANGEABLE for k in ("ema", "ema_decay",
                                                   *(f"augment.{k}" for k in (*AUGMENT_VALUES, *AUGMENT_REFUSED)))},
     "distill.teacher_cache": Case(False, {"student", "qat"}),
+    # the K-view replay cache needs per-sample views (timm here); search proxies distil with it too
+    "distill.replay_views": Case(4, {"student"}, "timm"),
     "distill.unlabeled_fraction": Case(0.5, TRAINERS),
     "distill.scheme": Case("online", {"student"}, "single"),
     "distill.peers": Case(3, {"student"}, "online"),
@@ -196,6 +198,9 @@ CONDITIONAL = [
      SEARCH, "export.opset", 17, {"export", "search"}),
     ("student.search on: the search and choose stages run (the student stage reads their choice as a file)",
      {**SINGLE, "targets": ["host-cpu"]}, "student", {"search": {"models": ["resnet10t"]}}, {"search", "choose"}),
+    ("distill.replay_views, search: the proxy runs distil with the replay cache",
+     {**SEARCH, "data": {"kind": "imagefolder", "path": "data-folder", "augment": "timm"}},
+     "distill.replay_views", 2, {"student", "choose"}),
     ("student.search.proxy_fraction without proxy runs: FLOPs rank, nothing trains",
      {**SEARCH, "student": {"search": {"widths": [0.5], "depths": [1.0], "proxy_epochs": 0}}},
      "student.search.proxy_fraction", 0.5, set()),
