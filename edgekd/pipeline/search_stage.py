@@ -152,16 +152,19 @@ def write_search_bundle(ctx: RunContext, target_name: str | None, out: Path) -> 
     the data stage must have run), so the table the device writes matches the run's candidates entry by
     entry. Returns (bundle, how many candidates)."""
     from edgekd.pipeline.deploy_stages import export_opset
+    from edgekd.quantize.schemes import scheme_for_target
     from edgekd.search import precisions_for, prepare_candidates
     from edgekd.search.bundle import write_candidate_bundle
 
     c, search = ctx.config, ctx.config.student.search
     target = offline_target(ctx, target_name)
     teacher_arch, teacher_kwargs = teacher_spec(ctx)
-    candidates = expand_grid(search, teacher_arch, precisions_for(search, target), c.data.input_size)
+    precisions = precisions_for(search, target)
+    candidates = expand_grid(search, teacher_arch, precisions, c.data.input_size)
     prepared = prepare_candidates(candidates, teacher_arch, teacher_kwargs, ctx.run_dir / CANDIDATES_DIR,
                                   _calibration(ctx), opset=export_opset(ctx), exporter=c.export.exporter,
-                                  dynamic_batch=c.export.dynamic_batch, log=ctx.ui.info)
+                                  dynamic_batch=c.export.dynamic_batch, log=ctx.ui.info,
+                                  schemes=[scheme_for_target(target)] if "int8" in precisions else [])
     return write_candidate_bundle(prepared, target, out), len(prepared)
 
 # ---------------------------------------------------------------- choose: rank by proxy distillation
@@ -206,7 +209,11 @@ def _choose_outputs(ctx: RunContext) -> list[str]:
 
 def proxy_schedule(ctx: RunContext) -> TrainConfig:
     """distill.train compressed to proxy_epochs: the same warm-up share, so the proxy is a whole short run."""
-    train, epochs = ctx.config.distill.train, ctx.config.student.search.proxy_epochs
+    return shortened(ctx.config.distill.train, ctx.config.student.search.proxy_epochs)
+
+
+def shortened(train: TrainConfig, epochs: int) -> TrainConfig:
+    """`train` as a whole schedule of `epochs` epochs, its warm-up scaled by the same share."""
     warmup = train.warmup_epochs * epochs / train.epochs if train.epochs else 0.0
     return train.model_copy(update={"epochs": epochs, "warmup_epochs": warmup})
 

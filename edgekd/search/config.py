@@ -25,7 +25,8 @@ from edgekd.targets import HOST_PATTERN, Precision
 if TYPE_CHECKING:  # pragma: no cover
     from edgekd.targets import TargetProfile
 
-SEARCHABLE_RUNTIMES = ("onnxruntime",)  # TensorRT engines are built on the device: not measured by the search yet
+# TensorRT: engines built and timed on the device (`edgekd profile` over ssh, or offline), never here
+SEARCHABLE_RUNTIMES = ("onnxruntime", "tensorrt")
 
 
 class SearchConfig(Strict):
@@ -120,10 +121,12 @@ def check_search(search: SearchConfig, targets: list["TargetProfile"]) -> None:
     for t in targets:
         if t.runtime not in SEARCHABLE_RUNTIMES:
             raise ConfigError(
-                f"student.search cannot measure target {t.name!r}: it runs {t.runtime}, whose engines are built "
-                "on the device; the search measures ONNX Runtime targets only.",
-                "Search against an ONNX Runtime target, or set student.width/depth (or model) for this one by hand.",
+                f"student.search cannot measure target {t.name!r}: it runs {t.runtime}; the search measures "
+                f"{' and '.join(SEARCHABLE_RUNTIMES)} targets.",
+                "Search against another target, or set student.width/depth (or model) for this one by hand.",
             )
+        if t.runtime == "tensorrt":
+            _check_tensorrt(search, t)
     for p in search.precisions or []:
         if not any(p in t.precisions for t in targets):
             offered = "; ".join(f"{t.name}: {', '.join(t.precisions)}" for t in targets)
@@ -140,6 +143,19 @@ def check_search(search: SearchConfig, targets: list["TargetProfile"]) -> None:
     if unknown:
         raise ConfigError(f"student.search.hosts names {', '.join(map(repr, unknown))}, not among the targets "
                           f"({', '.join(t.name for t in targets)}).", "Use the targets' names as keys.")
+
+
+def _check_tensorrt(search: SearchConfig, target: "TargetProfile") -> None:
+    """A TensorRT candidate is the FP32 file (FP16 and FP32 engines) or the TensorRT-form QDQ file (INT8):
+    a strongly typed network's FP16 engine needs an FP16 ONNX, which candidates are not exported as."""
+    from edgekd.trt.compat import VARIANT_FP16, plan_for_target
+
+    for precision in precisions_for(search, target):
+        if plan_for_target(target, precision).onnx_variant == VARIANT_FP16:
+            raise ConfigError(
+                f"student.search cannot measure target {target.name!r} in fp16: TensorRT "
+                f"{target.tensorrt.version} builds it from an FP16-typed ONNX, which candidates are not made as.",
+                f"Leave fp16 out of student.search.precisions for {target.name!r} (int8 is measured).")
 
 
 def _check_tables(search: SearchConfig, names: list[str]) -> None:

@@ -22,6 +22,7 @@ from edgekd.search.profile import GROUP, SEARCH_BENCH
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgekd.bench.measure import BenchSettings
+    from edgekd.quantize.schemes import Int8Scheme
     from edgekd.search.cache import RuntimeInfo
     from edgekd.search.candidates import PreparedCandidate
     from edgekd.targets import TargetProfile
@@ -37,6 +38,13 @@ class TargetPlan:
     input_sizes: tuple[int, ...]
     host: str | None = None  # ssh only
     table: Path | None = None  # table only
+
+    @property
+    def int8_scheme(self) -> "Int8Scheme | None":
+        """The INT8 types this target runs (edgekd.quantize.schemes): its INT8 candidates are quantized so."""
+        from edgekd.quantize.schemes import scheme_for_target
+
+        return scheme_for_target(self.target) if "int8" in self.precisions else None
 
     @property
     def where(self) -> str:
