@@ -102,8 +102,9 @@ def _plan(search: SearchConfig, target: "TargetProfile", sizes: tuple[int, ...],
         raise ConfigError(
             f"Target {target.name!r} is an {target.arch} device and this machine is {this_arch()}: its "
             "candidates cannot be timed here.",
-            f"Give it a host (`host: user@name` in its profile) to measure over ssh, or run `edgekd profile` on "
-            f"the device and set student.search.latency_table: {{{target.name}: table.json}}.",
+            f"Give it a host (`host: user@name` in its profile) to measure over ssh, or measure offline: `edgekd "
+            f"search-bundle CONFIG BUNDLE --target {target.name}` here, `edgekd profile BUNDLE -o table.json` on the "
+            f"device, then student.search.latency_table: {{{target.name}: table.json}}.",
         )
     return TargetPlan(target, "host", precisions, sizes)
 
