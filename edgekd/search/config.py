@@ -36,8 +36,10 @@ class SearchConfig(Strict):
     input_sizes: list[int] | None = Field(None, min_length=1, description="square sides to try; default: data.input_size")
     precisions: list[Precision] | None = Field(
         None, min_length=1, description="measured per candidate; each must be one the targets list; default: theirs")
-    proxy_epochs: int = Field(2, ge=0, description="short distillation that ranks the candidates that fit; 0: rank by FLOPs")
-    proxy_fraction: float = Field(0.2, gt=0, le=1, description="share of the training split the proxy runs train on")
+    # defaults measured on digits (benchmarks/results/proxy_defaults.md): 2 epochs x 0.2 (~7 optimizer steps) left
+    # every proxy at chance; 4 epochs on all rows (~68 steps) ranked above 0.95. Large data: lower the fraction.
+    proxy_epochs: int = Field(4, ge=0, description="short distillation that ranks the candidates that fit; 0: rank by FLOPs")
+    proxy_fraction: float = Field(1.0, gt=0, le=1, description="share of the training split the proxy runs train on")
     max_candidates: int = Field(24, ge=1, description="most architectures x input sizes the grid may hold")
     margin: float = Field(0.9, gt=0, le=1, description="fits when p50 <= margin x budgets.latency_ms (memory likewise)")
     per_target: bool = Field(True, description="one student per target; false: the best single student fitting all")
