@@ -93,6 +93,22 @@ def validate(config: Path, probe: bool, ssh_options: tuple[str, ...]) -> None:
         click.secho(f"warning: {warning}", fg="yellow", err=True)
 
 
+@main.command("search-bundle")
+@click.argument("config", type=click.Path(path_type=Path))
+@click.argument("bundle", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--target", "-t", default=None, help="The offline target the bundle is for (needed with several).")
+@click.option("--out", type=click.Path(path_type=Path), help="Run directory (default: runs/<config name>/).")
+def search_bundle(config: Path, bundle: Path, target: str | None, out: Path | None) -> None:
+    """student.search on a device this machine cannot reach: write its candidates to BUNDLE (a new folder).
+    Copy BUNDLE to the device, run `edgekd profile BUNDLE -o table.json` there, copy the table back and
+    set student.search.latency_table: {TARGET: table.json}; then `edgekd compress CONFIG`."""
+    from edgekd.pipeline.search_bundle import search_bundle as write_bundle
+
+    written, count, name = write_bundle(config, bundle, target, out)
+    click.echo(f"wrote {written}: {count} candidates for {name}. On the device: edgekd profile {written.name} -o "
+               f"{name}-table.json; then set student.search.latency_table: {{{name}: {name}-table.json}}.")
+
+
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path), default="model.yaml")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")

@@ -83,8 +83,8 @@ student:
   #   depths: [0.5, 1.0]
   #   models: []            # named timm candidates, e.g. [mobilenetv3_small_050, resnet10t]
   #   precisions: [fp32, int8]  # default: those the target lists that this run makes
-  #   proxy_epochs: 2       # short distillation ranking the candidates that fit (val split); 0: rank by FLOPs
-  #   proxy_fraction: 0.2   # share of the student's training rows the proxy runs use
+  #   proxy_epochs: 4       # short distillation ranking the candidates that fit (val split); 0: rank by FLOPs
+  #   proxy_fraction: 1.0   # share of the student's training rows the proxy runs use (large data: lower it)
   #   max_candidates: 24    # most architectures x input sizes (a larger grid is refused)
   #   margin: 0.9           # fits when p50 <= margin x budgets.latency_ms (peak memory likewise)
   #   per_target: true      # several targets: the same winner for all; false: the best that fits them all

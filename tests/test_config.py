@@ -237,7 +237,8 @@ def test_a_warmup_as_long_as_training_is_said(tmp_path):
      "includes 64 px, but a compress run trains"),
     ("quantize: {enabled: false}\nstudent: {search: {models: [resnet10t], precisions: [int8]}}\n",
      "this run makes no int8 student file"),
-    ("targets: [jetson-orin-nano]\nstudent: {search: {models: [resnet10t]}}\n", "ONNX Runtime targets only"),
+    ("targets: [jetson-orin-nano]\nstudent: {search: {models: [resnet10t], precisions: [fp32]}}\n",
+     "this run makes no fp32 student file"),
     ("student: {search: {models: [resnet10t], hosts: {rpi5: pi@pi}}}\n", "student.search.hosts names 'rpi5'"),
     ("student: {search: {models: [resnet10t], latency_table: missing.json}}\n", "which does not exist"),
 ])

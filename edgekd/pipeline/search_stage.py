@@ -124,6 +124,49 @@ def run_search_stage(ctx: RunContext) -> dict:
 SEARCH = Stage("search", "measure candidate students where they will run", run_search_stage, _search_reads,
                _search_inputs, lambda ctx: [MEASURED_FILE] if enabled(ctx) else [])
 
+
+# ---------------------------------------------------------------- the offline path: a bundle for `edgekd profile`
+
+
+def offline_target(ctx: RunContext, name: str | None):
+    """The target (as the search sees it: only the precisions this run makes) a candidate bundle is for."""
+    if ctx.config.student.search is None:
+        raise ConfigError("The config has no student.search: there are no candidates to bundle.",
+                          "Add a student.search section (docs/search.md).")
+    targets = search_targets(ctx.config, ctx.targets)
+    if name is None and len(targets) == 1:
+        return targets[0]
+    names = [t.name for t in targets]
+    if name is None or name not in names:
+        said = "several targets" if name is None else f"no target {name!r}"
+        raise ConfigError(f"The config has {said} ({', '.join(names)}): which one is the bundle for?",
+                          f"Pass --target, one of {', '.join(names)}.")
+    return targets[names.index(name)]
+
+
+def write_search_bundle(ctx: RunContext, target_name: str | None, out: Path) -> tuple[Path, int]:
+    """`edgekd search-bundle`: every candidate of the search, in each precision `target` measures, as one
+    hash-checked candidate bundle at `out` for `edgekd profile` on a device this machine cannot reach.
+
+    The files are those the run's search stage makes (the same folder, architecture hashes and calibration:
+    the data stage must have run), so the table the device writes matches the run's candidates entry by
+    entry. Returns (bundle, how many candidates)."""
+    from edgekd.pipeline.deploy_stages import export_opset
+    from edgekd.quantize.schemes import scheme_for_target
+    from edgekd.search import precisions_for, prepare_candidates
+    from edgekd.search.bundle import write_candidate_bundle
+
+    c, search = ctx.config, ctx.config.student.search
+    target = offline_target(ctx, target_name)
+    teacher_arch, teacher_kwargs = teacher_spec(ctx)
+    precisions = precisions_for(search, target)
+    candidates = expand_grid(search, teacher_arch, precisions, c.data.input_size)
+    prepared = prepare_candidates(candidates, teacher_arch, teacher_kwargs, ctx.run_dir / CANDIDATES_DIR,
+                                  _calibration(ctx), opset=export_opset(ctx), exporter=c.export.exporter,
+                                  dynamic_batch=c.export.dynamic_batch, log=ctx.ui.info,
+                                  schemes=[scheme_for_target(target)] if "int8" in precisions else [])
+    return write_candidate_bundle(prepared, target, out), len(prepared)
+
 # ---------------------------------------------------------------- choose: rank by proxy distillation
 
 # What a proxy run's result depends on besides its architecture (the student stage's training reads)
@@ -167,7 +210,11 @@ def _choose_outputs(ctx: RunContext) -> list[str]:
 
 def proxy_schedule(ctx: RunContext) -> TrainConfig:
     """distill.train compressed to proxy_epochs: the same warm-up share, so the proxy is a whole short run."""
-    train, epochs = ctx.config.distill.train, ctx.config.student.search.proxy_epochs
+    return shortened(ctx.config.distill.train, ctx.config.student.search.proxy_epochs)
+
+
+def shortened(train: TrainConfig, epochs: int) -> TrainConfig:
+    """`train` as a whole schedule of `epochs` epochs, its warm-up scaled by the same share."""
     warmup = train.warmup_epochs * epochs / train.epochs if train.epochs else 0.0
     return train.model_copy(update={"epochs": epochs, "warmup_epochs": warmup})
 

@@ -48,6 +48,7 @@ def measurement_key(prepared: "PreparedCandidate", target: "TargetProfile", runt
     return {
         "arch_id": prepared.architecture.arch_id,
         "precision": c.precision,
+        **({"int8_scheme": prepared.scheme} if prepared.scheme is not None else {}),
         "input_size": c.input_size,
         "target": {"name": target.name, "threads": target.threads,
                    "graph_optimization_level": target.graph_optimization_level},

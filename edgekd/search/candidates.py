@@ -30,9 +30,10 @@ from edgekd.errors import DataError, ModelError
 from edgekd.search.profile import METADATA_KEY
 
 if TYPE_CHECKING:  # pragma: no cover
+    from edgekd.quantize.schemes import Int8Scheme
     from edgekd.search.config import SearchConfig
 
-RECORD_FORMAT = "edgekd.search-candidate/1"
+RECORD_FORMAT = "edgekd.search-candidate/2"  # /2: one INT8 file per scheme
 CALIB_SAMPLES = 64  # enough for INT8 scales to be realistic; latency does not depend on their accuracy
 
 
@@ -76,7 +77,8 @@ class Architecture:
 class PreparedCandidate:
     candidate: Candidate
     architecture: Architecture
-    path: Path  # its ONNX file: FP32, or INT8 (QDQ) quantized from it
+    path: Path  # its ONNX file: FP32 (also what an FP16 TensorRT engine is built from), or INT8 (QDQ) quantized from it
+    scheme: str | None = None  # INT8 only: the Int8Scheme key its file was quantized with (the target's)
 
     @property
     def name(self) -> str:
@@ -165,54 +167,86 @@ def prepare_candidates(
     opset: int,
     exporter: str = "auto",
     dynamic_batch: bool = True,
+    schemes: "list[Int8Scheme] | None" = None,
     log: Callable[[str], None] | None = None,
 ) -> list[PreparedCandidate]:
-    """Export every architecture to `folder/<arch_name>.onnx` (and `.int8.onnx` when a candidate
-    needs INT8, calibrated on `calib_x` (N, C, H, W), resized to each input size).
+    """Export every architecture to `folder/<arch_name>.onnx` and, for INT8 candidates, quantize it once per
+    INT8 scheme in `schemes` (the targets' types, edgekd.quantize.schemes; default: this machine's) to
+    `<arch_name>.int8.<scheme key>.onnx`, calibrated on `calib_x` (N, C, H, W) resized to each input size.
+    An INT8 candidate is prepared once per scheme (measure_candidates gives each target its own); FP16
+    candidates (TensorRT) are the FP32 file, which the engine builder lowers.
 
     Export follows the pipeline's rules (`edgekd.export.export_onnx`: opset, exporter, BN folding,
-    checks); INT8 is `edgekd.quantize.quantize_int8` with its defaults. A file is reused when its
-    record (`<arch_name>.json`) shows the same architecture, opset, exporter and file hashes.
+    checks); INT8 is `edgekd.quantize.quantize_int8` with its defaults and the scheme. A file is reused when
+    its record (`<arch_name>.json`) shows the same architecture, opset, exporter, scheme and file hashes.
     """
     if calib_x is None and any(c.precision == "int8" for c in candidates):
         raise DataError("student.search measures INT8 candidates, which need calibration samples, and none were "
                         "given.", "Pass the run's calibration split (data/calib.npz `x`).")
+    if schemes is None:
+        from edgekd.quantize.ort_int8 import host_scheme
+
+        schemes = [host_scheme()]
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     settings = {"opset": opset, "exporter": exporter, "dynamic_batch": dynamic_batch}
-    wanted = {}
+    wanted: dict[str, set[str]] = {}
     for c in candidates:
-        wanted.setdefault(c.arch_name, set()).add(c.precision)
+        wanted.setdefault(c.arch_name, set()).update(file_variants(c.precision, schemes))
+    by_variant = {variant_of("int8", s.key): s for s in schemes}
     files: dict[str, tuple[Architecture, dict[str, Path]]] = {}
     for first in architectures_of(candidates):
-        files[first.arch_name] = _prepare_one(first, wanted[first.arch_name], teacher_arch, teacher_kwargs, folder,
-                                              calib_x, settings, log or (lambda _: None))
-    return [PreparedCandidate(c, files[c.arch_name][0], files[c.arch_name][1][c.precision]) for c in candidates]
+        files[first.arch_name] = _prepare_one(first, wanted[first.arch_name], by_variant, teacher_arch,
+                                              teacher_kwargs, folder, calib_x, settings, log or (lambda _: None))
+    out = []
+    for c in candidates:
+        info, paths = files[c.arch_name]
+        for variant in file_variants(c.precision, schemes):
+            out.append(PreparedCandidate(c, info, paths[variant], variant.split(".", 1)[1] if "." in variant else None))
+    return out
 
 
-def _prepare_one(c: Candidate, precisions: set[str], teacher_arch, teacher_kwargs, folder: Path, calib_x,
-                 settings: dict, log) -> tuple[Architecture, dict[str, Path]]:
+def variant_of(precision: str, scheme_key: str | None = None) -> str:
+    """A candidate file's variant: "fp32" (the export; FP16 engines are built from it) or "int8.<scheme>"."""
+    return f"int8.{scheme_key}" if precision == "int8" else "fp32"
+
+
+def file_variants(precision: str, schemes: "list[Int8Scheme]") -> list[str]:
+    return [variant_of("int8", s.key) for s in schemes] if precision == "int8" else [variant_of(precision)]
+
+
+def _prepare_one(c: Candidate, variants: set[str], schemes: dict, teacher_arch, teacher_kwargs, folder: Path,
+                 calib_x, settings: dict, log) -> tuple[Architecture, dict[str, Path]]:
     arch, kwargs = candidate_spec(c, teacher_arch, teacher_kwargs)
-    paths = {"fp32": folder / f"{c.arch_name}.onnx", "int8": folder / f"{c.arch_name}.int8.onnx"}
+    paths = {v: folder / f"{c.arch_name}.{v}.onnx" if v != "fp32" else folder / f"{c.arch_name}.onnx"
+             for v in {"fp32", *variants}}
+    made_with = {v: _scheme_record(schemes[v]) if v in schemes else None for v in paths}
     record_path = folder / f"{c.arch_name}.json"
-    reused = _reusable(record_path, arch_id(arch, kwargs), settings, {p: paths[p] for p in precisions})
+    reused = _reusable(record_path, arch_id(arch, kwargs), settings, paths, made_with)
     if reused is not None:
-        return reused, {p: paths[p] for p in precisions}
+        return reused, paths
     model, info = _build(c, teacher_arch, teacher_kwargs)
     log(f"exporting candidate {c.arch_name} ({info.params / 1e6:.2f} M params, {info.flops / 1e6:.0f} MFLOPs)")
     _export(model, info, paths["fp32"], settings)
-    if "int8" in precisions:
-        _quantize(paths["fp32"], paths["int8"], calib_x, info)
-    made = {p: paths[p] for p in ("fp32", *(["int8"] if "int8" in precisions else []))}
+    for variant in sorted(v for v in paths if v in schemes):
+        _quantize(paths["fp32"], paths[variant], calib_x, info, schemes[variant])
     write_json_atomic(record_path, {
         "format": RECORD_FORMAT, "architecture": asdict(info), "settings": settings,
-        "files": {p: {"file": path.name, "sha256": sha256_file(path)} for p, path in made.items()},
+        "files": {v: {"file": path.name, "sha256": sha256_file(path), "made_with": made_with[v]}
+                  for v, path in paths.items()},
     })
-    return info, {p: paths[p] for p in precisions}
+    return info, paths
 
 
-def _reusable(record_path: Path, expected_id: str, settings: dict, paths: dict[str, Path]) -> Architecture | None:
-    """The recorded Architecture when every needed file is there, unchanged, made with `settings`."""
+def _scheme_record(scheme) -> dict:
+    """What an INT8 file's types follow from (not the wording of why)."""
+    return {k: v for k, v in scheme.as_dict().items() if k != "reason"}
+
+
+def _reusable(record_path: Path, expected_id: str, settings: dict, paths: dict[str, Path],
+              made_with: dict[str, dict | None]) -> Architecture | None:
+    """The recorded Architecture when every needed file is there, unchanged, made with `settings` (and each
+    INT8 file with its scheme)."""
     if not record_path.is_file():
         return None
     try:
@@ -223,8 +257,10 @@ def _reusable(record_path: Path, expected_id: str, settings: dict, paths: dict[s
     if (record.get("format") != RECORD_FORMAT or record.get("settings") != settings
             or (record.get("architecture") or {}).get("arch_id") != expected_id):
         return None
-    for precision, path in paths.items():
-        if precision not in files or not path.is_file() or sha256_file(path) != files[precision]["sha256"]:
+    for variant, path in paths.items():
+        known = files.get(variant)
+        if (known is None or known.get("made_with") != made_with[variant] or not path.is_file()
+                or sha256_file(path) != known["sha256"]):
             return None
     return Architecture(**record["architecture"])
 
@@ -242,11 +278,12 @@ def file_metadata(info: Architecture) -> dict:
     return {"arch_name": info.arch_name, "arch_id": info.arch_id, "input_size": info.input_size}
 
 
-def _quantize(fp32: Path, out: Path, calib_x: np.ndarray, info: Architecture) -> None:
+def _quantize(fp32: Path, out: Path, calib_x: np.ndarray, info: Architecture, scheme) -> None:
     from edgekd.quantize import quantize_int8
 
     samples = resize_samples(calib_x[:CALIB_SAMPLES], info.channels, info.input_size)
-    quantize_int8(fp32, out, samples, batch_size=min(16, len(samples)))  # its batches are whole: none dropped
+    # its batches are whole: none dropped
+    quantize_int8(fp32, out, samples, batch_size=min(16, len(samples)), scheme=scheme)
 
 
 def resize_samples(x: np.ndarray, channels: int, size: int) -> np.ndarray:

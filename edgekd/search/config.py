@@ -25,7 +25,8 @@ from edgekd.targets import HOST_PATTERN, Precision
 if TYPE_CHECKING:  # pragma: no cover
     from edgekd.targets import TargetProfile
 
-SEARCHABLE_RUNTIMES = ("onnxruntime",)  # TensorRT engines are built on the device: not measured by the search yet
+# TensorRT: engines built and timed on the device (`edgekd profile` over ssh, or offline), never here
+SEARCHABLE_RUNTIMES = ("onnxruntime", "tensorrt")
 
 
 class SearchConfig(Strict):
@@ -35,8 +36,10 @@ class SearchConfig(Strict):
     input_sizes: list[int] | None = Field(None, min_length=1, description="square sides to try; default: data.input_size")
     precisions: list[Precision] | None = Field(
         None, min_length=1, description="measured per candidate; each must be one the targets list; default: theirs")
-    proxy_epochs: int = Field(2, ge=0, description="short distillation that ranks the candidates that fit; 0: rank by FLOPs")
-    proxy_fraction: float = Field(0.2, gt=0, le=1, description="share of the training split the proxy runs train on")
+    # defaults measured on digits (benchmarks/results/proxy_defaults.md): 2 epochs x 0.2 (~7 optimizer steps) left
+    # every proxy at chance; 4 epochs on all rows (~68 steps) ranked above 0.95. Large data: lower the fraction.
+    proxy_epochs: int = Field(4, ge=0, description="short distillation that ranks the candidates that fit; 0: rank by FLOPs")
+    proxy_fraction: float = Field(1.0, gt=0, le=1, description="share of the training split the proxy runs train on")
     max_candidates: int = Field(24, ge=1, description="most architectures x input sizes the grid may hold")
     margin: float = Field(0.9, gt=0, le=1, description="fits when p50 <= margin x budgets.latency_ms (memory likewise)")
     per_target: bool = Field(True, description="one student per target; false: the best single student fitting all")
@@ -120,10 +123,12 @@ def check_search(search: SearchConfig, targets: list["TargetProfile"]) -> None:
     for t in targets:
         if t.runtime not in SEARCHABLE_RUNTIMES:
             raise ConfigError(
-                f"student.search cannot measure target {t.name!r}: it runs {t.runtime}, whose engines are built "
-                "on the device; the search measures ONNX Runtime targets only.",
-                "Search against an ONNX Runtime target, or set student.width/depth (or model) for this one by hand.",
+                f"student.search cannot measure target {t.name!r}: it runs {t.runtime}; the search measures "
+                f"{' and '.join(SEARCHABLE_RUNTIMES)} targets.",
+                "Search against another target, or set student.width/depth (or model) for this one by hand.",
             )
+        if t.runtime == "tensorrt":
+            _check_tensorrt(search, t)
     for p in search.precisions or []:
         if not any(p in t.precisions for t in targets):
             offered = "; ".join(f"{t.name}: {', '.join(t.precisions)}" for t in targets)
@@ -140,6 +145,19 @@ def check_search(search: SearchConfig, targets: list["TargetProfile"]) -> None:
     if unknown:
         raise ConfigError(f"student.search.hosts names {', '.join(map(repr, unknown))}, not among the targets "
                           f"({', '.join(t.name for t in targets)}).", "Use the targets' names as keys.")
+
+
+def _check_tensorrt(search: SearchConfig, target: "TargetProfile") -> None:
+    """A TensorRT candidate is the FP32 file (FP16 and FP32 engines) or the TensorRT-form QDQ file (INT8):
+    a strongly typed network's FP16 engine needs an FP16 ONNX, which candidates are not exported as."""
+    from edgekd.trt.compat import VARIANT_FP16, plan_for_target
+
+    for precision in precisions_for(search, target):
+        if plan_for_target(target, precision).onnx_variant == VARIANT_FP16:
+            raise ConfigError(
+                f"student.search cannot measure target {target.name!r} in fp16: TensorRT "
+                f"{target.tensorrt.version} builds it from an FP16-typed ONNX, which candidates are not made as.",
+                f"Leave fp16 out of student.search.precisions for {target.name!r} (int8 is measured).")
 
 
 def _check_tables(search: SearchConfig, names: list[str]) -> None:

@@ -95,13 +95,19 @@ def measure_search(
     candidates = expand_grid(search, teacher_name or teacher_arch, precisions, default_input_size)
     t0 = time.perf_counter()
     prepared = prepare_candidates(candidates, teacher_arch, teacher_kwargs, folder, calib_x, opset=opset,
-                                  exporter=exporter, dynamic_batch=dynamic_batch, log=options.log)
+                                  exporter=exporter, dynamic_batch=dynamic_batch, schemes=int8_schemes(plans),
+                                  log=options.log)
     prepare_s = time.perf_counter() - t0
     measured = measure_candidates(prepared, backends, cache_dir)
     cost = {"candidates": len(candidates), "architectures": len({c.arch_name for c in candidates}),
             "measurements": len(measured.rows), "measured": measured.measured, "reused": measured.reused,
             "prepare_s": round(prepare_s, 3), "measure_s": round(measured.seconds, 3)}
     return SearchMeasurement(search, plans, judge(measured.rows, targets, search.margin), measured.runtimes, cost)
+
+
+def int8_schemes(plans: list[TargetPlan]) -> list:
+    """The INT8 schemes the targets run, each once, in the targets' order (an INT8 file per scheme)."""
+    return list(dict.fromkeys(p.int8_scheme for p in plans if p.int8_scheme is not None))
 
 
 def rank_search(measurement: SearchMeasurement, score: Score = None) -> SearchResult:

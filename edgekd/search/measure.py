@@ -72,7 +72,8 @@ def measure_candidates(prepared: list[PreparedCandidate], backends: dict[str, Me
 
 def _measure_target(prepared, backend: MeasureBackend, cache: MeasurementCache, result: MeasureResult) -> list[Measured]:
     plan = backend.plan
-    mine = [p for p in prepared if p.candidate.precision in plan.precisions]
+    scheme = plan.int8_scheme.key if plan.int8_scheme is not None else None
+    mine = [p for p in prepared if p.candidate.precision in plan.precisions and p.scheme in (None, scheme)]
     keys = {p.name: measurement_key(p, plan.target, backend.runtime) for p in mine}
     got = {p.name: cache.get(keys[p.name]) for p in mine}
     cached = {n for n, m in got.items() if m is not None}

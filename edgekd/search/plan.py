@@ -22,6 +22,7 @@ from edgekd.search.profile import GROUP, SEARCH_BENCH
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgekd.bench.measure import BenchSettings
+    from edgekd.quantize.schemes import Int8Scheme
     from edgekd.search.cache import RuntimeInfo
     from edgekd.search.candidates import PreparedCandidate
     from edgekd.targets import TargetProfile
@@ -37,6 +38,13 @@ class TargetPlan:
     input_sizes: tuple[int, ...]
     host: str | None = None  # ssh only
     table: Path | None = None  # table only
+
+    @property
+    def int8_scheme(self) -> "Int8Scheme | None":
+        """The INT8 types this target runs (edgekd.quantize.schemes): its INT8 candidates are quantized so."""
+        from edgekd.quantize.schemes import scheme_for_target
+
+        return scheme_for_target(self.target) if "int8" in self.precisions else None
 
     @property
     def where(self) -> str:
@@ -94,8 +102,9 @@ def _plan(search: SearchConfig, target: "TargetProfile", sizes: tuple[int, ...],
         raise ConfigError(
             f"Target {target.name!r} is an {target.arch} device and this machine is {this_arch()}: its "
             "candidates cannot be timed here.",
-            f"Give it a host (`host: user@name` in its profile) to measure over ssh, or run `edgekd profile` on "
-            f"the device and set student.search.latency_table: {{{target.name}: table.json}}.",
+            f"Give it a host (`host: user@name` in its profile) to measure over ssh, or measure offline: `edgekd "
+            f"search-bundle CONFIG BUNDLE --target {target.name}` here, `edgekd profile BUNDLE -o table.json` on the "
+            f"device, then student.search.latency_table: {{{target.name}: table.json}}.",
         )
     return TargetPlan(target, "host", precisions, sizes)
 

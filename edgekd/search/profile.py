@@ -40,6 +40,8 @@ METADATA_KEY = "edgekd.search"  # ONNX metadata_props key of a candidate file: {
 SEARCH_BENCH = BenchSettings(warmup_s=0.5, min_iterations=50, min_seconds=1.0, batch_sizes=(1,), rounds=3)
 GROUP = 8  # files measured side by side: each is a live process holding its model
 INSTALL_HINT = 'pip install "edgekd[ort]"'
+TRT_INSTALL_HINT = ("JetPack ships TensorRT for the system Python (python3-libnvinfer): run edgekd with that Python "
+                    "or a venv made with --system-site-packages, and set the target's edgekd_command to it")
 
 
 @dataclass(frozen=True)
@@ -64,11 +66,28 @@ def probe() -> dict:
     except RuntimeBackendError:
         runtime = {"name": "onnxruntime", "version": None}
     machine = machine_info()
-    return {"edgekd_version": __version__, "runtime": runtime, "arch": machine["arch"], "cpu": machine["cpu"],
-            "cores": machine["cores"], "device": machine["device"], "python": machine["python"]}
+    return {"edgekd_version": __version__, "runtime": runtime, "tensorrt": _tensorrt_version(),
+            "arch": machine["arch"], "cpu": machine["cpu"], "cores": machine["cores"], "device": machine["device"],
+            "python": machine["python"]}
 
 
-def runtime_or_raise(found: dict, where: str = "this machine") -> dict:
+def _tensorrt_version() -> str | None:
+    try:
+        import tensorrt
+    except ImportError:  # most devices: ONNX Runtime only
+        return None
+    return tensorrt.__version__
+
+
+def runtime_or_raise(found: dict, where: str = "this machine", runtime: str = "onnxruntime") -> dict:
+    """`found` (a probe) with `runtime` as what its candidates are timed with; RuntimeBackendError without it."""
+    if runtime == "tensorrt":
+        if not found.get("tensorrt"):
+            raise RuntimeBackendError(f"{where} has no TensorRT (the tensorrt Python module): TensorRT candidates "
+                                      "are built into engines and timed on the device that runs them.",
+                                      f"{TRT_INSTALL_HINT}; or measure on the Jetson offline (edgekd search-bundle, "
+                                      "then edgekd profile there).")
+        return {**found, "runtime": {"name": "tensorrt", "version": found["tensorrt"]}}
     if not found["runtime"]["version"]:
         raise RuntimeBackendError(f"{where} has no onnxruntime: the candidates cannot be timed there.",
                                   f"Install it there: {INSTALL_HINT} (or `pip install onnxruntime`).")
@@ -166,8 +185,9 @@ def _entry(item: ProfileItem, m) -> dict:
             "peak_rss_mb": m.peak_rss_mb, "load_s": m.load_s, "iterations": m.batch_sweep["1"]["iterations"]}
 
 
-def table_header(threads: int, settings: BenchSettings, target: "TargetProfile | None" = None) -> dict:
-    found = runtime_or_raise(probe())
+def table_header(threads: int, settings: BenchSettings, target: "TargetProfile | None" = None,
+                 runtime: str = "onnxruntime") -> dict:
+    found = runtime_or_raise(probe(), runtime=runtime)
     return {
         "format": TABLE_FORMAT,
         "edgekd_version": __version__,
@@ -191,10 +211,12 @@ def profile(
     group: int = GROUP,
     target: "TargetProfile | None" = None,
     log: Callable[[str], None] = lambda _: None,
+    runtime: str = "onnxruntime",
 ) -> dict:
-    """Measure `items` into the latency table at `out`, continuing an earlier table made alike."""
+    """Measure `items` into the latency table at `out` with `runtime`, continuing an earlier table made alike
+    (TensorRT: each item built into an engine under engines/ beside the table first)."""
     settings = replace(settings, batch_sizes=(1,))
-    header = table_header(threads, settings, target)
+    header = table_header(threads, settings, target, runtime)
     earlier = _earlier_entries(Path(out), header)
     done = {e["sha256"] for e in earlier}
     todo = [i for i in items if i.sha256 not in done]
@@ -210,7 +232,12 @@ def profile(
                                                         for e in measured))
 
     _write_table(Path(out), header, entries)
-    measure_items(todo, threads, settings, group, target, on_entries=save)
+    if runtime == "tensorrt":
+        from edgekd.search.trt_timing import ENGINE_DIR, measure_items_trt
+
+        measure_items_trt(todo, settings, target, Path(out).parent / ENGINE_DIR, on_entries=save)
+    else:
+        measure_items(todo, threads, settings, group, target, on_entries=save)
     return json.loads(Path(out).read_text())
 
 
@@ -230,6 +257,18 @@ def _write_table(out: Path, header: dict, entries: list[dict]) -> None:
     sizes = sorted({e["input_size"] for e in entries if e["input_size"] is not None})
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     write_json_atomic(out, {**header, "created": created, "input_sizes": sizes, "entries": entries})
+
+
+def bundle_target(paths: list[Path]) -> "TargetProfile | None":
+    """The target the first candidate bundle among `paths` was made for (its manifest), else None."""
+    from edgekd.ship.verify import read_manifest
+    from edgekd.targets import TargetProfile
+
+    for path in paths:
+        if Path(path).is_dir():
+            found = read_manifest(path).get("target")
+            return TargetProfile.model_validate(found) if found else None
+    return None
 
 
 def default_threads(paths: list[Path], target: "TargetProfile | None") -> int:
@@ -272,6 +311,9 @@ def profile_command(inputs, out, target_name, threads, warmup_s, min_iterations,
     settings.check()
     items = items_from(list(inputs))
     threads = default_threads(list(inputs), target) if threads is None else threads
-    table = profile(items, out, threads, settings, group, target, log=lambda m: click.echo(m, err=True))
-    click.echo(f"wrote {out}: {len(table['entries'])} measurements, onnxruntime {table['runtime']['version']}, "
+    made_for = target or bundle_target(list(inputs))
+    runtime = made_for.runtime if made_for is not None else "onnxruntime"
+    table = profile(items, out, threads, settings, group, made_for if runtime == "tensorrt" else target,
+                    log=lambda m: click.echo(m, err=True), runtime=runtime)
+    click.echo(f"wrote {out}: {len(table['entries'])} measurements, {runtime} {table['runtime']['version']}, "
                f"{table['machine']['cpu']}, {threads} threads")

@@ -39,6 +39,7 @@ def _section(result: "SearchResult", plan) -> dict:
         "runtime": runtime.describe() if runtime else None,
         "candidates": [_candidate(j, result) for j in rows],
         "chosen": chosen.candidate.name,
+        "per_target": result.search.per_target,
         "cost": dict(result.cost),
     }
 
@@ -69,7 +70,30 @@ def headline(section: dict) -> str:
     return (f"Target {section['target']}: a candidate fits at p50 <= {section['margin']:g} x {section['budget_ms']:g} ms "
             f"= {section['limit_ms']:.3g} ms{memory}, measured on {section['measured_on']}"
             + (f" ({section['runtime']})" if section.get("runtime") else "")
-            + f"; ranked by {ranking}. Chosen: {section['chosen']}.")
+            + f"; ranked by {ranking}. Chosen: {section['chosen']}, {why_chosen(section)}.")
+
+
+def why_chosen(section: dict) -> str:
+    """Why the section's choice won, from its candidates: its score against the others that fit here, and
+    with `per_target: false` whether a student fitting only this target would have scored higher."""
+    fits = [c for c in section["candidates"] if c["fits"]]
+    chosen = next(c for c in section["candidates"] if c["name"] == section["chosen"])
+    proxy = section["ranking"] == "proxy"
+
+    def score(c: dict) -> float:
+        return (c["proxy_accuracy"] if c["proxy_accuracy"] is not None else -1.0) if proxy else c["flops"]
+
+    what = (f"proxy validation accuracy {chosen['proxy_accuracy']:.4f}" if proxy
+            else f"{chosen['flops'] / 1e6:.0f} MFLOPs")
+    why = f"{what} at p50 {chosen['p50_ms']:.3g} ms, of {len(fits)} candidate{'s' if len(fits) != 1 else ''} that fit"
+    better = [c for c in fits if score(c) > score(chosen)]
+    if section.get("per_target") is False and better:
+        best = max(better, key=score)
+        return (f"{why}: the best single student that fits every target (per_target: false); for this target alone "
+                f"{best['name']} would score higher ({best['proxy_accuracy']:.4f})" if proxy else
+                f"{why}: the best single student that fits every target (per_target: false); for this target alone "
+                f"{best['name']} ({best['flops'] / 1e6:.0f} MFLOPs) would win")
+    return f"{why}: the {'most accurate' if proxy else 'most compute'} that fits"
 
 
 def cost_line(section: dict) -> str:

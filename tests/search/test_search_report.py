@@ -60,3 +60,26 @@ def test_a_budget_nothing_meets_names_the_fastest_measured_candidate(prepared, t
     fastest = min(entries, key=lambda e: e["measurement"]["latency_ms"]["p50"])
     p50 = fastest["measurement"]["latency_ms"]["p50"]
     assert f"runs {p50:.3f} ms" in str(info.value) and "on this machine" in str(info.value)
+
+
+def _candidate(name, p50, accuracy, fits=True, flops=1e6):
+    return {"name": name, "p50_ms": p50, "proxy_accuracy": accuracy, "fits": fits, "flops": flops}
+
+
+def test_the_headline_says_why_each_target_got_its_student():
+    from edgekd.search.report import headline, why_chosen
+
+    section = {"target": "rpi5", "budget_ms": 50.0, "margin": 0.9, "limit_ms": 45.0, "measured_on": "pi over ssh",
+               "ranking": "proxy", "chosen": "b-int8", "per_target": True,
+               "candidates": [_candidate("a-fp32", 10.0, 0.80), _candidate("b-int8", 20.0, 0.90),
+                              _candidate("c-fp32", 90.0, None, fits=False)]}
+    assert why_chosen(section) == ("proxy validation accuracy 0.9000 at p50 20 ms, of 2 candidates that fit: the "
+                                   "most accurate that fits")
+    assert "rpi5" in headline(section) and "Chosen: b-int8, proxy validation accuracy 0.9000" in headline(section)
+    # one student for every target: this target's own best is named
+    shared = {**section, "chosen": "a-fp32", "per_target": False}
+    assert why_chosen(shared).endswith("the best single student that fits every target (per_target: false); for "
+                                       "this target alone b-int8 would score higher (0.9000)")
+    flops = {**section, "ranking": "flops", "chosen": "a-fp32",
+             "candidates": [_candidate("a-fp32", 10.0, None, flops=5e8), _candidate("b-int8", 20.0, None, flops=1e8)]}
+    assert why_chosen(flops) == "500 MFLOPs at p50 10 ms, of 2 candidates that fit: the most compute that fits"

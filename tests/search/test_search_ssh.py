@@ -76,3 +76,12 @@ def test_a_device_without_edgekd_says_how_to_install_it(sshd, tmp_path):
     with pytest.raises(RuntimeBackendError, match="edgekd does not start on .* with `/nowhere/edgekd`") as info:
         open_backends(plan_targets(GRID, [board(host, "/nowhere/edgekd")], 32), options(opts, device))
     assert "edgekd_command" in info.value.hint and "edgekd[ort]" in info.value.hint
+
+
+def test_a_jetson_without_tensorrt_is_refused_when_its_device_is_probed(sshd, tmp_path):
+    host, opts, _ = sshd
+    jetson = load_target("jetson-orin-nano").model_copy(update={"host": host, "edgekd_command": DEVICE_EDGEKD})
+    search = GRID.model_copy(update={"precisions": ["int8"]})
+    with pytest.raises(RuntimeBackendError, match=f"{host} \\(target 'jetson-orin-nano'\\) has no TensorRT") as info:
+        open_backends(plan_targets(search, [jetson], 32), options(opts, tmp_path))
+    assert "python3-libnvinfer" in info.value.hint

@@ -39,7 +39,8 @@ class SshBackend:
         self.host, self.command = plan.host, plan.target.edgekd_command
         self.ssh_options = normalize_ssh_options(list(options.ssh_options))
         self.remote = options.remote_dir.format(target=plan.target.name).rstrip("/")
-        found = runtime_or_raise(self._probe(), where=f"{self.host} (target {plan.target.name!r})")
+        found = runtime_or_raise(self._probe(), where=f"{self.host} (target {plan.target.name!r})",
+                                 runtime=plan.target.runtime)
         if found["arch"] != plan.target.arch:
             raise ConfigError(f"{self.host} is an {found['arch']} machine, but target {plan.target.name!r} says "
                               f"{plan.target.arch}.", "Point the target's host at the right device, or fix its arch.")

@@ -19,7 +19,8 @@ from edgekd.search.candidates import PreparedCandidate
 from edgekd.search.plan import MeasureOptions, TargetPlan, measurement_of
 from edgekd.search.profile import TABLE_FORMAT
 
-REMAKE = "Run `edgekd profile CANDIDATE_BUNDLE -o table.json` on the device (a bundle of this search's candidates)"
+REMAKE = ("Run `edgekd profile CANDIDATE_BUNDLE -o table.json` on the device (the bundle of this search's candidates: "
+          "`edgekd search-bundle CONFIG CANDIDATE_BUNDLE --target TARGET` here)")
 
 
 def read_table(path: Path) -> dict:
