@@ -170,7 +170,7 @@ def test_the_whole_test_split_is_scored_streaming_when_the_test_file_is_a_capped
     scores = score_full_test(ctx, artifacts)
 
     test = ctx.data.test  # 12 images at 8 px: small enough to stack for the reference
-    assert len(test) == 12 and calls == [5, 5, 2] * len(artifacts)  # one decode batch, each artifact takes it in calls of 5
+    assert len(test) == 12 and calls == [5, 5, 2] * len(artifacts)  # one decode batch; calls of 5 each
     x, y = test.stack(np.arange(len(test))), test.labels
     for a in artifacts:
         if a.runtime == "pytorch":
