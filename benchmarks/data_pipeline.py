@@ -48,9 +48,12 @@ MiB = 1 << 20
 # ---------------------------------------------------------------- the dataset
 
 
-def write_imagefolder(root: Path, n: int, seed: int = 0, png_share: float = 0.1, phone_share: float = 0.005) -> dict:
-    """ROOT/<class>/<i>.jpg|png from the first n Fashion-MNIST training images; kept when complete."""
-    from PIL import Image
+def write_imagefolder(root: Path, n: int, seed: int = 0, png_share: float = 0.1, phone_share: float = 0.005,
+                      processes: int = 2) -> dict:
+    """ROOT/<class>/<i>.jpg|png from the first n Fashion-MNIST training images; kept when complete.
+    Each image's size, tint and format are drawn in order from one seeded generator (the same files
+    whatever `processes` is); the resizing and encoding run in `processes` forked workers."""
+    import multiprocessing
 
     from edgekd.data.sources import FASHION_CLASSES, load_idx
 
@@ -58,12 +61,25 @@ def write_imagefolder(root: Path, n: int, seed: int = 0, png_share: float = 0.1,
     if done.is_file():
         return json.loads(done.read_text())
     raw = load_idx(FASHION)
-    rng = np.random.default_rng(seed)
-    sizes, phones, pngs, total = [], 0, 0, 0
-    for i in range(n):
-        label = int(raw.train_y[i])
-        folder = root / FASHION_CLASSES[label].replace("/", "-")
-        folder.mkdir(parents=True, exist_ok=True)
+    plans = _plan_images(raw.train_y[:n], np.random.default_rng(seed), png_share, phone_share)
+    for name in {FASHION_CLASSES[int(label)].replace("/", "-") for label in raw.train_y[:n]}:
+        (root / name).mkdir(parents=True, exist_ok=True)
+    jobs = [(root / FASHION_CLASSES[int(raw.train_y[i])].replace("/", "-"), i, raw.train_x[i], *plan)
+            for i, plan in enumerate(plans)]
+    with multiprocessing.get_context("fork").Pool(processes) as pool:
+        written = pool.starmap(_write_image, jobs, chunksize=64)
+    sizes = [min(w, h) for w, h, _, _, _ in plans]
+    stats = {"images": n, "phone_photos": sum(p[3] for p in plans), "png": sum(p[4] for p in plans),
+             "bytes": sum(written),
+             "short_side_px": {"min": min(sizes), "median": float(np.median(sizes)), "max": max(sizes)}}
+    done.write_text(json.dumps(stats))
+    return stats
+
+
+def _plan_images(labels: np.ndarray, rng: np.random.Generator, png_share: float, phone_share: float) -> list:
+    """Per image, in order: (width, height, RGB tint, phone photo?, PNG?)."""
+    plans = []
+    for _ in labels:
         phone = rng.random() < phone_share
         if phone:
             w, h = PHONE
@@ -71,17 +87,21 @@ def write_imagefolder(root: Path, n: int, seed: int = 0, png_share: float = 0.1,
             short, aspect = int(rng.integers(160, 641)), rng.uniform(0.75, 4 / 3)
             w, h = (round(short * aspect), short) if aspect >= 1 else (short, round(short / aspect))
         tint = rng.uniform(0.5, 1.0, 3)
-        grey = Image.fromarray(raw.train_x[i]).resize((w, h), Image.BICUBIC)
-        rgb = (np.asarray(grey, dtype=np.float32)[..., None] * tint).astype(np.uint8)
         png = not phone and rng.random() < png_share
-        path = folder / f"{i:06d}.{'png' if png else 'jpg'}"
-        Image.fromarray(rgb).save(path, **({} if png else {"quality": 90}))
-        sizes.append(min(w, h))
-        phones, pngs, total = phones + phone, pngs + png, total + path.stat().st_size
-    stats = {"images": n, "phone_photos": phones, "png": pngs, "bytes": total,
-             "short_side_px": {"min": min(sizes), "median": float(np.median(sizes)), "max": max(sizes)}}
-    done.write_text(json.dumps(stats))
-    return stats
+        plans.append((w, h, tint, bool(phone), bool(png)))
+    return plans
+
+
+def _write_image(folder: Path, i: int, pixels: np.ndarray, w: int, h: int, tint: np.ndarray, phone: bool,
+                 png: bool) -> int:
+    """Upscale one 28x28 grey image to w x h, tint it to RGB, save it; its size in bytes."""
+    from PIL import Image
+
+    grey = Image.fromarray(pixels).resize((w, h), Image.BICUBIC)
+    rgb = (np.asarray(grey, dtype=np.float32)[..., None] * tint).astype(np.uint8)
+    path = folder / f"{i:06d}.{'png' if png else 'jpg'}"
+    Image.fromarray(rgb).save(path, **({} if png else {"quality": 90}))
+    return path.stat().st_size
 
 
 # ---------------------------------------------------------------- measurements

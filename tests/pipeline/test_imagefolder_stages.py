@@ -114,12 +114,40 @@ def test_bad_images_are_all_named_before_training_or_skipped_and_counted(tmp_pat
     assert sum(len(getattr(later.data, s)) for s in ("train", "val", "test")) == 36
 
 
+def _count_artifact_calls(monkeypatch) -> list[int]:
+    """Images per call of every ONNX session made and PyTorch model loaded from now on (the list fills)."""
+    from edgekd.models import io as model_io
+    from edgekd.runtime import ort as ort_runtime
+
+    calls, make_session, load_model = [], ort_runtime.make_session, model_io.load_model
+
+    class CountedSession:
+        def __init__(self, session):
+            self.session = session
+
+        def get_inputs(self):
+            return self.session.get_inputs()
+
+        def run(self, outputs, feeds):
+            calls.append(len(next(iter(feeds.values()))))
+            return self.session.run(outputs, feeds)
+
+    def counted_model(path):
+        model = load_model(path)
+        model.register_forward_pre_hook(lambda _module, args: calls.append(len(args[0])))
+        return model
+
+    monkeypatch.setattr(ort_runtime, "make_session", lambda *a, **k: CountedSession(make_session(*a, **k)))
+    monkeypatch.setattr(model_io, "load_model", counted_model)
+    return calls
+
+
 def test_the_whole_test_split_is_scored_streaming_when_the_test_file_is_a_capped_subset(tmp_path, monkeypatch):
     import torch
 
     from edgekd.export import export_onnx
     from edgekd.models.io import build, load_model, save_checkpoint
-    from edgekd.pipeline import train_stages
+    from edgekd.pipeline import full_test, train_stages
     from edgekd.pipeline.full_test import score_full_test, test_file_is_subset
     from edgekd.pipeline.measure_stages import _dataset_notes as notes
     from edgekd.pipeline.records import Artifact
@@ -135,12 +163,15 @@ def test_the_whole_test_split_is_scored_streaming_when_the_test_file_is_a_capped
         torch.manual_seed(0)
         model = build("test_resnet", {"num_classes": 3, "in_chans": 3}).eval()
     save_checkpoint(ctx.run_dir / "model.safetensors", model, "test_resnet", {"num_classes": 3, "in_chans": 3})
-    export_onnx(model, ctx.run_dir / "model.onnx", input_shape=(1, 3, 8, 8), opset=18)
+    export_onnx(model, ctx.run_dir / "model.onnx", input_shape=(1, 3, 8, 8), opset=18, dynamic_batch=True)
     artifacts = [Artifact("model-pytorch", "student", "pytorch", "fp32", "model.safetensors"),
                  Artifact("model-fp32", "student", "onnxruntime", "fp32", "model.onnx")]
+    calls = _count_artifact_calls(monkeypatch)
+    monkeypatch.setattr(full_test, "SCORE_RUN_BATCH", 5)
     scores = score_full_test(ctx, artifacts)
 
     test = ctx.data.test  # 12 images at 8 px: small enough to stack for the reference
+    assert len(test) == 12 and calls == [5, 5, 2] * len(artifacts)  # one decode batch; calls of 5 each
     x, y = test.stack(np.arange(len(test))), test.labels
     for a in artifacts:
         if a.runtime == "pytorch":
