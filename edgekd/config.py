@@ -576,6 +576,9 @@ class CompressConfig(Strict):
         if self.student.search is not None:
             raise ValueError("student.search ranks candidates by distilling them on real data; with data.synthetic "
                              "give the student by hand")
+        if self.student.quantization == "qat":
+            raise ValueError("student.quantization: qat fine-tunes on the real training split, not on data.synthetic's "
+                             "images: use quantization: none (post-training INT8 still applies)")
         return self
 
     @field_validator("name")

@@ -22,7 +22,7 @@ BENCH_FILE = "bench.json"
 REPORT_FILES = ["report.json", "report.md", "report.html"]
 UPSTREAM = STAGE_ORDER[: STAGE_ORDER.index("bench")]
 # whose results the report shows
-RESULT_STAGES = ("search", "teacher", "choose", "student", "export", "quantize", "qat", "tensorrt")
+RESULT_STAGES = ("search", "teacher", "choose", "synthetic", "student", "export", "quantize", "qat", "tensorrt")
 
 
 PRECISION_ORDER = {"fp32": 0, "fp16": 1, "int8": 2}
@@ -108,7 +108,9 @@ def run_report(ctx: RunContext) -> dict:
     results = {name: (read_record(ctx.run_dir, name) or {}).get("result", {}) for name in RESULT_STAGES}
     extra = {"teacher": _public(results["teacher"]), "student": _public(results["student"]),
              "export": results["export"].get("models"), "quantization": _public(results["quantize"]),
-             **({"qat": _public(results["qat"])} if results["qat"].get("export") else {})}
+             **({"qat": _public(results["qat"])} if results["qat"].get("export") else {}),
+             **({"synthetic": {**results["synthetic"]["transfer_set"], "training": results["student"].get("synthetic")}}
+                if results["synthetic"].get("transfer_set") else {})}
     report = assemble(run={"name": ctx.config.name, "config": ctx.config.model_dump(mode="json")},
                       targets=[t.model_dump(mode="json") for t in ctx.targets], dataset=dataset,
                       machine=bench["machine"], measurement=bench["measurement"], rows=bench["rows"], extra=extra)
