@@ -14,13 +14,13 @@ from edgekd.ui import UI
 
 TINY = {
     "version": 1, "name": "syn",
-    "data": {"kind": "digits", "input_size": 8, "train_fraction": 0.3,
+    "data": {"kind": "digits", "input_size": 8, "train_fraction": 0.15,
              "synthetic": {"method": "dafl", "count": 48, "seed": 0, "batch_size": 16, "rounds": 3,
                            "generator_width": 8, "z_dim": 8}},
     "teacher": {"model": "test_resnet", "train": {"epochs": 1, "batch_size": 128, "lr": 0.01, "warmup_epochs": 0}},
     "student": {"width": 0.5, "depth": 1.0},
     "distill": {"synthetic_fraction": 0.5, "train": {"epochs": 1, "batch_size": 32, "lr": 0.01, "warmup_epochs": 0}},
-    "quantize": {"max_int8_drop": 0.5},
+    "quantize": {"enabled": False},  # INT8 from a store-trained student is the ordinary path: test_compress
     "targets": ["host-cpu"],
     "bench": {"warmup_s": 0.0, "min_iterations": 2, "min_seconds": 0.0, "batch_sizes": [1], "rounds": 1},
 }
@@ -74,7 +74,7 @@ def test_an_interrupted_generation_resumes_in_the_stage_and_the_student_learns_f
     report = json.loads((result.run_dir / "report.json").read_text())
     assert report["synthetic"]["method"] == "dafl" and report["synthetic"]["resumed_from"] == 16
     assert "resumed an interrupted generation (16 images were on disk)" in (result.run_dir / "report.md").read_text()
-    assert {a["name"] for a in report["artifacts"]} >= {"student-fp32", "student-int8-x86"}
+    assert {a["name"] for a in report["artifacts"]} >= {"student-fp32"}
 
     # the same config again: the set is the stage's output, reused as it is; a new count makes a new set
     again = compress(config, out=tmp_path / "run", ui=UI(quiet=True))
