@@ -213,11 +213,16 @@ def notes(ctx: RunContext, report: dict, results: dict) -> list[str]:
     student = results["student"]
     if student:
         out.append(f"Teacher-output cache: {student.get('teacher_cache')}.")
-        used = student.get("student_data")
-        if used and (used["samples"] < used["train_split"] or used["unlabeled"]):
+        used, synthetic = student.get("student_data"), student.get("synthetic")
+        if synthetic and synthetic["fraction_per_batch"] == 1:
+            out.append(f"Student training data: the {synthetic['images']} synthetic transfer images alone "
+                       "(data.synthetic), no real training sample; teacher soft targets only.")
+        elif used and (used["samples"] < used["train_split"] or used["unlabeled"] or synthetic):
             withheld = " (withheld from teacher training too)" if used["unlabeled"] else ""
             out.append(f"Student training data: {used['samples']} of {used['train_split']} training samples, "
-                       f"{used['unlabeled']} of them used without labels{withheld}.")
+                       f"{used['unlabeled']} of them used without labels{withheld}"
+                       + (f", mixed with {synthetic['images']} synthetic images ({synthetic['fraction_per_batch']:.0%} "
+                          "of every batch)." if synthetic else "."))
     out += _export_notes(report)
     out += _int8_notes(report, results["quantize"])
     return out
