@@ -108,3 +108,28 @@ def test_bad_synthetic_configs_are_refused_at_load(tmp_path, edit, words):
     with pytest.raises(ConfigError) as err:
         load_config(_write(tmp_path, edit))
     assert words in str(err.value.message)
+
+
+def test_the_student_reads_each_stored_image_as_the_exact_teacher_input(tmp_path):
+    """The store's eval view: no resize (crop_pct 1, even for a 0.875 timm teacher), 0..255 pixels
+    (whatever the real data's pixel_max), the store's mean/std: from_uint8 of the record, bit for bit."""
+    import numpy as np
+    import torch
+
+    from edgekd.data import Preprocess
+    from edgekd.data.datasets import SampleDataset, U8Source
+    from edgekd.data.transforms import eval_transform
+    from edgekd.data.u8store import U8Writer
+    from edgekd.pipeline.synthetic_train import store_preprocess
+    from edgekd.synth.tensors import from_uint8
+
+    mean, std = (0.3, 0.4, 0.5), (0.2, 0.25, 0.3)
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 3, 12, 12), dtype=np.uint8)
+    writer = U8Writer(tmp_path / "store", (3, 12, 12))
+    for image in pixels:
+        writer.append(image, 1)
+    store = writer.finish(mean=list(mean), std=list(std))
+    teacher_pre = Preprocess(12, 3, (0.5,) * 3, (0.5,) * 3, "bicubic", 0.875, 16.0)
+    dataset = SampleDataset(U8Source(store), eval_transform(store_preprocess(store.index, teacher_pre)))
+    got = torch.stack([dataset[i][0] for i in range(3)])
+    torch.testing.assert_close(got, from_uint8(pixels, mean, std), rtol=0, atol=1e-6)
