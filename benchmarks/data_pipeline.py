@@ -282,7 +282,8 @@ def _run_sampled(cmd: list[str], **env_extra: str) -> tuple[dict, dict]:
 
 def section_compress(ctx: dict) -> dict:
     """Per N: a cold run (no cache), then a run with data.cache: uint8 (built once, then read per sample)."""
-    rows = []
+    earlier = (ctx.get("previous") or {}).get("compress", {}).get("rows", [])
+    rows = [row for row in earlier if row["n"] not in ctx["sizes"]]  # --merge: keep the other sizes' rows
     for n in ctx["sizes"]:
         for cache in ctx.get("compress_caches", ("none", "uint8")):
             print(f"  compress N={n} cache={cache}", flush=True)
@@ -426,18 +427,23 @@ def main() -> None:
     parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "data_pipeline")
     parser.add_argument("--note", default="")
+    parser.add_argument("--caches", nargs="+", default=["none", "uint8"], choices=["none", "uint8"],
+                        help="compress: which data.cache settings to run per N")
     parser.add_argument("--merge", action="store_true",
                         help="keep the other sections of an existing result (rerun or add some sections)")
     args = parser.parse_args()
     roots = {n: args.work / f"fmnist-{n}" for n in args.sizes}
     datasets = {n: write_imagefolder(root, n) for n, root in roots.items()}
-    ctx = {"sizes": args.sizes, "roots": roots, "work": args.work}
+    ctx = {"sizes": args.sizes, "roots": roots, "work": args.work, "compress_caches": tuple(args.caches)}
     command = " ".join(["benchmarks/data_pipeline.py", *(a.replace(f"{REPO}/", "") for a in sys.argv[1:])])
     result = {"machine": {**machine_info(), "cpu_flags": cpu_flags()}, "command": command, "sizes": args.sizes, "datasets": datasets, "note": args.note,
               "preprocess": PRE.to_dict(), "sections": {}}
     previous = args.out.with_suffix(".json")
     if args.merge and previous.is_file():
-        result["sections"] = json.loads(previous.read_text())["sections"]
+        before = json.loads(previous.read_text())
+        result["sections"], ctx["previous"] = before["sections"], before["sections"]
+        result["sizes"] = sorted(set(before.get("sizes", [])) | set(args.sizes))
+        result["datasets"] = {**before.get("datasets", {}), **{str(n): d for n, d in datasets.items()}}
     def checkpoint(name: str, partial: dict) -> None:  # a long section saves what it has measured so far
         write_results({**result, "sections": {**result["sections"], name: partial}}, args.out)
 

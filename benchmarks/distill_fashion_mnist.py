@@ -21,6 +21,8 @@ each distilled row names its `alone` row, which has exactly the same `settings`,
     python benchmarks/distill_fashion_mnist.py --preset gpu --device cuda   # key rows <= 8 min on an H200 (target)
     python benchmarks/distill_fashion_mnist.py --preset cpu                 # about an hour on 2 cores (target)
     python benchmarks/distill_fashion_mnist.py --preset cpu --smoke         # a few minutes: proves it runs
+    python benchmarks/distill_fashion_mnist.py --preset cpu --replay-views 4  # function matching replays the
+                                                                            # teacher's logits of 4 stored views
 
 Results: benchmarks/results/distill_fashion_mnist_<device>_<preset>[_smoke].{json,md}. Each finished
 row is saved in --work and reused by a re-run with the same settings; an interrupted row resumes from
@@ -33,6 +35,7 @@ a folder of the four *-ubyte.gz files.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -96,6 +99,8 @@ def parse_args(argv=None):
     p.add_argument("--smoke", action="store_true", help=f"{SMOKE['train']} training images, 1 epoch per row")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--rows", nargs="*", help="run only these rows (names as in the table)")
+    p.add_argument("--replay-views", type=int, default=0, help="function matching: K > 0 replays the teacher's "
+                   "logits of K stored views per image (distill.replay_views) instead of running it live")
     args = p.parse_args(argv)
     args.device = pick_device(args.device)
     args.preset = args.preset or ("gpu" if args.device.type == "cuda" else "cpu")
@@ -129,6 +134,7 @@ def settings(args, kind: str) -> dict:
                       + (f" (smoke: {SMOKE['train']} / {SMOKE['val']} / {SMOKE['test']})" if args.smoke else ""),
             "monitor": f"val, first {preset.val_limit}" if preset.val_limit and not args.smoke else "val",
             "input_size": 32, "train": train_settings(args, kind).model_dump(mode="json"),
+            **({"replay_views": args.replay_views} if kind == "fm" and args.replay_views else {}),
             **({"teacher_width": preset.teacher_width} if kind != "teacher" else {})}
 
 
@@ -192,7 +198,7 @@ def run_row(args, row: Row, data, teacher, logits):
     if row.init == "teacher":
         init_from_teacher(model, teacher, calibration=train_xy[0][:512])
         info["init_val_accuracy"] = evaluate(model, *val_xy, device=args.device)
-    loss, teacher_fn, info["teacher"] = objective(args, row, cfg, model, teacher, logits)
+    loss, teacher_fn, info["teacher"] = objective(args, row, cfg, model, teacher, logits, len(train_xy[1]))
     result = train(model, train_xy, val_xy, cfg, loss, args.work / "work" / slug(row.name),
                    key=json.dumps(settings(args, row.kind)) + row.name, teacher=teacher_fn, device=args.device,
                    progress=epoch_printer(row.name, cfg.epochs))
@@ -208,7 +214,7 @@ def run_row(args, row: Row, data, teacher, logits):
                    "seconds_per_epoch": round(result.seconds_per_epoch, 2)}
 
 
-def objective(args, row: Row, cfg: TrainConfig, model, teacher, logits):
+def objective(args, row: Row, cfg: TrainConfig, model, teacher, logits, n_train: int = 0):
     """(loss, teacher function, how the teacher is used) for the row's method."""
     if row.method in ("teacher", "alone"):
         return cross_entropy(cfg.label_smoothing), None, "none"
@@ -217,6 +223,14 @@ def objective(args, row: Row, cfg: TrainConfig, model, teacher, logits):
         return loss, (lambda idx, _inputs: logits[idx.to(logits.device)]), "cached logits"
     losses = DistillConfig(recipe="function_matching").losses
     loss = build_objective(losses)
+
+    if args.replay_views:  # the teacher's logits of K fixed (mixed) views, computed once, replayed
+        from edgekd.distill.replay import ReplayTeacher
+
+        tag = hashlib.sha256(json.dumps(settings(args, row.kind)).encode()).hexdigest()[:12]
+        replay = ReplayTeacher(teacher, args.work / "cache" / f"fm_replay.{tag}.npy", args.replay_views,
+                               n_train, device=args.device)
+        return loss, replay, f"replay cache, {args.replay_views} views per image"
 
     def live(_idx, inputs):  # the very tensor the student gets: mixed views, on the device
         with torch.no_grad():
@@ -228,7 +242,7 @@ def objective(args, row: Row, cfg: TrainConfig, model, teacher, logits):
 def epoch_printer(name: str, epochs: int):
     started = time.perf_counter()
 
-    def progress(loss, val_acc, img_s):
+    def progress(loss, val_acc, img_s, **_):  # also epoch, wait (the data-wait share)
         progress.done = getattr(progress, "done", 0) + 1
         per_epoch = (time.perf_counter() - started) / progress.done
         print(f"  [{name}] epoch {progress.done}/{epochs}: loss {loss:.4f}, val {val_acc:.4f}, {img_s} img/s, "

@@ -81,10 +81,11 @@ def validate(config: Path, probe: bool, ssh_options: tuple[str, ...]) -> None:
 
     cfg = preflight(config)
     click.echo(f"{config}: valid — run name {cfg.name!r}, targets {', '.join(cfg.targets)}.")
-    if cfg.data.kind == "imagefolder":  # listed, not decoded: a stat per file
+    if cfg.data.kind in ("imagefolder", "webdataset"):  # listed, not decoded: a stat per file, tar headers
         from edgekd.data.splits import imagefolder_summary
 
-        click.echo(imagefolder_summary(cfg.data.path, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.seed))
+        click.echo(imagefolder_summary(cfg.data.shards or cfg.data.path, cfg.data.val_fraction,
+                                       cfg.data.test_fraction, cfg.data.seed, cache_root=cfg.data.cache_dir))
     plan = search_preview(cfg, probe=probe, ssh_options=ssh_options)
     if plan:
         click.echo(plan)

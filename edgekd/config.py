@@ -24,8 +24,11 @@ CONFIG_VERSION = 1
 
 
 class DataConfig(Strict):
-    kind: Literal["digits", "idx", "imagefolder"] = "digits"
+    kind: Literal["digits", "idx", "imagefolder", "webdataset"] = "digits"
     path: Path | None = Field(None, description="idx: folder of *-ubyte.gz files; imagefolder: root of class folders")
+    shards: str | None = Field(
+        None, description="webdataset: tar shards (<key>.jpg + <key>.cls): a folder of *.tar (or of train/, val/, "
+        "test/ subfolders), a glob, or a brace-expanded pipe:/URL list (copied once into the cache folder)")
     input_size: int = Field(32, ge=8, description="square side the model sees, in pixels")
     channels: Literal[1, 3] = 1
     val_fraction: float = Field(
@@ -65,9 +68,13 @@ class DataConfig(Strict):
     def _path_when_needed(self) -> "DataConfig":
         if self.kind in ("idx", "imagefolder") and self.path is None:
             raise ValueError(f"data.kind {self.kind!r} needs data.path")
-        if self.kind != "imagefolder" and (self.cache != "none" or self.cache_dir is not None):
-            raise ValueError(f"data.cache and data.cache_dir apply to imagefolder; {self.kind} is held in memory")
-        if self.augment == "timm" and self.kind != "imagefolder":
+        if (self.kind == "webdataset") != (self.shards is not None):
+            raise ValueError("data.kind webdataset needs data.shards (and data.shards is for webdataset only)")
+        streamed = self.kind in ("imagefolder", "webdataset")
+        if not streamed and (self.cache != "none" or self.cache_dir is not None):
+            raise ValueError(f"data.cache and data.cache_dir apply to imagefolder and webdataset; {self.kind} is "
+                             "held in memory")
+        if self.augment == "timm" and not streamed:
             raise ValueError(f"data.augment 'timm' crops and recolours pictures (imagefolder); {self.kind} arrays "
                              "are already at input size: use augment: crop or crop_flip")
         if "train_transform" in self.model_fields_set and self.augment != "timm":
@@ -113,8 +120,9 @@ class TrainConfig(Strict):
     augment: TrainTransformConfig | None = Field(
         None, description="this training's augmentation in timm's names (edgekd.data.transforms): pad_crop, hflip, "
         "vflip, re_prob/re_mode/re_count (random erasing), mixup, cutmix, cutmix_minmax, mixup_prob, "
-        "mixup_switch_prob, mixup_mode; seeded per (seed, sample, epoch). Replaces data.augment for this training. "
-        "With mixup/cutmix the teacher and the student receive the same mixed batch")
+        "mixup_switch_prob, mixup_mode; drawn per sample in the DataLoader workers, seeded per (seed, sample, epoch), "
+        "after the split's transform (timm's with data.augment: timm); replaces data.augment crop/crop_flip. With "
+        "mixup/cutmix the teacher and the student receive the same mixed batch")
 
     @model_validator(mode="after")
     def _train_keys_fit(self) -> "TrainConfig":
@@ -343,12 +351,18 @@ class AssistantConfig(Strict):
 class DistillConfig(Strict):
     recipe: Literal[tuple(DISTILL_RECIPES)] = Field(
         "standard", description="standard: the keys as written; function_matching: kd with alpha 1 and T 1 (KL to the "
-        "teacher only), teacher and student on the same mixup/cutmix batch (live teacher), weight EMA, 100 epochs "
+        "teacher only), teacher and student on the same mixup/cutmix batch (live teacher, or replay_views), weight "
+        "EMA, 100 epochs "
         "(edgekd/distill/recipes.py). Every key it sets can be overridden")
     losses: list[LossConfig] = Field(default_factory=lambda: [KDConfig()], min_length=1)
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=15, lr=3e-3))
     teacher_cache: bool = Field(
         True, description="compute teacher logits once when inputs are deterministic and every loss reads logits only")
+    replay_views: int = Field(
+        0, ge=0, description="with augmentation (train.augment or data.augment: timm): 0 = the teacher runs live on "
+        "every batch; K >= 1 = K fixed views per image (view = epoch mod K, seeded per sample), the teacher's logits "
+        "of each computed once, stored fp16 on disk and replayed (edgekd.distill.replay; with mixup/cutmix whole "
+        "epochs repeat every K). Logit losses only; one process (not under torchrun)")
     qat: TrainConfig = Field(
         default_factory=lambda: TrainConfig(epochs=3, lr=3e-4, warmup_epochs=0.0),
         description="quantization-aware fine-tuning of the distilled student (student.quantization: qat): "
@@ -405,6 +419,8 @@ class DistillConfig(Strict):
             if self.train.ema or self.train.augment is not None:
                 raise ValueError("scheme: online trains its peers in their own loop, without train.ema or "
                                  "train.augment: remove them (data.augment applies)")
+        if self.replay_views:
+            _check_replay(self)
         if self.qat.ema or self.qat.augment is not None:
             raise ValueError("distill.qat fine-tunes a quantizer-wrapped student: qat.ema and qat.augment are not "
                              "supported there, remove them")
@@ -424,6 +440,22 @@ class DistillConfig(Strict):
                              "a label: every loss must read the teacher only (kd with alpha 1, fitnets, at, rkd; "
                              "no ce), or remove mixup/cutmix")
         return self
+
+
+def _check_replay(d: "DistillConfig") -> None:
+    """What the K-view teacher replay cache cannot serve, refused at load time."""
+    why = None
+    if not d.teacher_cache:
+        why = "teacher_cache is false (replay is a teacher cache): remove replay_views or set teacher_cache: true"
+    elif d.scheme == "online":
+        why = "scheme: online has no teacher to replay: set replay_views: 0"
+    elif kinds := sorted({loss.kind for loss in d.losses} & set(FEATURE_LOSS_KINDS)):
+        why = (f"{', '.join(kinds)} read teacher internals every step and only logits are stored: use logit "
+               "losses (kd, dkd) or replay_views: 0 (live teacher)")
+    elif all(loss.kind in TEACHER_FREE_KINDS for loss in d.losses):
+        why = "no loss reads the teacher, so there is nothing to replay: set replay_views: 0"
+    if why:
+        raise ValueError(f"distill.replay_views {d.replay_views}: {why}")
 
 
 def _reads_labels(loss) -> bool:
@@ -525,20 +557,14 @@ class CompressConfig(Strict):
         return self
 
     @model_validator(mode="after")
-    def _train_augment_fits_the_data(self) -> "CompressConfig":
-        # train.augment replaces data.augment with views of the eval-transformed tensors; over timm's picture
-        # transform (crop scale, colour, policies, run in the workers) it would silently drop it
-        if self.data.augment != "timm":
-            return self
-        sections = {"teacher.train": self.teacher.train, "distill.train": self.distill.train,
-                    **{f"teachers[{i}].train": t.train for i, t in enumerate(self.teachers or [])}}
-        given = [key for key, train in sections.items() if train.augment is not None]
-        if given:
-            raise ValueError(f"{given[0]}.augment draws views of preprocessed tensors in place of data.augment, which "
-                             "is 'timm' (picture transforms in the loader workers): they do not combine. Put the "
-                             "picture keys in data.train_transform and remove " + given[0] + ".augment (and any "
-                             "recipe setting it: teacher.recipe strong, distill.recipe function_matching), or set "
-                             "data.augment: none/crop_flip to use train.augment")
+    def _replay_has_views(self) -> "CompressConfig":
+        # K fixed views need per-sample, seeded augmentation; data.augment crop/crop_flip shifts whole batches
+        if self.distill.replay_views and self.distill.train.augment is None and self.data.augment != "timm":
+            raise ValueError(f"distill.replay_views {self.distill.replay_views} stores the teacher's logits of "
+                             "augmented views, but distill.train has no per-sample augmentation (data.augment "
+                             f"{self.data.augment!r}, no distill.train.augment): set distill.train.augment (or "
+                             "distill.recipe: function_matching) or data.augment: timm, or replay_views: 0 (without "
+                             "augmentation teacher_cache already computes the logits once)")
         return self
 
     @model_validator(mode="after")
@@ -576,6 +602,9 @@ class CompressConfig(Strict):
         if self.student.search is not None:
             raise ValueError("student.search ranks candidates by distilling them on real data; with data.synthetic "
                              "give the student by hand")
+        if d.replay_views:
+            raise ValueError("distill.replay_views caches teacher outputs per real training image; with data.synthetic "
+                             "the teacher runs live on every batch: set replay_views: 0")
         if self.student.quantization == "qat":
             raise ValueError("student.quantization: qat fine-tunes on the real training split, not on data.synthetic's "
                              "images: use quantization: none (post-training INT8 still applies)")
@@ -614,7 +643,11 @@ def _resolve_paths(config: CompressConfig, base: Path) -> CompressConfig:
 
     cache_dir = config.data.cache_dir and config.data.cache_dir.expanduser()
     cache_dir = cache_dir if cache_dir is None or cache_dir.is_absolute() else base / cache_dir
-    data = config.data.model_copy(update={"path": resolve(config.data.path), "cache_dir": cache_dir})
+    shards = config.data.shards  # a local folder or glob: from the config's folder; pipe:/URL specs stay as written
+    if shards and not shards.startswith("pipe:") and "://" not in shards and not Path(shards).expanduser().is_absolute():
+        shards = str(base / shards)
+    data = config.data.model_copy(update={"path": resolve(config.data.path), "cache_dir": cache_dir,
+                                          "shards": shards})
     teacher = config.teacher.model_copy(update={"checkpoint": resolve(config.teacher.checkpoint)})
     teachers = config.teachers and [t.model_copy(update={"checkpoint": resolve(t.checkpoint)}) for t in config.teachers]
     quantize = config.quantize.model_copy(update={"calibration": resolve(config.quantize.calibration)})

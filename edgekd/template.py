@@ -10,8 +10,9 @@ device: auto                # auto | cpu | cuda — where training runs
 
 data:
   kind: digits              # digits (built in) | idx (MNIST-format .gz files) | imagefolder (ROOT/<class>/*.png,
-                            #   or ROOT/train with ROOT/val and/or ROOT/test)
+                            #   or ROOT/train with ROOT/val and/or ROOT/test) | webdataset (tar shards: shards)
   # path: /usr/share/datasets/fashion-mnist   # idx / imagefolder root (relative paths: from this file)
+  # shards: /data/shards    # kind: webdataset: *.tar folder (or train/ val/ test/), glob, or pipe:/URL list
   input_size: 32            # square side the model sees
   channels: 1               # 1 (grey) or 3 (RGB)
   val_fraction: 0.2         # carved from the training data for validation (every choice: best epoch, INT8 gate)
@@ -22,7 +23,8 @@ data:
   # train_transform:        # augment: timm only, timm's names: scale, ratio, hflip, vflip, color_jitter,
   #   scale: [0.08, 1.0]    #   auto_augment (e.g. rand-m9-mstd0.5), interpolation, re_prob, re_mode, re_count
   #   auto_augment: rand-m9-mstd0.5
-  # workers: 4              # imagefolder: processes decoding images (default: this machine's cores; 0: in-process)
+  # workers: 4              # processes decoding images (imagefolder) and drawing train.augment views
+                            #   (default: this machine's cores; 0: in-process)
   cache: none               # imagefolder: uint8 = decode each image once into a file at training size, reused
   # cache_dir: ~/.cache/edgekd/data   # where that cache lives (default: <run dir>/cache/data)
   on_bad_image: error       # imagefolder: error = list every unreadable image and stop; skip = leave them out
@@ -64,14 +66,15 @@ teacher:
     ema: false              # weight EMA (timm ModelEmaV3): scored on val every epoch; the better of model and
                             #   average becomes the checkpoint (metrics: best_weights)
     # ema_decay: 0.999      # ema only: per-step decay, reached after timm's warm-up ramp
-    # augment:              # this training's augmentation (timm's names), replacing data.augment for it;
+    # augment:              # this training's augmentation (timm's names), drawn per sample in the loader
+                            #   workers after the split's transform (timm's too); replaces crop/crop_flip
     #   pad_crop: 4         #   random crop of a reflect-padded image
     #   hflip: 0.5          #   flip probabilities (vflip: 0.0)
     #   re_prob: 0.0        #   random erasing: probability, re_mode const|rand|pixel, re_count boxes
     #   mixup: 0.0          #   mixup alpha (> 0: on); cutmix: 0.0 alpha; mixup_prob 1.0, mixup_switch_prob 0.5,
     #                       #   mixup_mode batch|pair|elem, cutmix_minmax. Mixed batches: soft labels; in distill,
-    #                       #   teacher and student get the same mixed tensor (the teacher runs live)
-    #                       #   Not with data.augment: timm (refused at load: use data.train_transform there)
+    #                       #   teacher and student get the same mixed tensor (the teacher runs live, or
+    #                       #   replays: distill.replay_views). Picture keys go in data.train_transform
 
 student:
   # model: resnet10t        # a timm model name; default: derived from the teacher
@@ -122,6 +125,8 @@ distill:
   # peers: 2                #   trained for the report); each peer: CE + T^2 * KL(other peers || itself)
   # peer_temperature: 1.0   #   online only; distill.losses/assistants/generations do not apply
   teacher_cache: true       # compute teacher logits once when inputs repeat every epoch and all losses read logits only
+  replay_views: 0           # with augmentation: 0 = live teacher; K = logits of K fixed views per image computed
+                            #   once (fp16 on disk), replayed (epoch e shows view e mod K); logit losses only
   unlabeled_fraction: 0.0   # this share of the student's samples is used without labels (withheld from the teacher too)
   # synthetic_fraction: 1.0 # with data.synthetic: share of synthetic images in every batch (1: synthetic only)
   train:                    # same keys as teacher.train

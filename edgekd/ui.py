@@ -56,7 +56,7 @@ class UI:
             task = bar.add_task(description, total=total, status="")
 
             def advance(n: int = 1, **fields):
-                status = "  ".join(f"{k}={_fmt(v)}" for k, v in fields.items())
+                status = format_fields(fields)
                 bar.update(task, advance=n, status=status)
 
             yield advance
@@ -66,6 +66,11 @@ class UI:
 def quiet_progress():
     """An `advance` that shows nothing: for callers given no UI."""
     yield lambda n=1, **fields: None
+
+
+def progress_of(ui: "UI | None", description: str, total: int, unit: str | None = None):
+    """`ui.progress(...)` (rate and ETA with a unit), or `quiet_progress()` for callers given no UI."""
+    return ui.progress(description, total, unit=unit) if ui is not None else quiet_progress()
 
 
 class _RateColumn(ProgressColumn):
@@ -90,7 +95,7 @@ class _PlainProgress:
 
     def __call__(self, n: int = 1, **fields):
         self.done += n
-        status = "  ".join(f"{k}={_fmt(v)}" for k, v in fields.items())
+        status = format_fields(fields)
         if self.unit is None:
             self.ui.console.print(f"  {self.description} {self.done}/{self.total}  {status}")
             return
@@ -109,6 +114,11 @@ def rate_eta(done: int, total: int, seconds: float, unit: str) -> str:
         return f"- {unit}/s"
     left = max(0, total - done) / rate
     return f"{rate:,.0f} {unit}/s, ETA {int(left // 3600)}:{int(left % 3600 // 60):02d}:{int(left % 60):02d}"
+
+
+def format_fields(fields: dict) -> str:
+    """'loss=0.4321  val_acc=0.9'."""
+    return "  ".join(f"{k}={_fmt(v)}" for k, v in fields.items())
 
 
 def _fmt(value) -> str:

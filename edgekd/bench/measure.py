@@ -119,24 +119,29 @@ def measure_artifacts(
     target: "TargetProfile | None" = None,
     settings: BenchSettings = BenchSettings(),
     data: str | Path | None = None,
+    progress=None,
 ) -> dict[str, Measurement]:
     """Benchmark every artifact in its own worker; accuracy too when `data` (an (x, y) .npz: a run's
-    data/test.npz) is given."""
+    data/test.npz) is given. `progress(n=1)` after each of the `measurement_steps(...)` steps (a load,
+    a batch size's warm-up or round, an accuracy pass), for a progress bar with rate and ETA."""
     settings.check()
     names = [a.name for a in artifacts]
     if len(set(names)) != len(names):
         raise ConfigError(f"Artifact names must be unique, got {names}.", "Rename the duplicates.")
     threads, note = resolve_threads(settings, target)
     workers: list[_Worker] = []
+    step = progress or (lambda n=1: None)
     try:
         for artifact in artifacts:  # loads one at a time so load_s is not contended
             workers.append(_Worker(artifact, settings.timeout_s))
             workers[-1].load(threads, target, input_shape)
+            step()
         for batch in sorted({int(b) for b in settings.batch_sizes}):
-            _measure_batch(workers, batch, settings)
+            _measure_batch(workers, batch, settings, step)
         if data is not None:  # after the timed rounds: loading the data must not count as model memory
             for w in workers:
                 w.accuracy = w.call("accuracy", data=str(data))
+                step()
         return {w.artifact.name: w.result(threads, [note] if note else []) for w in workers}
     finally:
         for w in workers:
@@ -180,13 +185,22 @@ def batch_refusal(loaded: dict, batch: int) -> str | None:
     return None
 
 
-def _measure_batch(workers: list["_Worker"], batch: int, settings: BenchSettings) -> None:
+def measurement_steps(artifacts: int, settings: BenchSettings, data: bool) -> int:
+    """How many steps `measure_artifacts` reports: per artifact a load, per batch size a warm-up and
+    `rounds` rounds, and an accuracy pass with data."""
+    batches = len({int(b) for b in settings.batch_sizes})
+    return artifacts * (1 + batches * (1 + settings.rounds) + int(data))
+
+
+def _measure_batch(workers: list["_Worker"], batch: int, settings: BenchSettings, step) -> None:
     active = [w for w in workers if batch_refusal(w.loaded, batch) is None]
     for w in workers:
         if w not in active:
             w.skipped[str(batch)] = batch_refusal(w.loaded, batch)
+            step(1 + settings.rounds)  # a refused batch size: its steps are done
     for w in active:
         w.call("warmup", batch=batch, seconds=settings.warmup_s)
+        step()
     per_round = {
         "batch": batch,
         "min_iterations": math.ceil(settings.min_iterations / settings.rounds),
@@ -196,6 +210,7 @@ def _measure_batch(workers: list["_Worker"], batch: int, settings: BenchSettings
         shift = r % len(active) if active else 0
         for w in active[shift:] + active[:shift]:  # rotate who goes first
             w.add_round(batch, w.call("round", **per_round))
+            step()
 
 
 class _Worker:

@@ -62,6 +62,7 @@ class Data:
     preprocess: Preprocess
     source: str  # where the data came from, for the report
     origin: dict = field(default_factory=dict)  # split -> where it came from ("official test file", "carved from train")
+    workers: int | None = None  # data.workers: processes drawing train.augment views (None: this machine's cores)
 
     @property
     def num_classes(self) -> int:
@@ -75,7 +76,7 @@ class Data:
     def train(self):
         from edgekd.data.splitset import TensorSplit
 
-        return TensorSplit(self.train_x, self.train_y)  # views of the arrays: no copy
+        return TensorSplit(self.train_x, self.train_y, workers=self.workers)  # views of the arrays: no copy
 
     @property
     def val(self):
@@ -111,17 +112,18 @@ class Data:
 
 
 def load_data(cfg: DataConfig, teacher_model: str | None = None, *, cache_root: Path | None = None,
-              device="cpu", skipped: list[str] = ()):
+              device="cpu", skipped: list[str] = (), ui=None):
     """Data (digits, idx) or FolderData (imagefolder: `cache_root` holds its uint8 cache unless
-    data.cache_dir names one; `skipped`: files the data stage found bad, left out with on_bad_image: skip)."""
-    if cfg.kind == "imagefolder":
+    data.cache_dir names one; `skipped`: files the data stage found bad, left out with on_bad_image: skip;
+    `ui`: listing progress with rate and ETA)."""
+    if cfg.kind in STREAMED_KINDS:
         from edgekd.data.folderdata import FolderData
 
-        if not cfg.path.is_dir():
+        if cfg.kind == "imagefolder" and not cfg.path.is_dir():
             raise DataError(f"data.path {str(cfg.path)!r} is not a directory.", "Point it at the ImageFolder root.")
         root = cfg.cache_dir or cache_root or Path(".edgekd-cache")
         return FolderData(cfg, _imagefolder_preprocess(cfg, teacher_model), cache_root=root, device=device,
-                          skipped=skipped)
+                          skipped=skipped, ui=ui)
     raw = load_digits(None) if cfg.kind == "digits" else load_idx(cfg.path)
     source = "scikit-learn digits" if cfg.kind == "digits" else f"idx:{cfg.path}"
     return _from_arrays(raw, cfg, source)
@@ -141,9 +143,10 @@ def _from_arrays(raw: RawData, cfg: DataConfig, source: str) -> Data:
 
     origin = {"val": CARVED, "test": "the source's own test files" if has_test else CARVED}
     return Data(_normalise(train, pre), raw.train_y[train_idx], ready(raw.train_x[val_idx]), raw.train_y[val_idx],
-                ready(test_x), np.asarray(test_y, dtype=np.int64), raw.classes, pre, source, origin)
+                ready(test_x), np.asarray(test_y, dtype=np.int64), raw.classes, pre, source, origin, cfg.workers)
 
 
+STREAMED_KINDS = ("imagefolder", "webdataset")  # read per sample from files (FolderData); the others in memory
 CARVED = "carved from the training data (stratified, data.seed)"
 
 

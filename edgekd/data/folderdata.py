@@ -1,4 +1,4 @@
-"""An ImageFolder dataset as the pipeline holds it: the file list, its split identities, and per split a
+"""An ImageFolder (or webdataset shards, listed as tar members: edgekd.data.tarlist) as the pipeline holds it: the file list, its split identities, and per split a
 StreamSplit whose samples DataLoader workers decode (or read from the uint8 cache) one at a time.
 
 Opening it lists the folders (a stat per file, no decoding) and splits the lists (edgekd.data.splits).
@@ -25,15 +25,19 @@ SPLITS = ("train", "val", "test")
 
 
 class FolderData:
-    def __init__(self, cfg, preprocess, *, cache_root: Path, device="cpu", skipped: list[str] = ()):
+    def __init__(self, cfg, preprocess, *, cache_root: Path, device="cpu", skipped: list[str] = (), ui=None):
         self.cfg, self.preprocess, self.cache_root, self.device = cfg, preprocess, Path(cache_root), device
-        listing = list_imagefolder(cfg.path)
+        if cfg.kind == "webdataset":  # tar shards listed from their headers (edgekd.data.tarlist)
+            from edgekd.data.tarlist import list_shards
+
+            listing, self.source = list_shards(cfg.shards, self.cache_root, ui), f"webdataset:{cfg.shards}"
+        else:
+            listing, self.source = list_imagefolder(cfg.path, ui), f"imagefolder:{cfg.path}"
         self.classes = list(listing.classes)
         self.files = imagefolder_splits(listing, cfg.val_fraction, cfg.test_fraction, cfg.seed)
         folders = {"val": "val", "test": "test"} if listing.split_folders else {}
-        self.origin = {split: str(cfg.path / folders[split]) if split in folders and split in listing.folders
+        self.origin = {split: str(listing.root / folders[split]) if split in folders and split in listing.folders
                        else CARVED for split in ("val", "test")}
-        self.source = f"imagefolder:{cfg.path}"
         self.skipped = list(skipped)  # relative paths left out (on_bad_image: skip)
         self.cache: dict[str, dict] = {}  # split -> cache_summary, with data.cache: uint8
 

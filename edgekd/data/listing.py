@@ -20,6 +20,7 @@ import numpy as np
 
 from edgekd.data.sources import IMAGE_SUFFIXES
 from edgekd.errors import DataError
+from edgekd.ui import progress_of
 
 SPLIT_FOLDERS = ("train", "val", "test")
 LAYOUT_HINT = ("An imagefolder dataset is ROOT/<class>/<images>, or ROOT/train/<class>/... with "
@@ -91,7 +92,7 @@ def list_classes(root: Path, split: str | None, ui=None) -> FileList:
     if not classes:
         raise DataError(f"{base} has no class folders.", LAYOUT_HINT)
     parts, empty = [], []
-    with _progress(ui, f"listing {base}", len(classes)) as advance:
+    with progress_of(ui, f"listing {base}", len(classes), "folders") as advance:
         for label, name in enumerate(classes):
             found = sorted(_scan(base / name, prefix=f"{split}/{name}" if split else name))
             empty += [] if found else [name]
@@ -206,8 +207,3 @@ def _names(names: list[str], limit: int = 10) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
-
-def _progress(ui, description: str, total: int):
-    from edgekd.ui import quiet_progress
-
-    return ui.progress(description, total, unit="folders") if ui is not None else quiet_progress()

@@ -12,7 +12,7 @@ import numpy as np
 
 from edgekd.data.decode import BAD_IMAGE_ERRORS, BadImage, OnBadImage, bad_image_policy, describe, load_image
 from edgekd.data.listing import FileList
-from edgekd.ui import quiet_progress
+from edgekd.ui import progress_of
 
 
 class _Decode:
@@ -43,8 +43,7 @@ def decode_pass(files: FileList, work, *, workers: int | None = None, start: int
     loader = DataLoader(_Decode(files, work), batch_size=batch, sampler=range(start, len(files)),
                         num_workers=workers, collate_fn=list, prefetch_factor=4 if workers else None,
                         generator=torch.Generator())  # leaves the global generator alone
-    progress = ui.progress(description, len(files) - start, unit="images") if ui is not None else quiet_progress()
-    with progress as advance:
+    with progress_of(ui, description, len(files) - start, "images") as advance:
         for chunk in loader:
             yield from chunk
             advance(len(chunk))

@@ -30,16 +30,23 @@ def view_key(seed: int, sample: int, epoch: int, views: int | None) -> tuple[int
 
 @contextmanager
 def fork_rngs(seed: int):
-    """Seed random, numpy and torch (CPU) with `seed` inside the block; restore them after."""
+    """Seed random, numpy and torch (CPU) with `seed` inside the block; restore them after.
+
+    Inside a DataLoader worker nothing else draws from the worker's generators, so they are
+    seeded and not restored: saving NumPy's state costs ~130 us, more than a 32-px transform,
+    and per sample that dominated the workers' time (2-core Xeon: 480 us -> ~20 us per sample).
+    torch's CPU generator is seeded directly (torch.manual_seed also walks every accelerator's)."""
     import torch
 
-    saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    restore = torch.utils.data.get_worker_info() is None
+    saved = (random.getstate(), np.random.get_state(), torch.get_rng_state()) if restore else None
     random.seed(seed)
     np.random.seed(seed & 0xFFFF_FFFF)
-    torch.manual_seed(seed)
+    torch.default_generator.manual_seed(seed)
     try:
         yield
     finally:
-        random.setstate(saved[0])
-        np.random.set_state(saved[1])
-        torch.set_rng_state(saved[2])
+        if saved is not None:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+            torch.set_rng_state(saved[2])

@@ -18,6 +18,7 @@ not itself take.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -60,13 +61,6 @@ def three_way_split(labels: np.ndarray, val_fraction: float, test_fraction: floa
     return SplitIndices(**{k: np.sort(np.concatenate(v)).astype(np.int64) for k, v in parts.items()})
 
 
-def idx_splits(train_labels: np.ndarray, val_fraction: float, seed: int) -> SplitIndices:
-    """idx sources: rows of the *training file* for train and val; test is the whole official test file
-    (its rows are not in the result: they index another array)."""
-    two = three_way_split(train_labels, val_fraction, 0.0, seed)
-    return SplitIndices(two.train, two.val, np.zeros(0, dtype=np.int64))
-
-
 def folder_splits(folders: dict[str, np.ndarray], val_fraction: float, test_fraction: float,
                   seed: int) -> dict[str, tuple[str, np.ndarray]]:
     """ImageFolder rule over the label arrays of the folders found ("all", or "train"/"val"/"test"):
@@ -91,11 +85,13 @@ def imagefolder_splits(listing: Listing, val_fraction: float, test_fraction: flo
     return {split: listing.folders[folder].subset(rows) for split, (folder, rows) in plan.items()}
 
 
-def imagefolder_summary(root, val_fraction: float, test_fraction: float, seed: int) -> str:
-    """Images per class per split as `edgekd validate` prints it: the folders listed, nothing decoded."""
+def imagefolder_summary(root, val_fraction: float, test_fraction: float, seed: int, cache_root=None) -> str:
+    """Images per class per split as `edgekd validate` prints it: the folders (a Path) or the webdataset
+    shards (a str spec: tar headers; pipe:/URL shards are copied into `cache_root` first) listed, nothing decoded."""
     from edgekd.data.listing import format_summary, list_imagefolder, summarise
+    from edgekd.data.tarlist import list_shards
 
-    listing = list_imagefolder(root)
+    listing = list_shards(root, cache_root or Path(".edgekd-cache")) if isinstance(root, str) else list_imagefolder(root)
     splits = imagefolder_splits(listing, val_fraction, test_fraction, seed)
     return format_summary(summarise(listing.classes, {name: files.labels for name, files in splits.items()}))
 

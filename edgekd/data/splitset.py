@@ -93,9 +93,10 @@ class Batches:
 class TensorSplit:
     """A split held as preprocessed tensors: x (N, C, S, S) float32, y (N,) int64."""
 
-    def __init__(self, x, y):
+    def __init__(self, x, y, *, workers: int | None = None):
         self.x = torch.as_tensor(x)
         self.y = torch.as_tensor(y)
+        self.workers = workers  # for per-sample views (`batches(transform=...)`); None: this machine's cores
 
     @property
     def labels(self) -> np.ndarray:
@@ -112,14 +113,23 @@ class TensorSplit:
         """Rows of this split (a copy: the callers take bounded shares or the student's rows)."""
         rows = torch.as_tensor(np.asarray(rows, dtype=np.int64))
         y = self.y[rows] if labels is None else torch.as_tensor(np.asarray(labels, dtype=np.int64))
-        return TensorSplit(self.x[rows], y)
+        return TensorSplit(self.x[rows], y, workers=self.workers)
 
     def stack(self, rows: np.ndarray) -> np.ndarray:
         """Inputs of `rows` as one array (bounded subsets only: calibration, parity samples)."""
         return self.x[torch.as_tensor(np.asarray(rows, dtype=np.int64))].numpy()
 
     def batches(self, batch_size: int, *, shuffle: bool, seed: int = 0, augment: str = "none", rank: int = 0,
-                world_size: int = 1, **_) -> Batches:
+                world_size: int = 1, transform=None, views: int | None = None, **_) -> Batches:
+        """`transform`: a random per-sample view (C, H, W) -> (C, H, W), drawn in DataLoader workers and
+        seeded per (seed, sample, epoch [mod views]) (edgekd.data.datasets); it replaces `augment`."""
+        if transform is not None and shuffle:
+            from edgekd.data.datasets import SampleDataset
+
+            dataset = SampleDataset(_TensorSource(self.x, self.y), transform, seed=seed, views=views)
+            return loader_batches(dataset, batch_size, seed=seed, workers=self.workers, rank=rank,
+                                  world_size=world_size)
+
         def one_epoch(epoch: int):
             order = _order(len(self), shuffle=shuffle, seed=seed, epoch=epoch, rank=rank, world_size=world_size)
             generator = _augment_generator(seed, epoch)
@@ -135,6 +145,43 @@ class TensorSplit:
         rows = np.asarray(rows, dtype=np.int64)
         np.savez(path, x=self.stack(rows), y=self.labels[rows], **extra)
         return len(rows)
+
+
+class _TensorSource:
+    """In-memory samples as a SampleDataset source: forked workers share the tensors, nothing is copied."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.x, self.labels = x, y.numpy()
+
+    def load(self, i: int) -> torch.Tensor:
+        return self.x[i]
+
+
+class Then:
+    """`then(first(sample))`: a split's own sample transform followed by a training view (random)."""
+
+    deterministic = False
+
+    def __init__(self, first, then):
+        self.first, self.then = first, then
+
+    def __call__(self, sample):
+        return self.then(self.first(sample))
+
+
+def loader_batches(dataset, batch_size: int, *, seed: int, workers: int | None, device="cpu", rank: int = 0,
+                   world_size: int = 1) -> Batches:
+    """Shuffled training batches (idx, x, y) of a keyed dataset, read by DataLoader workers (edgekd.data.loader)."""
+    from edgekd.data.loader import epoch_batches, make_loader
+
+    loader = make_loader(dataset, batch_size, train=True, seed=seed, workers=workers, device=device, rank=rank,
+                         world_size=world_size)
+
+    def one_epoch(epoch: int):
+        for x, y, idx in epoch_batches(loader, epoch):
+            yield idx, x, y
+
+    return Batches(one_epoch, len(loader.sampler))
 
 
 class _Rows(torch.utils.data.Dataset):
@@ -185,16 +232,24 @@ class StreamSplit:
         return torch.cat([x for _, x, _ in batches.epoch()]).numpy()
 
     def batches(self, batch_size: int, *, shuffle: bool, seed: int = 0, augment: str = "none", rank: int = 0,
-                world_size: int = 1, workers: int | None = None) -> Batches:
-        """The loader lives as long as the returned Batches: its workers persist across epochs."""
+                world_size: int = 1, workers: int | None = None, transform=None, views: int | None = None) -> Batches:
+        """The loader lives as long as the returned Batches: its workers persist across epochs.
+
+        `transform`: a random per-sample view of the tensor the split's transform made (the eval
+        transform, or timm's with augment 'timm'), drawn in the same worker under the same seed
+        (seed, sample, epoch [mod views]); with it, augment crop/crop_flip does not apply."""
         from edgekd.data.loader import epoch_batches, make_loader
 
-        dataset, in_batch = self.dataset, shuffle and augment in ("crop", "crop_flip")
+        dataset, in_batch = self.dataset, shuffle and augment in ("crop", "crop_flip") and transform is None
         if shuffle and augment == "timm":
             if self.augmented is None:
                 raise DataError("augment 'timm' needs the split's training transform.", "This is a bug: report it.")
-            dataset = copy.copy(self.augmented)
-            dataset.seed = seed  # each sample's view: (seed, sample, epoch), whatever the worker
+            dataset = self.augmented
+        if shuffle and (augment == "timm" or transform is not None):
+            dataset = copy.copy(dataset)
+            if transform is not None:
+                dataset.transform, dataset.random = Then(dataset.transform, transform), True
+            dataset.seed, dataset.views = seed, views  # each sample's view: (seed, sample, epoch), whatever the worker
         loader = make_loader(_Rows(dataset, self.rows, self.labels), batch_size, train=shuffle, seed=seed,
                              workers=self.workers if workers is None else workers, device=self.device, rank=rank,
                              world_size=world_size)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.errors import DataError
-from edgekd.ui import quiet_progress
+from edgekd.ui import progress_of
 
 
 def stratified_subset(labels: np.ndarray, cap: int, seed: int) -> np.ndarray:
@@ -58,7 +58,7 @@ def write_subset(dataset, rows: np.ndarray, path: Path, *, batch_size: int = 64,
                         generator=torch.Generator())
     path = Path(path)
     partial = path.with_name(path.name + ".partial")
-    progress = ui.progress(f"writing {path.name}", len(rows), unit="images") if ui is not None else quiet_progress()
+    progress = progress_of(ui, f"writing {path.name}", len(rows), "images")
     with zipfile.ZipFile(partial, "w", allowZip64=True) as zf, progress as advance:
         labels = []
         x_member = None

@@ -15,9 +15,15 @@ the same values. When it is an nn.Module (edgekd.distill.losses.DistillObjective
 feature adapters, are trained with the model and saved with the epoch
 checkpoint, but never enter the model's weights.
 
-`train.augment` replaces the batched crop/flip with edgekd.data's transforms (seeded per step) and
-mixup/cutmix (edgekd.distill.views): the mixed tensor is what both the teacher function and
-the model receive. `train.ema` keeps a weight average (edgekd.distill.ema), scored every epoch
+`train.augment` draws per-sample views (edgekd.distill.views) in the DataLoader workers that read
+the split, seeded per (seed, sample, epoch), after the split's own transform (the eval transform, or
+timm's picture transform with data.augment: timm; it replaces data.augment crop/crop_flip), and
+mixes the collated batch on the device (mixup/cutmix): the mixed tensor is what both the teacher
+function and the model receive. A teacher function with `views` = K (edgekd.distill.replay.
+ReplayTeacher) replays stored logits of K fixed views: the trainer fills its cache once, from the
+very batches training makes, before the first epoch, and shows epoch e the views of e mod K (with
+mixup/cutmix the whole epoch, order and mixing included, of e mod K, so the mixed rows repeat).
+`train.ema` keeps a weight average (edgekd.distill.ema), scored every epoch
 next to the model; the better of the two can become the best weights (TrainResult.best_weights).
 
 Work directory layout (one per trained model):
@@ -84,6 +90,7 @@ def train(
     device: torch.device = torch.device("cpu"),
     progress=None,
     dist: Dist | None = None,
+    step_progress=None,
 ) -> TrainResult:
     """Train `model` in place; returns the best-by-val-accuracy weights.
 
@@ -92,6 +99,10 @@ def train(
     dist: under torchrun, every rank calls this with the same arguments; the model is
     wrapped in DistributedDataParallel, each rank trains on its shard of every epoch
     (`Dist.shard`), validation is sharded and summed, and only rank 0 writes files.
+
+    progress(**fields): after each epoch (loss, val_acc, img_s, wait). step_progress(epoch, images):
+    a context manager yielding advance(n) for the epoch's training images (edgekd.ui.UI.progress with
+    unit "images": steps done, rate, ETA within the epoch).
     """
     dist = dist or Dist()
     cfg = _scaled_lr(cfg, dist)
@@ -103,15 +114,23 @@ def train(
         objective.to(device)
         _check_objective_under_ddp(objective, dist)
     split = as_split(train_xy)
-    # train.augment replaces data.augment: its views are drawn from the un-augmented batches (_batch)
-    batches = split.batches(cfg.batch_size, shuffle=True, seed=seed, augment="none" if cfg.augment else augment,
-                            rank=dist.rank, world_size=dist.world_size)
+    views = make_views(cfg, split, model, seed)
+    replay_views = getattr(teacher, "views", None)  # a ReplayTeacher: epoch e shows view e mod K
+    if replay_views and dist.enabled:
+        raise ConfigError("The teacher replay cache (distill.replay_views) is built in one process; under "
+                          "torchrun it is not supported yet.", "Set distill.replay_views: 0 (live teacher) "
+                          "or run in a single process.")
+    # train.augment's views follow the split's own transform (timm's included) and replace crop/crop_flip
+    batches = split.batches(cfg.batch_size, shuffle=True, seed=seed,
+                            augment=augment if cfg.augment is None or augment == "timm" else "none",
+                            rank=dist.rank, world_size=dist.world_size,
+                            transform=views.sample if views is not None else None, views=replay_views)
     val_batches = eval_batches(as_split(val_xy), dist)
     optimizer = _optimizer([model] + ([objective] if objective is not None else []), cfg)
     steps_per_epoch = math.ceil(len(batches) / cfg.batch_size)
     loop = _Loop(model, dist.wrap(model), loss_fn, optimizer, _scheduler(optimizer, cfg, steps_per_epoch), cfg,
                  Amp(cfg.amp, device), teacher, device, memory_format, batches, val_batches, dist,
-                 views=make_views(cfg, split, model, seed), average=make_average(model, cfg))
+                 views=views, average=make_average(model, cfg), step_progress=step_progress)
     # another world size shards and schedules differently: resume only the same one
     key = key if not dist.enabled else f"{key}+world{dist.world_size}"
     state = _resume(work_dir / "last.pt", key, loop)
@@ -119,6 +138,8 @@ def train(
     if start_epoch == 0 and dist.is_main:  # a fresh training: rows of an earlier one must not be read as this one's
         (work_dir / "metrics.jsonl").unlink(missing_ok=True)
     writer, notes = _tensorboard(cfg, work_dir) if dist.is_main else (None, [])
+    if replay_views and cfg.epochs > start_epoch:
+        teacher.fill(lambda view: _teacher_inputs(loop, view), loop.amp.autocast)
     try:
         for epoch in range(start_epoch, cfg.epochs):
             row = _epoch_row(loop, epoch)
@@ -131,7 +152,8 @@ def train(
                 for name in ("loss", "val_accuracy", "lr", "images_per_s", "data_wait"):
                     writer.add_scalar(name, row[name], row["epoch"])
             if progress is not None and dist.is_main:
-                progress(loss=row["loss"], val_acc=row["val_accuracy"], img_s=round(row["images_per_s"]),
+                progress(epoch=row["epoch"], loss=row["loss"], val_acc=row["val_accuracy"],
+                         img_s=round(row["images_per_s"]),
                          wait=f"{row['data_wait']:.0%}")
             if cfg.early_stopping and state["bad_epochs"] >= cfg.early_stopping:
                 break
@@ -205,6 +227,13 @@ class _Loop:
     dist: Dist
     views: BatchViews | None = None  # train.augment: per-sample views, mixup/cutmix (edgekd.distill.views)
     average: WeightAverage | None = None  # train.ema
+    step_progress: Callable | None = None  # (epoch, images) -> context manager yielding advance(n)
+
+    def data_epoch(self, epoch: int) -> int:
+        """The epoch whose batches epoch `epoch` shows: itself, or with a replay cache of K views and
+        mixing epoch mod K (order, views and mixing repeat, so the stored mixed rows are exact)."""
+        replay = getattr(self.teacher, "views", None)
+        return epoch % replay if replay and self.views is not None and self.views.mixing else epoch
 
 
 def _epoch_row(loop: _Loop, epoch: int) -> dict:
@@ -247,35 +276,52 @@ def _one_epoch(loop: _Loop, epoch: int) -> float:
     total, count = 0.0, 0
     steps_per_epoch = math.ceil(len(loop.batches) / loop.cfg.batch_size)
     set_progress = getattr(loop.loss_fn, "set_progress", None)
-    # the same permutation on every rank, each its stride (edgekd.data.splitset)
-    for step, (idx, inputs, labels) in enumerate(loop.batches.epoch(epoch)):
-        if loop.views is not None:
-            idx, inputs, labels = loop.views.usable(idx, inputs, labels)
-            if not len(idx):
-                continue
-        if set_progress is not None:
-            set_progress((epoch * steps_per_epoch + step) / max(1, loop.cfg.epochs * steps_per_epoch))
-        inputs, labels = _batch(loop, inputs, labels, epoch, step)
-        with loop.amp.autocast():
-            teacher_logits = loop.teacher(idx, inputs) if loop.teacher is not None else None
-            loss = loop.loss_fn(loop.net(inputs), teacher_logits, labels)
-        loop.optimizer.zero_grad(set_to_none=True)
-        loop.amp.step(loss, loop.optimizer, loop.cfg.grad_clip)
-        loop.scheduler.step()
-        if loop.average is not None:
-            loop.average.update(loop.model, step=epoch * steps_per_epoch + step + 1)
-        total += loss.item() * len(idx)
-        count += len(idx)
+    if hasattr(loop.teacher, "set_epoch"):
+        loop.teacher.set_epoch(epoch)
+    shown = loop.step_progress(epoch, len(loop.batches)) if loop.step_progress else contextlib.nullcontext()
+    with shown as advance:
+        # the same permutation on every rank, each its stride (edgekd.data.splitset)
+        for step, idx, inputs, labels in _steps(loop, loop.data_epoch(epoch)):
+            if set_progress is not None:
+                set_progress((epoch * steps_per_epoch + step) / max(1, loop.cfg.epochs * steps_per_epoch))
+            with loop.amp.autocast():
+                teacher_logits = loop.teacher(idx, inputs) if loop.teacher is not None else None
+                loss = loop.loss_fn(loop.net(inputs), teacher_logits, labels)
+            loop.optimizer.zero_grad(set_to_none=True)
+            loop.amp.step(loss, loop.optimizer, loop.cfg.grad_clip)
+            loop.scheduler.step()
+            if loop.average is not None:
+                loop.average.update(loop.model, step=epoch * steps_per_epoch + step + 1)
+            total += loss.item() * len(idx)
+            count += len(idx)
+            if advance is not None:
+                advance(len(idx))
     total, count = loop.dist.all_reduce_sum([total, count])
     return total / max(1, count)
 
 
+def _steps(loop: _Loop, data_epoch: int):
+    """(step, idx, inputs, labels) of `data_epoch` as the training step uses them: on the device, mixed
+    with mixup/cutmix (labels then (B, classes) soft targets)."""
+    for step, (idx, inputs, labels) in enumerate(loop.batches.epoch(data_epoch)):
+        if loop.views is not None:
+            idx, inputs, labels = loop.views.usable(idx, inputs, labels)
+            if not len(idx):
+                continue
+        inputs, labels = _batch(loop, inputs, labels, data_epoch, step)
+        yield step, idx, inputs, labels
+
+
+def _teacher_inputs(loop: _Loop, view: int):
+    """(idx, inputs) of every step of data epoch `view`: what a replay cache stores the teacher's logits of."""
+    for _, idx, inputs, _ in _steps(loop, view):
+        yield idx, inputs
+
+
 def _batch(loop: _Loop, inputs, labels, epoch: int, step: int):
-    """The step's (inputs, labels) on the device. With train.augment: views of the un-augmented
-    batch, seeded per step, and with mixup/cutmix one mixed tensor (teacher and student both get
-    it) and (B, classes) soft labels; otherwise the batch as the split made it (data.augment)."""
-    if loop.views is not None:
-        inputs = loop.views.augment(inputs, epoch, step)
+    """The step's (inputs, labels) on the device. With train.augment the inputs are already views (drawn
+    in the loader's workers); mixup/cutmix mixes them here, seeded per (seed, epoch, step), into one
+    tensor (teacher and student both get it) and (B, classes) soft labels."""
     inputs = inputs.to(loop.device, non_blocking=True).contiguous(memory_format=loop.memory_format)
     labels = labels.to(loop.device, non_blocking=True)
     if loop.views is not None:
@@ -362,12 +408,16 @@ def _tensorboard(cfg: TrainConfig, work_dir: Path):
 
 
 @torch.inference_mode()
-def evaluate(model, x, y, *, device=torch.device("cpu"), batch_size: int = 256, memory_format=torch.contiguous_format) -> float:
+def evaluate(model, x, y, *, device=torch.device("cpu"), batch_size: int | None = None,
+             memory_format=torch.contiguous_format) -> float:
     return float((predict_logits(model, x, device=device, batch_size=batch_size, memory_format=memory_format).argmax(1) == y).float().mean())
 
 
 @torch.inference_mode()
-def predict_logits(model, x, *, device=torch.device("cpu"), batch_size: int = 256, memory_format=torch.contiguous_format) -> torch.Tensor:
+def predict_logits(model, x, *, device=torch.device("cpu"), batch_size: int | None = None,
+                   memory_format=torch.contiguous_format) -> torch.Tensor:
+    """Logits of in-memory inputs x; batch_size None: sized for memory (eval_batch_size), not a fixed count."""
+    batch_size = batch_size or eval_batch_size(tuple(x.shape[1:]))
     was_training = model.training
     model.eval()
     out = [model(x[i : i + batch_size].to(device).contiguous(memory_format=memory_format)).float().cpu()

@@ -1,18 +1,16 @@
-"""Training views of batches: `train.augment` applied through edgekd.data.
+"""Training views of samples: `train.augment` applied through edgekd.data.
 
-Per sample, the small-array transform of edgekd.data.transforms (reflect-padded random crop,
-flips, timm RandomErasing), with the generators seeded once per step from (seed, epoch, step)
-(edgekd.data.seeding): the epoch's order is seeded too, so a resumed run draws exactly the
-views the uninterrupted one would. Seeding per sample, as edgekd.data.datasets does in
-DataLoader workers, costs ~10x the transform itself here (three generator reseeds per 32-px
-image: ~0.8 ms vs 0.08 ms on a 2-core CPU), so this in-process path seeds per step. With mixup
-or cutmix, edgekd.data.mixing then mixes the batch, seeded from (seed, epoch, step): ONE tensor,
-which the trainer hands to the teacher and to the student alike (function matching), with soft
+Per sample, the small-array transform of edgekd.data.transforms (reflect-padded random crop, flips,
+timm RandomErasing) on the tensor the split's own transform made (the eval transform; timm's picture
+transform with data.augment: timm). It runs in the DataLoader workers that read the split
+(`split.batches(transform=views.sample)`), seeded per (seed, sample, epoch), or per (seed, sample,
+epoch mod K) with a K-view teacher replay cache (edgekd.distill.replay): a view is the same in any
+worker, process or resumed run. With mixup or cutmix, edgekd.data.mixing then mixes the collated
+batch on the training device (one batched op, seeded from (seed, epoch, step)): ONE tensor, which
+the trainer hands to the teacher and to the student alike (function matching), with soft
 (N, classes) targets for the label-reading losses.
 
-The batches come from edgekd.data.splitset without data.augment (in-memory digits/idx tensors, or
-imagefolder samples streamed through the eval transform), so the views are drawn from the same
-un-augmented inputs whatever the kind. The tensors here are already normalised by the data layer, so the transform normalises with
+The tensors here are already normalised by the data layer, so the transform normalises with
 mean 0 / std 1 (a no-op); erasing with `re_mode: const` writes 0, the mean colour, as timm does
 on normalised tensors.
 """
@@ -25,7 +23,6 @@ import torch
 
 from edgekd.data import Preprocess
 from edgekd.data.mixing import make_mixup, mix_batch
-from edgekd.data.seeding import derive_seed, fork_rngs
 from edgekd.data.transforms import IMAGE_ONLY_KEYS, TrainTransformConfig, array_train_transform
 from edgekd.errors import ModelError
 
@@ -35,8 +32,8 @@ class BatchViews:
         identity = Preprocess(input_size=input_size, channels=channels, mean=(0.0,) * channels,
                               std=(1.0,) * channels, pixel_max=1.0)
         # only the keys arrays use count as given (a config rebuilt from a dump has every key set)
-        self.transform = array_train_transform(
-            TrainTransformConfig(**cfg.model_dump(exclude=set(IMAGE_ONLY_KEYS))), identity)
+        self.sample = SampleView(array_train_transform(
+            TrainTransformConfig(**cfg.model_dump(exclude=set(IMAGE_ONLY_KEYS))), identity))
         self.mixup = make_mixup(cfg, num_classes)  # label smoothing stays with the loss
         self.seed = seed
 
@@ -53,11 +50,6 @@ class BatchViews:
         keep = len(idx) - 1
         return idx[:keep], inputs[:keep], labels[:keep]
 
-    def augment(self, batch: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
-        """(B, C, H, W) views of the un-augmented `batch` (B, C, H, W) in `epoch`, step `step`."""
-        with fork_rngs(derive_seed(self.seed, epoch, step, VIEWS_STREAM)), _one_thread():
-            return torch.stack([self.transform(sample) for sample in batch])
-
     def mix(self, inputs: torch.Tensor, labels: torch.Tensor, epoch: int, step: int):
         """(inputs, labels) -> (mixed inputs, (B, classes) soft targets); unchanged without mixing."""
         if not self.mixing:
@@ -66,7 +58,21 @@ class BatchViews:
         return batch.inputs, batch.targets
 
 
-VIEWS_STREAM = 0x76696577  # keeps these seeds apart from mixing's (seed, epoch, step, 'mix')
+class SampleView:
+    """One sample's view (C, H, W) -> (C, H, W); random (edgekd.data.datasets seeds it per sample).
+    In a DataLoader worker torch already runs on one thread; in the training process (workers: 0)
+    the per-sample ops are kept off the intra-op pool."""
+
+    deterministic = False
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, sample: torch.Tensor) -> torch.Tensor:
+        if torch.get_num_threads() == 1:
+            return self.transform(sample)
+        with _one_thread():
+            return self.transform(sample)
 
 
 @contextmanager

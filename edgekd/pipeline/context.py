@@ -51,7 +51,7 @@ class RunContext:
         from edgekd.data import load_data
 
         return load_data(self.config.data, self.config.teacher.model, cache_root=self.run_dir / "cache" / "data",
-                         device=self.device, skipped=self._skipped_images())
+                         device=self.device, skipped=self._skipped_images(), ui=self.ui)
 
     def _skipped_images(self) -> list[str]:
         """Images the data stage found unreadable and left out (data.on_bad_image: skip); later stages
@@ -74,6 +74,14 @@ class RunContext:
     def val_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """The validation split as written by the data stage: for choices and checks (gate, parity)."""
         return _xy(self.run_dir / VAL_FILE)
+
+    def parity_inputs(self, samples: int) -> np.ndarray:
+        """A class-stratified `samples` of data/val.npz's inputs for parity checks (an image folder's file
+        is in class order: its head would be one class)."""
+        from edgekd.data import stratified_subsample
+
+        x, y = self.val_arrays()
+        return x[stratified_subsample(y, samples, self.config.data.seed)]
 
     def test_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """The test split as written by the data stage (what devices score): for reported accuracy only."""

@@ -53,7 +53,7 @@ def run_export(ctx: RunContext) -> dict:
     from edgekd.models.io import build, read_checkpoint
 
     cfg, opset = ctx.config.export, export_opset(ctx)
-    val_x, _ = ctx.val_arrays()
+    parity_x = ctx.parity_inputs(cfg.parity.samples)  # stratified, from data/val.npz
     staging = scratch_dir(ctx.run_dir) / "export"  # a killed export leaves it where the next run removes it
     results, outputs = {}, []
     for name in MODELS:
@@ -62,12 +62,12 @@ def run_export(ctx: RunContext) -> dict:
         model.load_state_dict(ckpt["state_dict"])
         model.eval()
         staged = staging / f"{name}.onnx"
-        shape = (1, *val_x.shape[1:])
+        shape = (1, *parity_x.shape[1:])
         exported = export_onnx(model, staged, input_shape=shape, opset=opset, exporter=cfg.exporter,
                                dynamic_batch=cfg.dynamic_batch, simplify=cfg.simplify,
                                metadata=onnx_metadata(ctx, ckpt))
         # Parity before publishing: a file that fails it never gets its final name.
-        parity = check_parity(model, staged, val_x[: cfg.parity.samples], atol=cfg.parity.atol,
+        parity = check_parity(model, staged, parity_x, atol=cfg.parity.atol,
                               min_top1_agreement=cfg.parity.min_top1_agreement, session_target=ctx.primary_target)
         for suffix in ("", ".json"):
             shutil.move(f"{staged}{suffix}", ctx.run_dir / f"{name}.onnx{suffix}")
@@ -180,7 +180,8 @@ def _quantize_for(ctx: RunContext, scheme, targets: list, reference: float, val_
     try:
         gate = quantize_with_gate(ctx.run_dir / "student.onnx", ctx.run_dir / name, calib_source(ctx), val_x, val_y,
                                   reference_accuracy=reference, max_accuracy_drop=bound, method=q.method,
-                                  per_channel=q.per_channel, fallbacks=q.fallbacks, target=targets[0], scheme=scheme)
+                                  per_channel=q.per_channel, fallbacks=q.fallbacks, target=targets[0], scheme=scheme,
+                                  ui=ctx.ui)
     except GateError as exc:
         ctx.ui.warn(f"INT8 gate failed for {name}: {exc.message.splitlines()[0]}")
         return {**record, "gate_passed": False, "attempts": exc.details or [], "speed": {},

@@ -14,7 +14,7 @@ from edgekd.artifacts import write_bytes_atomic, write_text_atomic
 from edgekd.config import WHOLE_CONFIG, config_warnings
 from edgekd.pipeline.context import RunContext
 from edgekd.pipeline.engine import Stage
-from edgekd.pipeline.records import (CHECKPOINTS, RECORDS, STAGE_ORDER, SUMMARY_FILE, TEST_FILE, Artifact,
+from edgekd.pipeline.records import (CALIB_FILE, CHECKPOINTS, RECORDS, STAGE_ORDER, SUMMARY_FILE, TEST_FILE, Artifact,
                                      current_artifacts, read_record)
 
 HOST_RUNTIMES = ("pytorch", "onnxruntime")  # what this workstation measures; TensorRT files run on the device
@@ -49,11 +49,12 @@ def measuring_target(ctx: RunContext):
 
 
 def _bench_inputs(ctx: RunContext) -> list[str]:
-    return [TEST_FILE, *CHECKPOINTS.values()] + [a.path for a in to_measure(ctx)]
+    return [TEST_FILE, SUMMARY_FILE, *CHECKPOINTS.values()] + [a.path for a in to_measure(ctx)]  # summary: full test
 
 
 def run_bench(ctx: RunContext) -> dict:
-    from edgekd.bench.measure import ArtifactToMeasure, BenchSettings, measure_artifacts, measurement_context
+    from edgekd.bench.measure import (ArtifactToMeasure, BenchSettings, measure_artifacts, measurement_context,
+                                      measurement_steps)
     from edgekd.bench.sysinfo import machine_info
 
     b = ctx.config.bench
@@ -61,12 +62,13 @@ def run_bench(ctx: RunContext) -> dict:
                              batch_sizes=tuple(b.batch_sizes), rounds=b.rounds)
     artifacts, target = to_measure(ctx), measuring_target(ctx)
     test_x, _ = ctx.test_arrays()
-    with ctx.ui.progress("measuring (interleaved, one process per artifact)", 1) as advance:
+    steps = measurement_steps(len(artifacts), settings, data=True)
+    with ctx.ui.progress("measuring (interleaved, one process per artifact)", steps, unit="steps") as advance:
         measured = measure_artifacts([ArtifactToMeasure(a.name, a.runtime, ctx.run_dir / a.path) for a in artifacts],
                                      input_shape=tuple(test_x.shape[1:]), target=target, settings=settings,
-                                     data=ctx.run_dir / TEST_FILE)
-        advance()
+                                     data=ctx.run_dir / TEST_FILE, progress=advance)
     rows = [_row(ctx, a, measured[a.name], test_x.shape[1:]) for a in artifacts]
+    _add_full_test(ctx, artifacts, rows)
     measurement = measurement_context(target, settings)
     for note in measurement["notes"]:
         ctx.ui.warn(note)
@@ -75,6 +77,17 @@ def run_bench(ctx: RunContext) -> dict:
     fastest = min(rows, key=lambda r: r["latency_ms"]["p50"])
     return {"outputs": [BENCH_FILE], "summary": f"{len(rows)} artifacts; fastest {fastest['name']} "
             f"p50 {fastest['latency_ms']['p50']:.3f} ms"}
+
+
+def _add_full_test(ctx: RunContext, artifacts: list[Artifact], rows: list[dict]) -> None:
+    """When data/test.npz is a capped subset: every row's accuracy on the whole test split, streamed."""
+    from edgekd.pipeline.full_test import score_full_test, test_file_is_subset
+
+    if not test_file_is_subset(ctx):
+        return
+    scores = score_full_test(ctx, artifacts)
+    for row in rows:
+        row["accuracy_full_test"] = scores[row["name"]]
 
 
 def _row(ctx: RunContext, artifact: Artifact, measurement, sample_shape) -> dict:
@@ -209,7 +222,7 @@ def notes(ctx: RunContext, report: dict, results: dict) -> list[str]:
     for fail in report["failures"]:
         out.append(f"{fail['check']} failed: {fail['message'].splitlines()[0]} Nothing from it is in this report; "
                    "the other artifacts are unaffected, and `edgekd compress` exits with code 5.")
-    out += _dataset_notes(report["dataset"])
+    out += _dataset_notes(report["dataset"], report["artifacts"])
     student = results["student"]
     if student:
         out.append(f"Teacher-output cache: {student.get('teacher_cache')}.")
@@ -228,15 +241,20 @@ def notes(ctx: RunContext, report: dict, results: dict) -> list[str]:
     return out
 
 
-def _dataset_notes(dataset: dict) -> list[str]:
+def _dataset_notes(dataset: dict, artifacts: list[dict]) -> list[str]:
     out = []
     test_file, val_file = dataset.get("test_file") or {}, dataset.get("val_file") or {}
     if test_file and test_file["samples"] < test_file["of"]:
         out.append(f"Accuracy is on a stratified {test_file['samples']} of the {test_file['of']} test samples "
                    f"(`{test_file['path']}` is capped so a device can hold it).")
+        full = [f"{a['name']} {a['accuracy_full_test']:.4f}" for a in artifacts if "accuracy_full_test" in a]
+        if full:
+            out.append(f"On the whole test split ({test_file['of']} samples, streamed on this workstation): "
+                       + ", ".join(full) + ".")
     if val_file and val_file["samples"] < val_file["of"]:
         out.append(f"The INT8 gate and parity checks use a stratified {val_file['samples']} of the {val_file['of']} "
                    f"validation samples (`{val_file['path']}`); validation accuracies are on all of them.")
+    out += [note for note in [_bounded_files_note(dataset)] if note]
     skipped = dataset.get("skipped_images") or []
     if skipped:
         names = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
@@ -246,6 +264,16 @@ def _dataset_notes(dataset: dict) -> list[str]:
         out.append(f"Images were read from the uint8 cache ({size:.1f} MiB, "
                    f"{sum(c['records'] for c in dataset['cache'].values())} images).")
     return out
+
+
+def _bounded_files_note(dataset: dict) -> str:
+    """The sizes of the capped, stratified files the run's checks and devices read."""
+    parts = [f"`{f['path']}` {f['samples']} of {f['of']} {what} samples"
+             for what, f in (("validation", dataset.get("val_file")), ("test", dataset.get("test_file"))) if f]
+    calib = dataset.get("calibration")
+    if calib:
+        parts.append(f"`{CALIB_FILE}` {calib['samples']} {calib['split']} samples")
+    return "Bounded sample files (stratified, capped): " + "; ".join(parts) + "." if parts else ""
 
 
 def _export_notes(report: dict) -> list[str]:

@@ -80,7 +80,8 @@ def run_qat(ctx: RunContext) -> dict:
     ckpt = read_checkpoint(ctx.run_dir / STUDENT_CHECKPOINT)
     student = load_model(ctx.run_dir / STUDENT_CHECKPOINT).to(ctx.device)
     calib_x, calib_note = calibration_samples(ctx)
-    setup = prepare_qat(student, calib_x)
+    with ctx.ui.progress("calibrating the INT8 fake quantizers", len(calib_x), unit="images") as advance:
+        setup = prepare_qat(student, calib_x, progress=advance)
     calibrated_accuracy = _val_accuracy(ctx, student)  # fake-quantized, before any QAT step: PTQ-like
     torch.manual_seed(c.seed)
     teacher = _load_teacher(ctx)  # teacher.safetensors, or the weighted ensemble of `teachers:`
@@ -131,10 +132,10 @@ def _export(ctx: RunContext, student, ckpt: dict) -> dict:
 
     cfg = ctx.config.export
     opset, why = qat_opset(ctx)
-    val_x, _ = ctx.val_arrays()
-    result = export_qat_onnx(student.cpu().eval(), ctx.run_dir / QAT_ONNX, input_shape=(1, *val_x.shape[1:]),
+    parity_x = ctx.parity_inputs(cfg.parity.samples)  # stratified, from data/val.npz
+    result = export_qat_onnx(student.cpu().eval(), ctx.run_dir / QAT_ONNX, input_shape=(1, *parity_x.shape[1:]),
                              opset=opset, metadata=onnx_metadata(ctx, ckpt), dynamic_batch=cfg.dynamic_batch,
-                             simplify=cfg.simplify, verify_with=val_x[: cfg.parity.samples],
+                             simplify=cfg.simplify, verify_with=parity_x,
                              session_target=ctx.primary_target, sidecar_extra={"opset_reason": why})
     return {**asdict(result), "opset_reason": why}
 

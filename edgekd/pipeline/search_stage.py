@@ -128,7 +128,8 @@ SEARCH = Stage("search", "measure candidate students where they will run", run_s
 
 # What a proxy run's result depends on besides its architecture (the student stage's training reads)
 PROXY_READS = ("seed", "device", "data.augment", "data.seed", "data.train_fraction", "student.init",
-               "distill.losses", "distill.train", "distill.teacher_cache", "distill.unlabeled_fraction")
+               "distill.losses", "distill.train", "distill.teacher_cache", "distill.replay_views",
+               "distill.unlabeled_fraction")
 
 
 def _choose_reads(ctx: RunContext) -> list[str]:

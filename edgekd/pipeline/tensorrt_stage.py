@@ -155,7 +155,7 @@ def _ptq_variant(ctx: RunContext) -> dict:
     gate = quantize_with_gate(ctx.run_dir / "student.onnx", out, calib_source(ctx), val_x, val_y,
                               reference_accuracy=reference, max_accuracy_drop=bound, method=q.method,
                               per_channel=True, fallbacks=q.fallbacks, target=None,
-                              scheme=choose_scheme("tensorrt", "aarch64"))
+                              scheme=choose_scheme("tensorrt", "aarch64"), ui=ctx.ui)
     _check_trt_rules(out, remove=True)
     return {"file": out.name, "files": [out.name, out.name + ".json"], "source": "post-training quantization",
             "val_accuracy_onnxruntime": gate.chosen.accuracy, "max_int8_drop": bound, "scheme": gate.scheme,

@@ -15,6 +15,7 @@ from edgekd.config import (FEATURE_LOSS_KINDS, DistillConfig, StudentConfig, Tea
 from edgekd.data import StudentSplit, stratified_subsample, student_split
 from edgekd.data.calib import load_manifest, select
 from edgekd.distill.losses import DistillObjective, build_objective, cross_entropy
+from edgekd.distill.replay import ReplayTeacher
 from edgekd.distill.schemes import EnsembleTeacher, Link, chain_summary, plan_chain, run_chain, train_peers
 from edgekd.distill.trainer import TrainResult, eval_batches, predict_batches, split_accuracy, train
 from edgekd.models.io import build, load_model, read_checkpoint, save_checkpoint
@@ -26,6 +27,7 @@ from edgekd.pipeline.context import RunContext
 from edgekd.pipeline.engine import Stage
 from edgekd.pipeline.records import (CALIB_FILE, STUDENT_CHECKPOINT, SUMMARY_FILE, TEACHER_CHECKPOINT, TEST_FILE,
                                      TRANSFER_FILE, VAL_FILE, Artifact)
+from edgekd.ui import format_fields
 
 # ---------------------------------------------------------------- data
 
@@ -40,8 +42,8 @@ TEST_FILE_MAX_BYTES = 256 * 2**20
 def _data_reads(ctx: RunContext) -> list[str]:
     c = ctx.config
     reads = [f"data.{key}" for key in DATA_KEYS]
-    if c.data.kind == "imagefolder":  # normalisation and resizing follow the teacher's timm config
-        reads += ["teacher.model", "data.on_bad_image"]
+    if c.data.kind in ("imagefolder", "webdataset"):  # normalisation and resizing follow the teacher's timm config
+        reads += ["teacher.model", "data.on_bad_image"] + (["data.shards"] if c.data.kind == "webdataset" else [])
     reads.append("quantize.enabled")
     if not c.quantize.enabled:  # a TensorRT post-training INT8 build may still need calibration samples
         reads += ["targets", "student.quantization"]
@@ -60,7 +62,7 @@ def _data_facts(ctx: RunContext) -> dict:
     label per file) and the preprocessing, a stat per file; idx: its files' sizes and mtimes; digits is
     built in (the config names it whole)."""
     c = ctx.config.data
-    if c.kind == "imagefolder":
+    if c.kind in ("imagefolder", "webdataset"):  # webdataset: per sample its member, size, shard mtime, label
         return {"dataset": ctx.data.fingerprint()}
     if c.kind == "idx":
         files = sorted(c.path.glob("*-ubyte*")) if c.path.is_dir() else []
@@ -329,17 +331,22 @@ def _distil_link(ctx: RunContext, link: Link, student, teacher, teacher_source: 
     split = split or _student_split(ctx)
     train_cfg = train_cfg or c.distill.train
     teacher_fn, cache_note = _teacher_source(ctx, teacher, objective, teacher_source, rows=split.rows,
-                                             train_cfg=train_cfg)
+                                             train_cfg=train_cfg, seed=link.seed)
     train_xy, synthetic = synthetic_train.student_training(ctx, student_train_xy(ctx, split))
     try:
         result = _fit(ctx, student, link.name, train_cfg, objective, teacher=teacher_fn, seed=link.seed,
                       train_xy=train_xy)
     finally:
         objective.close()  # hooks off: the saved and exported student is the plain timm model
+    replay = isinstance(teacher_fn, ReplayTeacher)
+    if replay:  # what the cache cost (or that it was reused), known once the training filled it
+        cache_note = teacher_fn.note()
     student.load_state_dict(result.best_state)
     accuracy = _val_accuracy(ctx, student)
     metrics = {"val_accuracy": accuracy, "params": sum(p.numel() for p in student.parameters()),
-               "teacher_cache": cache_note, **init, "losses": objective.describe(),
+               "teacher_cache": cache_note,
+               "teacher_outputs": teacher_fn.summary() if replay else _outputs(teacher_fn, cache_note),
+               **init, "losses": objective.describe(),
                "loss_params": sum(p.numel() for p in objective.parameters()), "student_data": split.summary(),
                **({"synthetic": synthetic} if synthetic else {}), **_train_metrics(result)}
     if out != STUDENT_CHECKPOINT:
@@ -436,7 +443,8 @@ def _init_student(ctx: RunContext, student: torch.nn.Module, teacher: torch.nn.M
 
 
 def _teacher_source(ctx: RunContext, teacher: torch.nn.Module, objective: DistillObjective,
-                    files: list[str] = (TEACHER_CHECKPOINT,), rows: np.ndarray | None = None, train_cfg=None):
+                    files: list[str] = (TEACHER_CHECKPOINT,), rows: np.ndarray | None = None, train_cfg=None,
+                    seed: int = 0):
     """No teacher when every loss is teacher-free (ce, tfkd); cached teacher logits when
     inputs repeat exactly every epoch and every loss reads logits only; else the live
     teacher (its hooks record what feature losses read).
@@ -452,7 +460,9 @@ def _teacher_source(ctx: RunContext, teacher: torch.nn.Module, objective: Distil
     every rank reads it back (each indexes it with its own shard's indices).
 
     train_cfg: the training's TrainConfig; its `augment` (fresh views, maybe mixed, every step) needs
-    the live teacher, on exactly the tensor the student gets.
+    the live teacher, on exactly the tensor the student gets, unless distill.replay_views = K: then a
+    ReplayTeacher (edgekd.distill.replay) whose file the trainer fills once with the logits of K seeded
+    views per sample (`seed`: the training's, which seeds the views).
     """
     teacher.eval()
     if not objective.needs_teacher:
@@ -462,6 +472,9 @@ def _teacher_source(ctx: RunContext, teacher: torch.nn.Module, objective: Distil
     fresh_views = train_cfg is not None and train_cfg.augment is not None
     to_split = (lambda idx: idx) if rows is None else _index_map(rows)
     deterministic = augment == "none" and not fresh_views and ctx.config.data.synthetic is None
+    replayable = ctx.config.distill.replay_views and (fresh_views or augment == "timm")
+    if train_cfg is not None and replayable and ctx.config.data.synthetic is None:
+        return _replay_teacher(ctx, teacher, list(files), rows, train_cfg, seed), "replay"
     if ctx.config.distill.teacher_cache and deterministic and not objective.needs_teacher_internals:
         path = ctx.run_dir / "cache" / f"teacher_logits.{_cache_tag(ctx, list(files))}.npy"
         if not ctx.dist.broadcast_object(path.is_file()):  # one answer on every rank: all join, or none
@@ -487,6 +500,30 @@ def _teacher_source(ctx: RunContext, teacher: torch.nn.Module, objective: Distil
         kinds = sorted({k for k in objective.kinds if k in FEATURE_LOSS_KINDS})
         why = f"off: {', '.join(kinds)} read teacher internals every step (only logits are cached)"
     return live, why
+
+
+def _outputs(teacher_fn, note: str) -> dict:
+    """How the teacher's outputs reached the loss: none (no loss reads it), cached (logits once), live."""
+    return {"mode": "none" if teacher_fn is None else "cached" if note.startswith("on:") else "live"}
+
+
+def _replay_teacher(ctx: RunContext, teacher: torch.nn.Module, files: list[str], rows, train_cfg,
+                    seed: int) -> ReplayTeacher:
+    """The K-view replay cache of this training, named after everything its logits depend on: the
+    teacher checkpoints and dataset identity (_cache_tag), the sample transform (data.augment and
+    data.train_transform, train.augment), K, the views' seed, the student's rows, and what shapes a
+    step (batch size: mixed rows pair within a batch; amp: the teacher's precision)."""
+    c = ctx.config
+    samples = len(ctx.data.train_y) if rows is None else len(rows)
+    what = {"base": _cache_tag(ctx, files), "views": c.distill.replay_views, "seed": seed,
+            "data_augment": c.data.augment, "train_transform": config_dict(c.data.train_transform)
+            if c.data.augment == "timm" else None, "augment": config_dict(train_cfg.augment)
+            if train_cfg.augment is not None else None, "batch_size": train_cfg.batch_size, "amp": train_cfg.amp,
+            "rows": hashlib.sha256(np.asarray(rows if rows is not None else np.arange(samples),
+                                              dtype=np.int64).tobytes()).hexdigest()}
+    tag = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return ReplayTeacher(teacher, ctx.run_dir / "cache" / f"teacher_replay.{tag}.npy", c.distill.replay_views,
+                         samples, device=ctx.device, ui=ctx.ui if ctx.dist.is_main else None)
 
 
 def _write_teacher_cache(ctx: RunContext, teacher: torch.nn.Module, path) -> None:
@@ -532,11 +569,16 @@ def _fit(ctx: RunContext, model, name: str, cfg, loss_fn, teacher, seed: int | N
     train_xy = train_xy or data.train
     val_xy = data.val
     work = ctx.run_dir / "work" / name
-    with ctx.ui.progress(f"{name} epochs", cfg.epochs) as advance:
-        result = train(model, train_xy, val_xy, cfg, loss_fn, work, key=ctx.stage_key,
-                       seed=ctx.config.seed if seed is None else seed,
-                       augment=ctx.config.data.augment, teacher=teacher, device=ctx.device, progress=advance,
-                       dist=ctx.dist)
+
+    def steps(epoch: int, images: int):  # within the epoch: images done, rate, ETA
+        return ctx.ui.progress(f"{name} epoch {epoch + 1}/{cfg.epochs}", images, unit="images")
+
+    def epoch_done(epoch: int, **fields):
+        ctx.ui.info(f"{name} epoch {epoch}/{cfg.epochs}: {format_fields(fields)}")
+
+    result = train(model, train_xy, val_xy, cfg, loss_fn, work, key=ctx.stage_key,
+                   seed=ctx.config.seed if seed is None else seed, augment=ctx.config.data.augment, teacher=teacher,
+                   device=ctx.device, progress=epoch_done, step_progress=steps, dist=ctx.dist)
     if result.resumed_from_epoch:
         ctx.ui.info(f"resumed {name} training from epoch {result.resumed_from_epoch} checkpoint")
     for note in result.notes:

@@ -69,6 +69,7 @@ from edgekd.quantize.ort_int8 import (
 )
 from edgekd.quantize.schemes import Int8Scheme, timed_here
 from edgekd.rundir import scratch
+from edgekd.ui import progress_of
 from edgekd.runtime.ort import accuracy, make_session, predict
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -148,6 +149,7 @@ def quantize_with_gate(
     reduce_range: bool | None = None,
     scheme: Int8Scheme | None = None,
     speed_search: bool = True,
+    ui=None,
 ) -> GateResult:
     """Quantize `fp32_onnx` to `out_path`: the fastest attempt within the accuracy bound.
 
@@ -161,6 +163,7 @@ def quantize_with_gate(
     fallbacks: False tries the configured setting only (the user pinned it): no fallback, no speed search.
     speed_search: steps 5-7 where the file can be timed here.
     calib_x: (N, C, H, W) samples, any array-like that slices (a memmap streams).
+    ui: an edgekd.ui.UI: calibration shows progress with rate and ETA.
     Raises GateError listing every attempt when none passes; out_path is then not written.
     """
     scheme = scheme or host_scheme(bool(trt_ready), reduce_range)
@@ -170,7 +173,7 @@ def quantize_with_gate(
     val_x, val_y = check_samples(val_x, "val_x"), _labels(val_y, len(val_x))
     fp32_onnx, out_path = Path(fp32_onnx), Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    search = _Search(fp32_onnx, calib_x, val_x, val_y, reference_accuracy, max_accuracy_drop, target, batch_size)
+    search = _Search(fp32_onnx, calib_x, val_x, val_y, reference_accuracy, max_accuracy_drop, target, batch_size, ui)
     with scratch(out_path.parent, "gate-") as tmp:  # edgekd.rundir: where a re-run finds a killed search's files
         search.start(tmp)
         passing = search.accuracy_phase(first, fallbacks, max_excluded_nodes)
@@ -209,8 +212,8 @@ def _labels(val_y: np.ndarray, n: int) -> np.ndarray:
 class _Search:
     """State shared by the attempts: the pre-processed model, the files and the log."""
 
-    def __init__(self, fp32_onnx, calib_x, val_x, val_y, reference, max_drop, target, batch_size):
-        self.fp32_onnx, self.calib_x, self.val_x, self.val_y = fp32_onnx, calib_x, val_x, val_y
+    def __init__(self, fp32_onnx, calib_x, val_x, val_y, reference, max_drop, target, batch_size, ui=None):
+        self.fp32_onnx, self.calib_x, self.val_x, self.val_y, self.ui = fp32_onnx, calib_x, val_x, val_y, ui
         self.reference, self.max_drop, self.target, self.batch_size = reference, max_drop, target, batch_size
         self.attempts: list[Attempt] = []
         self.files: list[tuple[Path, QuantSettings, dict]] = []
@@ -243,7 +246,10 @@ class _Search:
         dest = self.tmp / f"attempt{len(self.attempts)}.onnx"
         cache = self.tmp / f"{settings.method}.calib.json"
         if settings.method not in self.calibrated:
-            self.calibrated[settings.method] = calibrate(self.pre, self.calib_x, settings.method, self.batch_size, cache)
+            with progress_of(self.ui, f"calibrating INT8 ranges ({settings.method})", len(self.calib_x),
+                             "images") as advance:
+                self.calibrated[settings.method] = calibrate(self.pre, self.calib_x, settings.method, self.batch_size,
+                                                             cache, progress=advance)
         facts = self.calibrated[settings.method]
         quantize_file(self.pre, dest, settings, cache)
         session = make_session(dest, target=self.target)
@@ -603,3 +609,4 @@ def _unflatten(array: np.ndarray, shape: list[int | None] | None) -> np.ndarray:
     if per_sample == 0 or array.size % per_sample:
         return array
     return array.reshape(-1, *shape[1:])
+

@@ -285,7 +285,7 @@ def check_excludes(pre_onnx: Path, exclude: tuple[str, ...]) -> None:
         )
 
 
-def calibrate(pre_onnx: Path, calib_x, method: str, batch_size: int, cache: Path) -> dict:
+def calibrate(pre_onnx: Path, calib_x, method: str, batch_size: int, cache: Path, progress=None) -> dict:
     """Activation ranges for `method`, saved where quantize_static reads them (calibration_cache_path).
 
     Streamed: the calibrator sees one batch per collect_data call, so it holds one batch's
@@ -293,7 +293,7 @@ def calibrate(pre_onnx: Path, calib_x, method: str, batch_size: int, cache: Path
     2,000-image 224-px histogram calibration reached 9 GB). MinMax merges ranges across
     calls; the histogram calibrators merge histograms. `calib_x` may be a memmap.
     The ranges depend on the method only, so the gate calibrates once per method and reuses
-    them for every type, form, granularity and float-node choice.
+    them for every type, form, granularity and float-node choice. `progress(n)` after each batch.
     """
     import_ort()
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
@@ -320,6 +320,8 @@ def calibrate(pre_onnx: Path, calib_x, method: str, batch_size: int, cache: Path
         )
         for start in range(0, usable, batch):
             calibrator.collect_data(BatchReader(name, calib_x, batch, start, start + batch))
+            if progress is not None:
+                progress(min(batch, usable - start))
         save_tensors_data(calibrator.compute_data(), cache)
     log.debug("calibration output:\n%s", printed.getvalue())
     return {"calibration_samples": usable, "calibration_batch_size": batch}

@@ -114,8 +114,9 @@ def int8_config(mtq) -> dict:
 # Before training
 
 
-def prepare_qat(model: nn.Module, calib_x: np.ndarray, *, batch_size: int = CALIB_BATCH) -> QatSetup:
-    """Fold BatchNorm, insert INT8 fake quantizers and calibrate them on `calib_x` (N, C, H, W), in place.
+def prepare_qat(model: nn.Module, calib_x: np.ndarray, *, batch_size: int = CALIB_BATCH, progress=None) -> QatSetup:
+    """Fold BatchNorm, insert INT8 fake quantizers and calibrate them on `calib_x` (N, C, H, W), in place;
+    `progress(n)` after each calibration batch.
 
     The model keeps its training mode afterwards and can be trained as before.
     """
@@ -132,6 +133,8 @@ def prepare_qat(model: nn.Module, calib_x: np.ndarray, *, batch_size: int = CALI
         with torch.no_grad():
             for start in range(0, len(calib), batch_size):
                 m(calib[start : start + batch_size].to(device))
+                if progress is not None:
+                    progress(len(calib[start : start + batch_size]))
 
     with _quiet():
         mtq.quantize(model, int8_config(mtq), forward_loop)

@@ -4,7 +4,7 @@ import numpy as np
 import onnx
 import pytest
 
-from edgekd.bench.measure import ArtifactToMeasure, BenchSettings, Measurement, measure_artifacts
+from edgekd.bench.measure import ArtifactToMeasure, BenchSettings, Measurement, measure_artifacts, measurement_steps
 from edgekd.bench.stats import STAT_KEYS
 from edgekd.errors import ConfigError, RuntimeBackendError
 from edgekd.runtime.ort import accuracy, make_session, predict
@@ -20,7 +20,11 @@ def measured(fake_run):
         ArtifactToMeasure("teacher-fp32", "onnxruntime", fake_run / "teacher.onnx"),
         ArtifactToMeasure("student-int8", "onnxruntime", fake_run / "student.int8.onnx"),
     ]
-    return measure_artifacts(arts, SHAPE, load_target("host-cpu"), BenchSettings(**QUICK), data=fake_run / "data" / "val.npz")
+    steps = []
+    measured = measure_artifacts(arts, SHAPE, load_target("host-cpu"), BenchSettings(**QUICK),
+                                 data=fake_run / "data" / "val.npz", progress=lambda n=1: steps.append(n))
+    assert sum(steps) == measurement_steps(len(arts), BenchSettings(**QUICK), data=True)  # the bar ends full
+    return measured
 
 
 def test_every_artifact_has_full_numbers(measured):

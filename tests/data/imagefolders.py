@@ -27,3 +27,24 @@ def write_folder(root: Path, classes=("cat", "dog", "fox"), per_class: int = 6, 
             w, h = (int(v) for v in rng.integers(*sizes, 2))
             Image.fromarray(smooth_image(rng, w, h)).save(root / name / f"{i:03d}{suffix}")
     return root
+
+
+def write_shards(folder: Path, out: Path, per_shard: int = 8) -> Path:
+    """The images of an ImageFolder `folder` as webdataset shards under `out`, in listing order (class, then
+    name): <key>.<suffix> + <key>.cls per sample, classes.txt with the class names. A folder with train/,
+    val/, test/ subfolders gives shards in the same subfolders."""
+    import webdataset as wds
+
+    splits = [name for name in ("train", "val", "test") if (folder / name).is_dir()] or [""]
+    classes = sorted(p.name for p in (folder / splits[0]).iterdir() if p.is_dir())
+    for split in splits:
+        files = [(label, path) for label, name in enumerate(classes)
+                 for path in sorted((folder / split / name).iterdir())]
+        (out / split).mkdir(parents=True, exist_ok=True)
+        for start in range(0, len(files), per_shard):
+            with wds.TarWriter(str(out / split / f"shard-{start // per_shard:04d}.tar")) as sink:
+                for label, path in files[start : start + per_shard]:
+                    sink.write({"__key__": f"{path.parent.name}_{path.stem}", path.suffix[1:]: path.read_bytes(),
+                                "cls": str(label).encode()})
+    (out / "classes.txt").write_text("\n".join(classes) + "\n")
+    return out

@@ -3,7 +3,7 @@ import pytest
 
 from edgekd.data import stratified_split
 from edgekd.data.listing import list_imagefolder
-from edgekd.data.splits import folder_splits, idx_splits, imagefolder_splits, three_way_split
+from edgekd.data.splits import folder_splits, imagefolder_splits, three_way_split
 from tests.data.imagefolders import write_folder
 
 LABELS = np.repeat(np.arange(4), [50, 30, 20, 10])
@@ -32,11 +32,6 @@ def test_a_class_too_small_for_three_splits_keeps_training_then_test():
     tiny = three_way_split(np.array([0, 0, 0, 0, 0, 1, 1]), 0.2, 0.2, seed=0)  # class 1: one train, one test
     assert [np.bincount(np.array([0, 0, 0, 0, 0, 1, 1])[rows], minlength=2).tolist() for rows in tiny] == [
         [3, 1], [1, 0], [1, 1]]
-
-
-def test_idx_rule_carves_val_from_the_training_file():
-    s = idx_splits(LABELS, 0.2, seed=0)
-    assert len(s.test) == 0 and len(s.val) == 22 and len(s.train) == 88
 
 
 @pytest.mark.parametrize("folders, expected", [

@@ -6,6 +6,7 @@ from torch import nn
 
 from edgekd.config import TrainConfig
 from edgekd.distill.trainer import train
+from edgekd.data.datasets import transform_sample
 from edgekd.distill.views import BatchViews
 
 CLASSES = 4
@@ -31,6 +32,13 @@ def _data(n=40):
     return torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, CLASSES, (n,), generator=g)
 
 
+def _views_of(views: BatchViews, samples, idx, epoch: int) -> torch.Tensor:
+    """The views training draws for samples[i], i in idx, in `epoch`: each seeded by (seed, i, epoch),
+    whichever worker drew it (edgekd.data.datasets.transform_sample)."""
+    return torch.stack([transform_sample(views.sample, samples[int(i)], True, (views.seed, int(i), epoch), None)
+                        for i in idx])
+
+
 def test_teacher_and_student_receive_the_identical_mixed_tensor(tmp_path, single_thread):
     x, y = _data()
     teacher_seen, labels_seen = [], []
@@ -53,7 +61,8 @@ def test_teacher_and_student_receive_the_identical_mixed_tensor(tmp_path, single
     views = BatchViews(cfg.augment, channels=1, input_size=8, num_classes=CLASSES, seed=3)
     for step, (seen, (idx, teacher_input), labels) in enumerate(zip(student.seen, teacher_seen, labels_seen)):
         assert torch.equal(seen, teacher_input)  # the very tensor, not two draws of the same recipe
-        expected, targets = views.mix(views.augment(x[idx], step // 3, step % 3), y[idx], step // 3, step % 3)
+        epoch, at = divmod(step, 3)
+        expected, targets = views.mix(_views_of(views, x, idx, epoch), y[idx], epoch, at)
         assert torch.equal(seen, expected)  # reproducible from (seed, epoch, step) alone
         assert not torch.equal(seen, x[idx])  # and really augmented
         assert labels.shape == (len(idx), CLASSES) and torch.allclose(labels.sum(1), torch.ones(len(idx)))
@@ -124,9 +133,8 @@ def test_streamed_imagefolder_batches_get_the_same_views_mixing_and_average(tmp_
     for step, (student_input, (idx, teacher_input)) in enumerate(zip(student.seen, seen)):
         assert torch.equal(student_input, teacher_input)
         epoch, at = divmod(step, per_epoch)
-        batch = torch.stack([plain[int(i)] for i in idx])  # what the loader gave, without data.augment
-        labels = torch.as_tensor(data.train.labels[idx.numpy()])
-        expected, _ = views.mix(views.augment(batch, epoch, at), labels, epoch, at)
+        labels = torch.as_tensor(data.train.labels[idx.numpy()])  # views of the eval transform's tensors
+        expected, _ = views.mix(_views_of(views, plain, idx, epoch), labels, epoch, at)
         assert torch.equal(student_input, expected)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all("val_accuracy_ema" in r and "data_wait" in r for r in rows)

@@ -65,11 +65,12 @@ def test_merge_replaces_lists_and_merges_dicts():
     ({"teacher": {"train": {"augment": {"auto_augment": "rand-m9-mstd0.5"}}}}, "need decoded pictures"),
     ({"distill": {"qat": {"ema": True}}}, "qat.ema and qat.augment are not supported"),
     ({"distill": {"scheme": "online", "train": {"ema": True}}}, "own loop"),
-    # imagefolder with data.augment timm: array views would silently replace the picture transform
-    ({"data": {"kind": "imagefolder", "path": ".", "augment": "timm"}, "distill": {"recipe": "function_matching"}},
-     r"distill.train.augment draws views .* they do not combine"),
-    ({"data": {"kind": "imagefolder", "path": ".", "augment": "timm"}, "teacher": {"recipe": "strong"}},
-     r"teacher.train.augment draws views"),
+    # the K-view teacher replay cache (edgekd.distill.replay)
+    ({"distill": {"replay_views": 4}}, "no per-sample augmentation"),
+    ({"distill": {"replay_views": 4, "recipe": "function_matching", "teacher_cache": False}},
+     "replay is a teacher cache"),
+    ({"distill": {"replay_views": 4, "recipe": "function_matching", "losses": [{"kind": "at"}]}}, "teacher internals"),
+    ({"distill": {"replay_views": 4, "recipe": "function_matching", "losses": [{"kind": "ce"}]}}, "nothing to replay"),
 ])
 def test_rules_are_checked_at_load(data, match):
     with pytest.raises(ConfigError, match=match):
@@ -79,6 +80,14 @@ def test_rules_are_checked_at_load(data, match):
 def test_function_matching_with_unlabeled_samples_is_fine_when_no_loss_reads_labels():
     d = _load({"distill": {"recipe": "function_matching", "unlabeled_fraction": 0.5}}).distill
     assert d.unlabeled_fraction == 0.5
+
+
+def test_function_matching_combines_with_timm_picture_transforms_and_the_replay_cache():
+    c = _load({"data": {"kind": "imagefolder", "path": ".", "augment": "timm"},
+               "distill": {"recipe": "function_matching", "replay_views": 4}, "teacher": {"recipe": "strong"}})
+    assert c.distill.train.mixing and c.distill.replay_views == 4 and c.teacher.train.augment.re_prob == 0.5
+    assert _load({"data": {"kind": "imagefolder", "path": ".", "augment": "timm"},
+                  "distill": {"replay_views": 2}}).distill.replay_views == 2  # timm's views alone
 
 
 def test_ema_and_train_augment_load_with_streamed_images_when_data_augment_is_not_timm():

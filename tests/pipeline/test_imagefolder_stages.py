@@ -15,7 +15,8 @@ from edgekd.errors import DataError
 from edgekd.pipeline.context import RunContext
 from edgekd.pipeline.engine import read_record, run_stages
 from edgekd.pipeline.measure_stages import _dataset_notes
-from edgekd.pipeline.train_stages import DATA, STUDENT, TEACHER, run_data
+from edgekd.pipeline.train_stages import (DATA, STUDENT, TEACHER, _replay_teacher, _student_split, run_data,
+                                          teacher_files)
 from edgekd.schema import parse
 from edgekd.ui import UI
 
@@ -32,11 +33,11 @@ def _folder(root, per_class=12):
     return root
 
 
-def _ctx(tmp_path, images, **data) -> RunContext:
+def _ctx(tmp_path, images, distill=None, **data) -> RunContext:
     config = {"data": {"kind": "imagefolder", "path": str(images), "input_size": 8, "channels": 3, "workers": 0,
                        **data},
               "teacher": {"model": "test_resnet", "train": TRAIN}, "student": {"width": 0.5},
-              "distill": {"train": TRAIN}, "targets": ["host-cpu"],
+              "distill": distill or {"train": TRAIN}, "targets": ["host-cpu"],
               "quantize": {"calibration": str(BUILTIN_DIR / "calib" / "digits.yaml")}}
     run_dir = tmp_path / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -108,6 +109,86 @@ def test_bad_images_are_all_named_before_training_or_skipped_and_counted(tmp_pat
     summary = run_data(skip)["dataset"]
     assert summary["skipped_images"] == ["c0/broken.png", "c2/empty.jpg"]
     assert "2 unreadable image(s) left out (data.on_bad_image: skip): c0/broken.png, c2/empty.jpg." in \
-        _dataset_notes(summary)  # the report says so
+        _dataset_notes(summary, [])  # the report says so
     later = _ctx(tmp_path / "skip", images, on_bad_image="skip")  # a later stage leaves out the same files
     assert sum(len(getattr(later.data, s)) for s in ("train", "val", "test")) == 36
+
+
+def test_the_whole_test_split_is_scored_streaming_when_the_test_file_is_a_capped_subset(tmp_path, monkeypatch):
+    import torch
+
+    from edgekd.export import export_onnx
+    from edgekd.models.io import build, load_model, save_checkpoint
+    from edgekd.pipeline import train_stages
+    from edgekd.pipeline.full_test import score_full_test, test_file_is_subset
+    from edgekd.pipeline.measure_stages import _dataset_notes as notes
+    from edgekd.pipeline.records import Artifact
+    from edgekd.runtime.ort import make_session, predict
+
+    monkeypatch.setattr(train_stages, "TEST_FILE_MAX_SAMPLES", 4)
+    ctx = _ctx(tmp_path, _folder(tmp_path / "images"), test_fraction=0.34)
+    run_data(ctx)
+    assert test_file_is_subset(ctx)
+    with np.load(ctx.run_dir / "data" / "test.npz") as npz:
+        assert len(npz["y"]) == 4
+    with torch.random.fork_rng():  # an untrained model: its predictions differ per image, which is all this needs
+        torch.manual_seed(0)
+        model = build("test_resnet", {"num_classes": 3, "in_chans": 3}).eval()
+    save_checkpoint(ctx.run_dir / "model.safetensors", model, "test_resnet", {"num_classes": 3, "in_chans": 3})
+    export_onnx(model, ctx.run_dir / "model.onnx", input_shape=(1, 3, 8, 8), opset=18)
+    artifacts = [Artifact("model-pytorch", "student", "pytorch", "fp32", "model.safetensors"),
+                 Artifact("model-fp32", "student", "onnxruntime", "fp32", "model.onnx")]
+    scores = score_full_test(ctx, artifacts)
+
+    test = ctx.data.test  # 12 images at 8 px: small enough to stack for the reference
+    x, y = test.stack(np.arange(len(test))), test.labels
+    for a in artifacts:
+        if a.runtime == "pytorch":
+            with torch.inference_mode():
+                logits = load_model(ctx.run_dir / a.path)(torch.from_numpy(x)).numpy()
+        else:
+            logits = predict(make_session(ctx.run_dir / a.path), x)
+        assert scores[a.name] == pytest.approx(float((logits.argmax(1) == y).mean()), abs=1e-9)
+    summary = json.loads((ctx.run_dir / "data" / "summary.json").read_text())
+    rows = [{"name": name, "accuracy_full_test": value} for name, value in scores.items()]
+    said = " ".join(notes(summary, rows))
+    assert f"On the whole test split ({len(test)} samples" in said and "`data/test.npz` 4 of" in said
+    assert "`data/calib.npz`" in said
+    with np.load(ctx.run_dir / "data" / "val.npz") as npz:  # in class order: parity takes every class, not the head
+        val_x, val_y = npz["x"], npz["y"]
+    parity = ctx.parity_inputs(3)
+    rows = [int(np.flatnonzero((val_x == row).all(axis=(1, 2, 3)))[0]) for row in parity]
+    assert sorted(val_y[rows]) == [0, 1, 2]
+def test_function_matching_with_timm_views_replays_the_teacher_and_a_changed_image_rebuilds_the_cache(tmp_path):
+    """data.augment timm + distill.recipe function_matching + replay_views: the views (timm's transform, then
+    train.augment's, then mixup) are drawn in the workers and the teacher's logits of 2 views per image are
+    stored once; another schedule reuses them, a rewritten image names another cache."""
+    images = _folder(tmp_path / "images", per_class=6)
+
+    def run(epochs: int) -> dict:
+        ctx = _ctx(tmp_path, images, augment="timm", distill={
+            "recipe": "function_matching", "replay_views": 2, "train": {**TRAIN, "epochs": epochs}})
+        run_stages([DATA, TEACHER, STUDENT], ctx, UI(quiet=True))
+        return read_record(ctx.run_dir, "student")["result"]
+
+    def caches() -> set[str]:
+        return {p.name for p in (tmp_path / "run" / "cache").glob("teacher_replay.*.npy")}
+
+    first = run(epochs=1)
+    assert first["teacher_outputs"]["mode"] == "replay" and not first["teacher_outputs"]["reused"]
+    assert first["teacher_cache"].startswith("replay: teacher logits of 2 fixed views per image, fp16 (2, ")
+    assert first["teacher_outputs"]["disk_bytes"] > 0 and len(caches()) == 1
+    longer = run(epochs=2)  # the student re-runs; the views and the teacher did not change
+    assert longer["teacher_outputs"]["reused"] and longer["teacher_outputs"]["file"] == first["teacher_outputs"]["file"]
+
+    def cache_name() -> str:  # the file the student stage would replay from, for the files as they are now
+        ctx = _ctx(tmp_path, images, augment="timm", distill={"recipe": "function_matching", "replay_views": 2,
+                                                              "train": TRAIN})
+        return _replay_teacher(ctx, None, teacher_files(ctx.config), _student_split(ctx).rows, ctx.config.distill.train,
+                               ctx.config.seed).path.name
+
+    assert cache_name() == first["teacher_outputs"]["file"]
+    with Image.open(images / "c2" / "4.png") as img:  # one image rewritten: the dataset identity changes
+        pixels = 255 - np.asarray(img)
+    Image.fromarray(pixels).save(images / "c2" / "4.png")
+    assert cache_name() != first["teacher_outputs"]["file"]  # the old logits are never replayed for it

@@ -25,6 +25,7 @@ from edgekd.pipeline.context import RunContext
 from edgekd.pipeline.stages import STAGES
 from edgekd.pipeline.records import STAGE_ORDER
 from edgekd.ui import UI
+from tests.data.imagefolders import write_shards
 
 # Lists whose entries' fields are read separately (the teacher stage reads a teacher's `model`,
 # the student stage its `weight`): walked into as `teachers[*].<key>`. Other lists are one leaf.
@@ -58,6 +59,7 @@ LOADED = {**SINGLE, "teacher": {"checkpoint": "teacher.pth"}}  # keys that only 
 LOADED_TEACHERS = {**FULL, "teachers": [{"model": "resnet18"}, {"model": "resnet18", "checkpoint": "teacher.pth"}]}
 IMAGES = {**SINGLE, "data": {"kind": "imagefolder", "path": "data-folder"}}
 TIMM = {**SINGLE, "data": {"kind": "imagefolder", "path": "data-folder", "augment": "timm"}}
+SHARDS = {**SINGLE, "data": {"kind": "webdataset", "shards": "data-shards"}}
 # student.search: candidates measured on the host (search) and ranked by proxy distillation (choose)
 SEARCH = {"name": "keys", "data": {"path": "data-folder"}, "targets": ["host-cpu"],
           "student": {"search": {"widths": [0.5], "depths": [1.0], "models": ["resnet10t"]}}}
@@ -68,7 +70,7 @@ EMA_FULL = {**FULL, "teachers": [{"model": "resnet18"}, {"model": "resnet18", "t
 SYNTH = {**SINGLE, "data": {"path": "data-folder", "synthetic": {"method": "dafl", "count": 64}},
          "distill": {"synthetic_fraction": 0.5}}
 SYNTH_ZSKT = {**SINGLE, "data": {"path": "data-folder", "synthetic": {"method": "zskt", "count": 64}}}
-BASES = {"synth": SYNTH, "synth_zskt": SYNTH_ZSKT, "images": IMAGES, "timm": TIMM, "full": FULL, "single": SINGLE, "online": ONLINE, "loaded": LOADED,
+BASES = {"synth": SYNTH, "synth_zskt": SYNTH_ZSKT, "images": IMAGES, "timm": TIMM, "shards": SHARDS, "full": FULL, "single": SINGLE, "online": ONLINE, "loaded": LOADED,
          "loaded_teachers": LOADED_TEACHERS, "search": SEARCH, "ema_single": EMA_SINGLE, "ema_full": EMA_FULL}
 
 
@@ -108,6 +110,7 @@ KEY_READERS: dict[str, Case | None] = {
     **{f"data.synthetic.{k}": Case(v, {"synthetic"}, "synth") for k, v in {
         "method": "deepinversion", "count": 128, "seed": 1, "settings": {"rounds": 3}}.items()},
     "distill.synthetic_fraction": Case(0.25, {"student"}, "synth"),
+    "data.shards": Case("other-shards", {"data"}, "shards"),
     **{f"data.train_transform.{k}": Case(v, TRAINERS - {"qat"}, "timm") for k, v in {  # SINGLE has no QAT
         "scale": [0.5, 1.0], "ratio": [0.9, 1.1], "hflip": 0.0, "vflip": 0.5, "color_jitter": 0.2,
         "auto_augment": "rand-m9-mstd0.5", "interpolation": "bicubic", "re_prob": 0.25, "re_mode": "pixel",
@@ -156,6 +159,8 @@ KEY_READERS: dict[str, Case | None] = {
     **{f"distill.qat.{k}": UNCHANGEABLE for k in ("ema", "ema_decay",
                                                   *(f"augment.{k}" for k in (*AUGMENT_VALUES, *AUGMENT_REFUSED)))},
     "distill.teacher_cache": Case(False, {"student", "qat"}),
+    # the K-view replay cache needs per-sample views (timm here); search proxies distil with it too
+    "distill.replay_views": Case(4, {"student"}, "timm"),
     "distill.unlabeled_fraction": Case(0.5, TRAINERS),
     "distill.scheme": Case("online", {"student"}, "single"),
     "distill.peers": Case(3, {"student"}, "online"),
@@ -204,6 +209,9 @@ CONDITIONAL = [
      SEARCH, "export.opset", 17, {"export", "search"}),
     ("student.search on: the search and choose stages run (the student stage reads their choice as a file)",
      {**SINGLE, "targets": ["host-cpu"]}, "student", {"search": {"models": ["resnet10t"]}}, {"search", "choose"}),
+    ("distill.replay_views, search: the proxy runs distil with the replay cache",
+     {**SEARCH, "data": {"kind": "imagefolder", "path": "data-folder", "augment": "timm"}},
+     "distill.replay_views", 2, {"student", "choose"}),
     ("student.search.proxy_fraction without proxy runs: FLOPs rank, nothing trains",
      {**SEARCH, "student": {"search": {"widths": [0.5], "depths": [1.0], "proxy_epochs": 0}}},
      "student.search.proxy_fraction", 0.5, set()),
@@ -276,6 +284,8 @@ def folder(tmp_path):
         (tmp_path / name / "class0").mkdir(parents=True)
         for i in range(3):  # an imagefolder base lists them (the data stage's key covers the listing)
             Image.new("L", (8, 8), 40 * i).save(tmp_path / name / "class0" / f"{i}.png")
+    for name in ("data", "other"):  # the same images as tar shards: a webdataset base lists their headers
+        write_shards(tmp_path / f"{name}-folder", tmp_path / f"{name}-shards", per_shard=2)
     (tmp_path / "teacher.pth").write_bytes(b"weights")
     (tmp_path / "other-calib.yaml").write_text("split: train\nsamples: 128\nseed: 1\n")
     (tmp_path / "table.json").write_text("{}")  # student.search.latency_table: read when the search runs

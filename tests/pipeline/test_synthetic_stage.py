@@ -103,6 +103,7 @@ def test_deepinversion_is_refused_for_a_teacher_without_batchnorm_before_anythin
     (lambda d: d["student"].update(quantization="qat"), "qat fine-tunes on the real training split"),
     (lambda d: d["distill"].update(losses=[{"kind": "ce"}]), "every distill loss is teacher-free"),
     (lambda d: d["distill"].update(synthetic_fraction=0), "synthetic_fraction"),
+    (lambda d: d["distill"].update(replay_views=2), "replay_views"),
 ])
 def test_bad_synthetic_configs_are_refused_at_load(tmp_path, edit, words):
     with pytest.raises(ConfigError) as err:

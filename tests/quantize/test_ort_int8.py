@@ -251,8 +251,10 @@ def test_fewer_samples_than_a_batch_are_all_calibrated_unless_the_batch_is_fixed
         model = HardSwishNet(width=8).eval()
     export_onnx(model, tmp_path / "fixed4.onnx", input_shape=(4, 1, 32, 32), opset=18, dynamic_batch=False)
     fixed = ort_int8.preprocess(tmp_path / "fixed4.onnx", tmp_path / "fixed4.pre.onnx")
-    facts = ort_int8.calibrate(fixed, digits.calib_x[:10], "minmax", 16, tmp_path / "fixed.json")
-    assert facts == {"calibration_samples": 8, "calibration_batch_size": 4}
+    advanced = []  # progress counts the samples calibrated, batch by batch
+    facts = ort_int8.calibrate(fixed, digits.calib_x[:10], "minmax", 16, tmp_path / "fixed.json",
+                               progress=advanced.append)
+    assert facts == {"calibration_samples": 8, "calibration_batch_size": 4} and advanced == [4, 4]
     with pytest.raises(DataError, match="batches of exactly 4"):
         ort_int8.calibrate(fixed, digits.calib_x[:3], "minmax", 16, tmp_path / "short.json")
 

@@ -42,7 +42,9 @@ def trained(tmp_path_factory):
                 work / "float", key="float")
     model.load_state_dict(fit.best_state)
     float_state = {k: v.clone() for k, v in model.state_dict().items()}
-    setup = qat.prepare_qat(model, data.train_x[:256])
+    calibrated_samples = []  # progress: every calibration sample counted once
+    setup = qat.prepare_qat(model, data.train_x[:256], progress=calibrated_samples.append)
+    assert sum(calibrated_samples) == 256
     calibrated = evaluate(model, *val_xy)
     fit = train(model, train_xy, val_xy, TrainConfig(epochs=1, batch_size=128, lr=3e-4, warmup_epochs=0),
                 cross_entropy(), work / "qat", key="qat")
