@@ -18,6 +18,7 @@ from edgekd.distill.recipes import DISTILL_RECIPES, TEACHER_RECIPES, expand_reci
 from edgekd.errors import ConfigError
 from edgekd.schema import Strict, parse, read_yaml
 from edgekd.search.config import SearchConfig
+from edgekd.synth.config import SyntheticConfig
 
 CONFIG_VERSION = 1
 
@@ -59,6 +60,9 @@ class DataConfig(Strict):
     on_bad_image: Literal["error", "skip"] = Field(
         "error", description="imagefolder: error = list every unreadable image and stop before any training; "
         "skip = leave them out (the data summary counts them)")
+    synthetic: SyntheticConfig | None = Field(
+        None, description="transfer images generated from the teacher (data-free distillation, docs/data_free.md): "
+        "{method, count, seed, <method settings>}; the student trains on them (distill.synthetic_fraction)")
 
     @model_validator(mode="after")
     def _path_when_needed(self) -> "DataConfig":
@@ -368,6 +372,9 @@ class DistillConfig(Strict):
         0.0, ge=0, lt=1, description="this seeded, class-stratified share of the student's training samples is "
         "used without labels (transfer data): only teacher-reading terms learn from it. The teacher stage "
         "never sees those labels either")
+    synthetic_fraction: float = Field(
+        1.0, gt=0, le=1, description="with data.synthetic: the share of synthetic images in every student batch; "
+        "the rest are real training samples (unlabeled_fraction applies to them). 1: synthetic only")
 
     @model_validator(mode="before")
     @classmethod
@@ -576,6 +583,31 @@ class CompressConfig(Strict):
                              f"run trains, exports and measures at data.input_size {self.data.input_size}: leave "
                              "input_sizes out (or [data.input_size]); to compare sizes, run one config per "
                              "data.input_size")
+        return self
+
+    @model_validator(mode="after")
+    def _synthetic_fits_the_run(self) -> "CompressConfig":
+        d, synthetic = self.distill, self.data.synthetic
+        if synthetic is None:
+            if "synthetic_fraction" in d.model_fields_set:
+                raise ValueError("distill.synthetic_fraction mixes synthetic images into each batch, but there is no "
+                                 "data.synthetic section: add one, or remove synthetic_fraction")
+            return self
+        if d.scheme == "online" or multi_pass_schemes(self):
+            raise ValueError("data.synthetic distils one teacher -> student link on images made from the teacher; "
+                             "it does not combine with scheme: online, assistants, generations or several teachers")
+        if all(loss.kind in TEACHER_FREE_KINDS for loss in d.losses):
+            raise ValueError("synthetic images carry no labels, only the teacher's outputs, but every distill loss "
+                             "is teacher-free: add a loss that reads the teacher (kd, dkd, ...)")
+        if self.student.search is not None:
+            raise ValueError("student.search ranks candidates by distilling them on real data; with data.synthetic "
+                             "give the student by hand")
+        if d.replay_views:
+            raise ValueError("distill.replay_views caches teacher outputs per real training image; with data.synthetic "
+                             "the teacher runs live on every batch: set replay_views: 0")
+        if self.student.quantization == "qat":
+            raise ValueError("student.quantization: qat fine-tunes on the real training split, not on data.synthetic's "
+                             "images: use quantization: none (post-training INT8 still applies)")
         return self
 
     @field_validator("name")

@@ -28,6 +28,11 @@ data:
   cache: none               # imagefolder: uint8 = decode each image once into a file at training size, reused
   # cache_dir: ~/.cache/edgekd/data   # where that cache lives (default: <run dir>/cache/data)
   on_bad_image: error       # imagefolder: error = list every unreadable image and stop; skip = leave them out
+  # synthetic:              # data-free distillation: transfer images generated from the teacher (docs/data_free.md)
+  #   method: dafl          #   deepinversion | deepinversion_imagenet (BatchNorm teachers) | zskt | dafl
+  #   count: 2048           #   images generated (cached by teacher + method + settings + seed; resumable)
+  #   seed: 0
+  #   rounds: 1000          #   any of the method's settings (published defaults otherwise)
   train_fraction: 1.0       # the student trains on this stratified share of the training split (the teacher on all)
   # mean: [0.5]             # default: measured on the training split (digits/idx) or the teacher's timm config
   # std: [0.5]
@@ -123,6 +128,7 @@ distill:
   replay_views: 0           # with augmentation: 0 = live teacher; K = logits of K fixed views per image computed
                             #   once (fp16 on disk), replayed (epoch e shows view e mod K); logit losses only
   unlabeled_fraction: 0.0   # this share of the student's samples is used without labels (withheld from the teacher too)
+  # synthetic_fraction: 1.0 # with data.synthetic: share of synthetic images in every batch (1: synthetic only)
   train:                    # same keys as teacher.train
     epochs: 15
     batch_size: 64          # per process under torchrun (global batch = processes x batch_size)

@@ -90,6 +90,25 @@ def _check_model_names(config: CompressConfig) -> None:
         _check_student(config, assistant_student(config, assistant), f"distill.assistants[{i}]")
     if config.student.init == "teacher":
         _check_prunable(config.teacher.model)
+    if config.data.synthetic is not None:
+        _check_synthetic_teacher(config)
+
+
+def _check_synthetic_teacher(config: CompressConfig) -> None:
+    """DeepInversion (and the BN prior of the adversarial methods) matches the teacher's BatchNorm
+    statistics: a BN-free teacher (ViT, ConvNeXt) is refused now, before anything trains."""
+    from edgekd.models.io import build
+    from edgekd.synth.deepinversion import require_batchnorm
+
+    synthetic = config.data.synthetic
+    settings = synthetic.parsed()
+    if synthetic.method.startswith("deepinversion") or getattr(settings, "bn", 0) > 0:
+        what = synthetic.method if synthetic.method.startswith("deepinversion") else f"{synthetic.method} with bn > 0"
+        try:
+            require_batchnorm(build(config.teacher.model, {}), what)
+        except ModelError as exc:
+            raise ModelError(f"data.synthetic: teacher {config.teacher.model!r}: {exc.message}",
+                             exc.hint + (" (or set bn: 0)" if "bn >" in what else "")) from None
 
 
 def _open_search_backends(config: CompressConfig, probe: bool, ssh_options=()) -> dict:

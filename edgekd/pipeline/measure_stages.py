@@ -22,7 +22,7 @@ BENCH_FILE = "bench.json"
 REPORT_FILES = ["report.json", "report.md", "report.html"]
 UPSTREAM = STAGE_ORDER[: STAGE_ORDER.index("bench")]
 # whose results the report shows
-RESULT_STAGES = ("search", "teacher", "choose", "student", "export", "quantize", "qat", "tensorrt")
+RESULT_STAGES = ("search", "teacher", "choose", "synthetic", "student", "export", "quantize", "qat", "tensorrt")
 
 
 PRECISION_ORDER = {"fp32": 0, "fp16": 1, "int8": 2}
@@ -121,7 +121,9 @@ def run_report(ctx: RunContext) -> dict:
     results = {name: (read_record(ctx.run_dir, name) or {}).get("result", {}) for name in RESULT_STAGES}
     extra = {"teacher": _public(results["teacher"]), "student": _public(results["student"]),
              "export": results["export"].get("models"), "quantization": _public(results["quantize"]),
-             **({"qat": _public(results["qat"])} if results["qat"].get("export") else {})}
+             **({"qat": _public(results["qat"])} if results["qat"].get("export") else {}),
+             **({"synthetic": {**results["synthetic"]["transfer_set"], "training": results["student"].get("synthetic")}}
+                if results["synthetic"].get("transfer_set") else {})}
     report = assemble(run={"name": ctx.config.name, "config": ctx.config.model_dump(mode="json")},
                       targets=[t.model_dump(mode="json") for t in ctx.targets], dataset=dataset,
                       machine=bench["machine"], measurement=bench["measurement"], rows=bench["rows"], extra=extra)
@@ -224,11 +226,16 @@ def notes(ctx: RunContext, report: dict, results: dict) -> list[str]:
     student = results["student"]
     if student:
         out.append(f"Teacher-output cache: {student.get('teacher_cache')}.")
-        used = student.get("student_data")
-        if used and (used["samples"] < used["train_split"] or used["unlabeled"]):
+        used, synthetic = student.get("student_data"), student.get("synthetic")
+        if synthetic and synthetic["fraction_per_batch"] == 1:
+            out.append(f"Student training data: the {synthetic['images']} synthetic transfer images alone "
+                       "(data.synthetic), no real training sample; teacher soft targets only.")
+        elif used and (used["samples"] < used["train_split"] or used["unlabeled"] or synthetic):
             withheld = " (withheld from teacher training too)" if used["unlabeled"] else ""
             out.append(f"Student training data: {used['samples']} of {used['train_split']} training samples, "
-                       f"{used['unlabeled']} of them used without labels{withheld}.")
+                       f"{used['unlabeled']} of them used without labels{withheld}"
+                       + (f", mixed with {synthetic['images']} synthetic images ({synthetic['fraction_per_batch']:.0%} "
+                          "of every batch)." if synthetic else "."))
     out += _export_notes(report)
     out += _int8_notes(report, results["quantize"])
     return out

@@ -20,12 +20,13 @@ from edgekd.artifacts import STUDENT_CHECKPOINT, TEACHER_CHECKPOINT
 from edgekd.rundir import RECORDS
 
 # The stages of `edgekd compress`, in order (edgekd.pipeline.stages.STAGES; a test keeps the two equal).
-STAGE_ORDER = ("data", "search", "teacher", "choose", "student", "qat", "export", "quantize", "tensorrt", "bench", "report")
+STAGE_ORDER = ("data", "search", "teacher", "choose", "synthetic", "student", "qat", "export", "quantize", "tensorrt", "bench", "report")
 
 # Run-directory files more than one module names.
 CHECKPOINTS = {"teacher": TEACHER_CHECKPOINT, "student": STUDENT_CHECKPOINT}  # model role -> its checkpoint
 VAL_FILE = "data/val.npz"  # the validation split: every choice (best epoch, early stopping, peers, INT8 gate)
 TEST_FILE = "data/test.npz"  # the test split (stratified, capped): every accuracy reported, here and on devices
+TRANSFER_FILE = "synthetic/transfer.json"  # the synthetic stage's summary of its transfer set (data.synthetic)
 CALIB_FILE = "data/calib.npz"  # calibration samples, drawn from the split the manifest names
 SUMMARY_FILE = "data/summary.json"
 

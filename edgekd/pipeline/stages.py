@@ -11,7 +11,8 @@ from edgekd.pipeline.measure_stages import BENCH, REPORT
 from edgekd.pipeline.qat_stage import QAT
 from edgekd.pipeline.search_stage import CHOOSE, SEARCH
 from edgekd.pipeline.tensorrt_stage import TENSORRT
+from edgekd.pipeline.synth_stage import SYNTHETIC
 from edgekd.pipeline.train_stages import DATA, STUDENT, TEACHER
 
 # records.STAGE_ORDER names them
-STAGES = [DATA, SEARCH, TEACHER, CHOOSE, STUDENT, QAT, EXPORT, QUANTIZE, TENSORRT, BENCH, REPORT]
+STAGES = [DATA, SEARCH, TEACHER, CHOOSE, SYNTHETIC, STUDENT, QAT, EXPORT, QUANTIZE, TENSORRT, BENCH, REPORT]

@@ -22,11 +22,11 @@ from edgekd.models.io import build, load_model, read_checkpoint, save_checkpoint
 from edgekd.models.prune import init_from_teacher
 from edgekd.models.student import student_spec
 from edgekd.models.teacher import build_teacher
-from edgekd.pipeline import search_stage
+from edgekd.pipeline import search_stage, synthetic_train
 from edgekd.pipeline.context import RunContext
 from edgekd.pipeline.engine import Stage
 from edgekd.pipeline.records import (CALIB_FILE, STUDENT_CHECKPOINT, SUMMARY_FILE, TEACHER_CHECKPOINT, TEST_FILE,
-                                     VAL_FILE, Artifact)
+                                     TRANSFER_FILE, VAL_FILE, Artifact)
 from edgekd.ui import format_fields
 
 # ---------------------------------------------------------------- data
@@ -251,7 +251,8 @@ def run_student(ctx: RunContext) -> dict:
 
 
 STUDENT = Stage("student", "distil the student from the teacher", run_student, _student_reads,
-                lambda ctx: [SUMMARY_FILE, *teacher_files(ctx.config), *search_stage.choice_files(ctx)],
+                lambda ctx: [SUMMARY_FILE, *teacher_files(ctx.config), *search_stage.choice_files(ctx),
+                             *([TRANSFER_FILE] if ctx.config.data.synthetic else [])],
                 _student_outputs, distributed=True)
 
 
@@ -331,9 +332,10 @@ def _distil_link(ctx: RunContext, link: Link, student, teacher, teacher_source: 
     train_cfg = train_cfg or c.distill.train
     teacher_fn, cache_note = _teacher_source(ctx, teacher, objective, teacher_source, rows=split.rows,
                                              train_cfg=train_cfg, seed=link.seed)
+    train_xy, synthetic = synthetic_train.student_training(ctx, student_train_xy(ctx, split))
     try:
         result = _fit(ctx, student, link.name, train_cfg, objective, teacher=teacher_fn, seed=link.seed,
-                      train_xy=student_train_xy(ctx, split))
+                      train_xy=train_xy)
     finally:
         objective.close()  # hooks off: the saved and exported student is the plain timm model
     replay = isinstance(teacher_fn, ReplayTeacher)
@@ -346,7 +348,7 @@ def _distil_link(ctx: RunContext, link: Link, student, teacher, teacher_source: 
                "teacher_outputs": teacher_fn.summary() if replay else _outputs(teacher_fn, cache_note),
                **init, "losses": objective.describe(),
                "loss_params": sum(p.numel() for p in objective.parameters()), "student_data": split.summary(),
-               **_train_metrics(result)}
+               **({"synthetic": synthetic} if synthetic else {}), **_train_metrics(result)}
     if out != STUDENT_CHECKPOINT:
         _save(ctx, out, student, link.arch, link.kwargs, {"link": link.name, "distill": config_dict(c.distill)},
               {**metrics, "stage_key": ctx.stage_key})
@@ -469,8 +471,9 @@ def _teacher_source(ctx: RunContext, teacher: torch.nn.Module, objective: Distil
     augment = ctx.config.data.augment
     fresh_views = train_cfg is not None and train_cfg.augment is not None
     to_split = (lambda idx: idx) if rows is None else _index_map(rows)
-    deterministic = augment == "none" and not fresh_views
-    if train_cfg is not None and ctx.config.distill.replay_views and (fresh_views or augment == "timm"):
+    deterministic = augment == "none" and not fresh_views and ctx.config.data.synthetic is None
+    replayable = ctx.config.distill.replay_views and (fresh_views or augment == "timm")
+    if train_cfg is not None and replayable and ctx.config.data.synthetic is None:
         return _replay_teacher(ctx, teacher, list(files), rows, train_cfg, seed), "replay"
     if ctx.config.distill.teacher_cache and deterministic and not objective.needs_teacher_internals:
         path = ctx.run_dir / "cache" / f"teacher_logits.{_cache_tag(ctx, list(files))}.npy"
@@ -486,6 +489,8 @@ def _teacher_source(ctx: RunContext, teacher: torch.nn.Module, objective: Distil
 
     if not ctx.config.distill.teacher_cache:
         why = "off in config"
+    elif ctx.config.data.synthetic is not None:
+        why = "off: synthetic transfer images (data.synthetic) are not in the cached training split"
     elif fresh_views:
         why = ("off: distill.train.augment draws new views every step; the teacher runs live on the same "
                + ("mixed " if train_cfg.mixing else "") + "batch as the student")

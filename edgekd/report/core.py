@@ -191,6 +191,7 @@ def _sections(report: dict) -> list[str]:
     for file in (report.get("quantization") or {}).get("files") or []:
         out += _int8_section(file)
     out += _search_section(report)
+    out += _synthetic_section(report.get("synthetic"))
     out += _on_device_section(report.get("on_device") or [])
     out += _tensorrt_section(report.get("tensorrt"))
     out += ["## How to read this", "",
@@ -244,6 +245,33 @@ def _search_section(report: dict) -> list[str]:
                 for chosen, cells in candidate_cells(section)]
         out += ["", cost_line(section), ""]
     return out
+
+
+def _synthetic_section(synthetic: dict | None) -> list[str]:
+    """data.synthetic: how the transfer images were made, how many, how the student used them."""
+    if not synthetic:
+        return []
+    how = ("reused (found complete on disk, nothing generated)" if synthetic["reused"] else
+           f"resumed an interrupted generation ({synthetic['resumed_from']} images were on disk)"
+           if synthetic["resumed_from"] else "generated in this run")
+    counts = synthetic.get("label_counts") or []
+    training = synthetic.get("training") or {}
+    share = training.get("fraction_per_batch")
+    used = ("the student trained on them alone" if share == 1 else
+            f"{share:.0%} of every student batch synthetic, the rest {training.get('real_samples')} real training "
+            "samples" if share is not None else "")
+    out = ["## Synthetic transfer images (data.synthetic)", "",
+           f"- {synthetic['count']} images by `{synthetic['method']}` (seed {synthetic.get('seed')}), {how}; "
+           f"generation {synthetic['seconds']:.1f} s in this run; store `{synthetic['path']}` (key "
+           f"{synthetic['key'][:16]}).",
+           f"- {used}; their labels are only the teacher's outputs, so the student learned from its soft targets "
+           "(no hard labels)." if used else "",
+           "- The teacher's argmax on them, per class: " + ", ".join(f"{i}: {n}" for i, n in enumerate(counts)) + ".",
+           "- Accuracy above is measured on the real validation/test splits of `data.kind`; INT8 calibration "
+           "samples come from the real training split (`quantize.calibration`).",
+           "- Settings: " + ", ".join(f"{k} {v}" for k, v in (synthetic.get("settings") or {}).items()
+                                      if k != "method") + "."]
+    return [line for line in out if line] + [""]
 
 
 def _on_device_section(steps: list[dict]) -> list[str]:

@@ -19,9 +19,19 @@ Public API (docs/data_free.md says how the pipeline uses it):
     views.eval_view / paired_views         each model's own view of one decoded sample
 """
 
-from edgekd.synth.generate import METHODS, TransferSet, cache_key, generate_transfer_set
-from edgekd.synth.settings import (AdversarialSettings, DAFLSettings, DeepInversionImageNetSettings,
-                                   DeepInversionSettings, SynthSettings, parse_settings)
+# Lazy (PEP 562): edgekd.config validates `data.synthetic` through edgekd.synth.config / settings, which
+# must not pull in torch (the device side imports the config).
+_EXPORTS = {"METHODS": "generate", "TransferSet": "generate", "cache_key": "generate",
+            "generate_transfer_set": "generate", "AdversarialSettings": "settings", "DAFLSettings": "settings",
+            "DeepInversionImageNetSettings": "settings", "DeepInversionSettings": "settings",
+            "SynthSettings": "settings", "parse_settings": "settings"}
 
-__all__ = ["METHODS", "TransferSet", "cache_key", "generate_transfer_set", "AdversarialSettings", "DAFLSettings",
-           "DeepInversionImageNetSettings", "DeepInversionSettings", "SynthSettings", "parse_settings"]
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'edgekd.synth' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"edgekd.synth.{_EXPORTS[name]}"), name)

@@ -66,7 +66,11 @@ SEARCH = {"name": "keys", "data": {"path": "data-folder"}, "targets": ["host-cpu
 # ema_decay applies with ema: true (separate dicts: a deep copy keeps shared ones shared)
 EMA_SINGLE = {**SINGLE, "teacher": {"train": {"ema": True}}, "distill": {"train": {"ema": True}}}
 EMA_FULL = {**FULL, "teachers": [{"model": "resnet18"}, {"model": "resnet18", "train": {"ema": True}}]}
-BASES = {"images": IMAGES, "timm": TIMM, "shards": SHARDS, "full": FULL, "single": SINGLE, "online": ONLINE, "loaded": LOADED,
+# data.synthetic: transfer images from the teacher (the synthetic stage), mixed into the student's batches
+SYNTH = {**SINGLE, "data": {"path": "data-folder", "synthetic": {"method": "dafl", "count": 64}},
+         "distill": {"synthetic_fraction": 0.5}}
+SYNTH_ZSKT = {**SINGLE, "data": {"path": "data-folder", "synthetic": {"method": "zskt", "count": 64}}}
+BASES = {"synth": SYNTH, "synth_zskt": SYNTH_ZSKT, "images": IMAGES, "timm": TIMM, "shards": SHARDS, "full": FULL, "single": SINGLE, "online": ONLINE, "loaded": LOADED,
          "loaded_teachers": LOADED_TEACHERS, "search": SEARCH, "ema_single": EMA_SINGLE, "ema_full": EMA_FULL}
 
 
@@ -103,6 +107,9 @@ KEY_READERS: dict[str, Case | None] = {
     "data.cache": Case("uint8", set(), "images"),
     "data.cache_dir": Case("shared-cache", set(), "images"),
     "data.on_bad_image": Case("skip", {"data"}, "images"),
+    **{f"data.synthetic.{k}": Case(v, {"synthetic"}, "synth") for k, v in {
+        "method": "deepinversion", "count": 128, "seed": 1, "settings": {"rounds": 3}}.items()},
+    "distill.synthetic_fraction": Case(0.25, {"student"}, "synth"),
     "data.shards": Case("other-shards", {"data"}, "shards"),
     **{f"data.train_transform.{k}": Case(v, TRAINERS - {"qat"}, "timm") for k, v in {  # SINGLE has no QAT
         "scale": [0.5, 1.0], "ratio": [0.9, 1.1], "hflip": 0.0, "vflip": 0.5, "color_jitter": 0.2,
@@ -180,6 +187,10 @@ KEY_READERS: dict[str, Case | None] = {
 
 # Reads that depend on other settings, beyond the one case per key above.
 CONDITIONAL = [
+    ("student.width, zskt: the generator is trained against the initialised student",
+     SYNTH_ZSKT, "student.width", 0.75, {"student", "synthetic"}),
+    ("seed, zskt: the initialised student's weights",
+     SYNTH_ZSKT, "seed", 1, {"teacher", "student", "synthetic"}),
     ("targets, quantize off: whether a Jetson PTQ file needs calibration samples",
      {**SINGLE, "quantize": {"enabled": False}}, "targets", ["rpi5", "jetson-orin-nano"],
      {"data", "export", "tensorrt", "bench"}),

@@ -1,0 +1,63 @@
+"""The student's training samples with `data.synthetic`: the transfer store, alone or mixed per batch.
+
+The store (synthetic/transfer.json names it) holds the teacher's input at its own resolution as
+uint8; it is read per sample through the data layer (U8Source in a SampleDataset, DataLoader
+workers) with the teacher's eval transform at crop_pct 1 (no resize: a 224-px timm teacher's 0.875
+would zoom every image) and the store's own mean/std, so the student sees exactly the tensor the
+teacher was optimised against. Its labels are only the teacher's argmax: they are withheld (-1),
+so the student learns from the teacher's soft targets alone (as for `unlabeled_fraction`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from edgekd.data import Preprocess
+from edgekd.data.datasets import SampleDataset, U8Source
+from edgekd.data.mixsplit import MixedSplit
+from edgekd.data.splitset import StreamSplit
+from edgekd.data.transforms import eval_transform, train_transform
+from edgekd.data.u8store import U8Store
+from edgekd.errors import DataError
+from edgekd.pipeline.context import RunContext
+
+
+def store_preprocess(index: dict, pre: Preprocess) -> Preprocess:
+    """How the store's uint8 records become the teacher's input: 0..255 pixels, its mean/std, no resize."""
+    return dataclasses.replace(pre, input_size=int(index["height"]), channels=int(index["channels"]),
+                               mean=tuple(index["mean"]), std=tuple(index["std"]), crop_pct=1.0, pixel_max=255.0)
+
+
+def synthetic_split(ctx: RunContext) -> StreamSplit:
+    """The whole transfer set as a training split, labels withheld."""
+    from edgekd.pipeline.synth_stage import transfer_summary
+
+    summary = transfer_summary(ctx)
+    if summary is None:
+        raise DataError(f"{ctx.run_dir / 'synthetic/transfer.json'} is missing: the synthetic stage has not run.",
+                        "Run edgekd compress again (it generates the transfer set before the student).")
+    store = U8Store(ctx.run_dir / summary["path"])
+    pre = store_preprocess(store.index, ctx.data.preprocess)
+    augmented = None
+    if ctx.config.data.augment == "timm":
+        augmented = SampleDataset(U8Source(store), train_transform(ctx.config.data.train_transform, pre),
+                                  seed=ctx.config.seed)
+    dataset = SampleDataset(U8Source(store), eval_transform(pre), seed=ctx.config.seed)
+    return StreamSplit(dataset, workers=ctx.config.data.workers, device=ctx.device,
+                       labels=np.full(len(store.labels), -1, dtype=np.int64), augmented=augmented)
+
+
+def student_training(ctx: RunContext, real):
+    """(training split, what the report says of it): `real` alone without data.synthetic; else the
+    transfer set alone (synthetic_fraction 1) or both, `synthetic_fraction` of every batch synthetic."""
+    synthetic_cfg, fraction = ctx.config.data.synthetic, ctx.config.distill.synthetic_fraction
+    if synthetic_cfg is None:
+        return real, None
+    synthetic = synthetic_split(ctx)
+    note = {"method": synthetic_cfg.method, "images": len(synthetic), "fraction_per_batch": fraction,
+            "real_samples": 0 if fraction == 1 else len(real)}
+    if fraction == 1:
+        return synthetic, note
+    return MixedSplit(real, synthetic, fraction), note
