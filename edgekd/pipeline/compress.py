@@ -221,6 +221,7 @@ def _run(config: CompressConfig, run_dir: Path, dist, ui: UI, force: bool, ssh_o
     from edgekd.pipeline.context import RunContext
     from edgekd.pipeline.engine import run_stages
     from edgekd.pipeline.stages import STAGES
+    from edgekd.pipeline.students import run_students
 
     if dist.is_main:
         for warning in config_warnings(config):
@@ -230,7 +231,9 @@ def _run(config: CompressConfig, run_dir: Path, dist, ui: UI, force: bool, ssh_o
             forget_intermediates(run_dir)
     dist.barrier()
     ctx = RunContext(config=config, run_dir=run_dir, ui=ui, dist=dist, force=force, ssh_options=ssh_options)
-    return run_stages(STAGES, ctx, ui, force=force)
+    split = [s.name for s in STAGES].index("choose") + 1  # after it: one run per student (per_target search)
+    records = run_stages(STAGES[:split], ctx, ui, force=force)
+    return {**records, **run_students(STAGES[split:], ctx, ui, force=force)}
 
 
 def forget_intermediates(run_dir: Path) -> None:
