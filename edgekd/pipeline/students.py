@@ -45,6 +45,10 @@ def run_students(stages: list[Stage], ctx: RunContext, ui: UI, force: bool = Fal
     for group in groups[1:]:  # first, so that the run directory's report can show them
         ui.info(f"student {group['arch_name']} for {', '.join(group['targets'])}: in {group['run']}/")
         sub = narrowed(ctx, group["targets"], prepare_sub_run(ctx.run_dir, group))
+        if force:  # as for the run directory: its trainers start from scratch
+            from edgekd.pipeline.compress import forget_intermediates
+
+            forget_intermediates(sub.run_dir)  # its cache/ is the run directory's link: left alone
         records.update({f"{group['run']}/{name}": r for name, r in run_stages(stages, sub, ui, force=force).items()})
     return {**run_stages(stages, narrowed(ctx, groups[0]["targets"], ctx.run_dir), ui, force=force), **records}
 

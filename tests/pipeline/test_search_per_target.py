@@ -58,10 +58,10 @@ def _config(folder: Path, a: Path, b: Path) -> Path:
     return config
 
 
-def _compress(config: Path, out: Path) -> None:
+def _compress(config: Path, out: Path) -> str:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(search_stage, "measure_options", lambda ctx: MeasureOptions(settings=QUICK, log=ctx.ui.info))
-        compress(config, out=out, ui=UI(quiet=True))
+        return compress(config, out=out, ui=UI(quiet=True)).summary()
 
 
 def _between(run_dir: Path, target: str) -> float:
@@ -83,7 +83,8 @@ def runs(tmp_path_factory):
         _compress(_config(folder, a, _target(folder, "budget-b", 1e-6)), run_dir)
     b = _target(folder, "budget-b", _between(run_dir, "budget-b"))
     config = _config(folder, a, b)
-    _compress(config, run_dir)
+    summary = _compress(config, run_dir)
+    assert f"budget-b: {SMALL} in {SUB}/" in summary and f"budget-a: {LARGE} in ./" in summary
     return config, (a, b), run_dir
 
 
