@@ -92,7 +92,7 @@ student:
   #   proxy_fraction: 1.0   # share of the student's training rows the proxy runs use (large data: lower it)
   #   max_candidates: 24    # most architectures x input sizes (a larger grid is refused)
   #   margin: 0.9           # fits when p50 <= margin x budgets.latency_ms (peak memory likewise)
-  #   per_target: true      # several targets: the same winner for all; false: the best that fits them all
+  #   per_target: true      # several targets: one student per target (students/<arch>/); false: the best that fits them all
   #   # latency_table: rpi5-table.json  # `edgekd profile` output of an offline device ({target: path} for several)
   #   # hosts: {rpi5: pi@raspberrypi}   # measure that target over ssh (else the profile's host, else this machine)
 

@@ -43,8 +43,17 @@ class CompressResult:
             for a in json.loads(report.read_text())["artifacts"]:
                 lines.append(f"  {a['name']:<22} acc {a['accuracy']:.4f}  p50 {a['latency_ms']['p50']:.3f} ms  "
                              f"{a['size_mb']:.2f} MB  budget {verdict_word(a['budget'])}")
+            lines += _student_lines(json.loads(report.read_text()).get("students") or [])
             lines.append(f"report: {self.run_dir / 'report.md'}")
         return "\n".join(lines)
+
+
+def _student_lines(rows: list[dict]) -> list[str]:
+    """One student per target (per_target search): which student each target got, and where."""
+    if len({r["student"] for r in rows}) < 2:
+        return []
+    return [f"  {r['target']}: {r['student']} in {r['run']}/" + (f", {r['artifact']} p50 {r['p50_ms']:.3f} ms "
+            f"(budget {r['budget_ms']:g})" if r.get("artifact") else "") for r in rows]
 
 
 def preflight(config_path: str | Path) -> CompressConfig:
@@ -240,6 +249,7 @@ def _run(config: CompressConfig, run_dir: Path, dist, ui: UI, force: bool, ssh_o
     from edgekd.pipeline.context import RunContext
     from edgekd.pipeline.engine import run_stages
     from edgekd.pipeline.stages import STAGES
+    from edgekd.pipeline.students import run_students
 
     if dist.is_main:
         for warning in config_warnings(config):
@@ -249,7 +259,9 @@ def _run(config: CompressConfig, run_dir: Path, dist, ui: UI, force: bool, ssh_o
             forget_intermediates(run_dir)
     dist.barrier()
     ctx = RunContext(config=config, run_dir=run_dir, ui=ui, dist=dist, force=force, ssh_options=ssh_options)
-    return run_stages(STAGES, ctx, ui, force=force)
+    split = [s.name for s in STAGES].index("choose") + 1  # after it: one run per student (per_target search)
+    records = run_stages(STAGES[:split], ctx, ui, force=force)
+    return {**records, **run_students(STAGES[split:], ctx, ui, force=force)}
 
 
 def forget_intermediates(run_dir: Path) -> None:

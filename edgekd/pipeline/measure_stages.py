@@ -15,7 +15,7 @@ from edgekd.config import WHOLE_CONFIG, config_warnings
 from edgekd.pipeline.context import RunContext
 from edgekd.pipeline.engine import Stage
 from edgekd.pipeline.records import (CALIB_FILE, CHECKPOINTS, RECORDS, STAGE_ORDER, SUMMARY_FILE, TEST_FILE, Artifact,
-                                     current_artifacts, read_record)
+                                     current_artifacts, read_record, student_runs)
 
 HOST_RUNTIMES = ("pytorch", "onnxruntime")  # what this workstation measures; TensorRT files run on the device
 BENCH_FILE = "bench.json"
@@ -130,6 +130,10 @@ def run_report(ctx: RunContext) -> dict:
     if results["tensorrt"].get("builds"):
         report["tensorrt"] = {"builds": results["tensorrt"]["builds"], "variants": results["tensorrt"]["variants"]}
     plots = _search_report(ctx, report)
+    if student_runs(ctx.run_dir):
+        from edgekd.pipeline.students import student_rows
+
+        report["students"] = student_rows(ctx.run_dir, report)
     report["on_device"] = on_device_steps(ctx, report)
     report["failures"] = [f for r in results.values() for f in r.get("failures", [])]
     report["notes"] = notes(ctx, report, results)
@@ -148,7 +152,8 @@ def _search_report(ctx: RunContext, report: dict) -> list[str]:
     from edgekd.pipeline.search_stage import report_sections
     from edgekd.search.report import pareto_plot, plot_file
 
-    sections = report_sections(ctx.run_dir)
+    names = [t.name for t in ctx.targets]  # a student's run reports the targets it serves (edgekd.pipeline.students)
+    sections = [s for s in report_sections(ctx.run_dir) if s["target"] in names]
     if not sections:
         return []
     report["search"] = sections[0]
@@ -174,7 +179,9 @@ def _report_outputs(ctx: RunContext) -> list[str]:
 
 
 def _report_inputs(ctx: RunContext) -> list[str]:
-    return [BENCH_FILE, SUMMARY_FILE] + [f"{RECORDS}/{stage}.json" for stage in RESULT_STAGES]
+    from edgekd.pipeline.students import sub_reports
+
+    return [BENCH_FILE, SUMMARY_FILE] + [f"{RECORDS}/{stage}.json" for stage in RESULT_STAGES] + sub_reports(ctx.run_dir)
 
 
 def _public(result: dict) -> dict:

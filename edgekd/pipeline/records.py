@@ -29,6 +29,7 @@ TEST_FILE = "data/test.npz"  # the test split (stratified, capped): every accura
 TRANSFER_FILE = "synthetic/transfer.json"  # the synthetic stage's summary of its transfer set (data.synthetic)
 CALIB_FILE = "data/calib.npz"  # calibration samples, drawn from the split the manifest names
 SUMMARY_FILE = "data/summary.json"
+STUDENTS_DIR = "students"  # per_target search: students/<arch>/ holds each further winner's sub-run
 
 
 @dataclass(frozen=True)
@@ -68,3 +69,18 @@ def current_artifacts(run_dir: str | Path, target: str | None = None,
     `present=False` keeps those whose file has gone (ship: a recorded file that is missing is an error)."""
     found = [a for stage in stages for a in stage_artifacts(Path(run_dir), stage, present)]
     return [a for a in found if target is None or target in a.targets]
+
+
+def student_runs(run_dir: str | Path) -> list[dict]:
+    """The students a run distils, from the choose stage's record: [{"arch_name", "targets", "run"}], `run`
+    relative to `run_dir` ("." for the run directory's own student, students/<arch> for the others: a
+    per_target search whose targets' winners differ). Empty without a search."""
+    groups = ((read_record(Path(run_dir), "choose") or {}).get("result") or {}).get("students") or []
+    return [{**g, "run": "." if i == 0 else f"{STUDENTS_DIR}/{g['arch_name']}"} for i, g in enumerate(groups)]
+
+
+def target_run_dir(run_dir: str | Path, target: str) -> Path:
+    """The run directory holding `target`'s own artifacts: `run_dir`, or the sub-run of the student
+    the search chose for it."""
+    run = next((g["run"] for g in student_runs(run_dir) if target in g["targets"]), ".")
+    return Path(run_dir) / run if run != "." else Path(run_dir)

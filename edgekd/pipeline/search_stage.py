@@ -21,9 +21,11 @@ checkpoint (`proxy_start`) and runs distill.train's whole schedule on all its ro
 SGDR), so the proxy's epochs are added to the student's training, never repeated. The proxy trained on
 another number of rows per epoch, so its optimizer and scheduler state cannot be carried on step for step.
 
-One student per run: with several targets, `per_target: false` distils the best architecture that fits
-them all (each in its fastest fitting precision); `per_target: true` distils the winner when every target's
-winner is the same architecture, and otherwise stops, naming each target's winner.
+Several targets: `per_target: false` distils the best architecture that fits them all (each in its fastest
+fitting precision). `per_target: true` chooses per target; targets whose winner is the same architecture share
+one student. The first target's winner goes to search/choice.json (the run directory's own student); every other
+winner to search/choice-<arch>.json, which `edgekd.pipeline.students` gives a sub-run of its own
+(students/<arch>/) that shares the data, teacher and teacher-output cache.
 """
 
 from __future__ import annotations
@@ -205,7 +207,9 @@ def _choose_outputs(ctx: RunContext) -> list[str]:
         return []
     c = ctx.config
     grid = expand_grid(c.student.search, c.teacher.model, ["fp32"], c.data.input_size)
-    return [CHOICE_FILE, SECTIONS_FILE] + [f for cand in architectures_of(grid) for f in _proxy_files(cand.arch_name)]
+    arches = [cand.arch_name for cand in architectures_of(grid)]
+    return ([CHOICE_FILE, SECTIONS_FILE] + [other_choice_file(a) for a in arches]
+            + [f for a in arches for f in _proxy_files(a)])
 
 
 def proxy_schedule(ctx: RunContext) -> TrainConfig:
@@ -264,6 +268,11 @@ def _finished_proxy(ctx: RunContext, record: Path, key: str) -> dict | None:
     return done
 
 
+def other_choice_file(arch_name: str) -> str:
+    """The choice of a winner other than the first target's (per_target: true): its sub-run's choice.json."""
+    return f"{SEARCH_DIR}/choice-{arch_name}.json"
+
+
 def run_choose(ctx: RunContext) -> dict:
     if not enabled(ctx):
         return {"outputs": [], "summary": "off (no student.search)"}
@@ -273,34 +282,38 @@ def run_choose(ctx: RunContext) -> dict:
     written: list[str] = []
     score = (lambda candidate: _proxy_score(ctx, candidate, written)) if search.proxy_epochs else None
     result = rank_search(measured, score)
-    chosen = _one_student(result.chosen)
     write_json_atomic(ctx.run_dir / SECTIONS_FILE, search_sections(result))
+    students = winners(result.chosen)
+    for i, group in enumerate(students):
+        group["choice"] = CHOICE_FILE if i == 0 else other_choice_file(group["arch_name"])
+        _write_choice(ctx, result.chosen[group["targets"][0]].candidate, result.scores, group["choice"])
+    ranked = f"{result.cost['scored']} proxy runs" if search.proxy_epochs else "FLOPs"
+    return {"outputs": [SECTIONS_FILE, *(g["choice"] for g in students), *dict.fromkeys(written)],
+            "chosen": students[0]["arch_name"], "students": students,
+            "by_target": {t: j.candidate.name for t, j in result.chosen.items()}, "cost": result.cost,
+            "summary": ", ".join(f"{t}: {j.candidate.arch_name} {j.candidate.precision} p50 {j.row.p50_ms:.3f} ms "
+                                 f"<= {j.limit_ms:.3g}" for t, j in result.chosen.items())
+                       + f"; {len(students)} student{'s' if len(students) > 1 else ''}, ranked by {ranked}"}
+
+
+def winners(chosen: dict) -> list[dict]:
+    """One entry per distinct winning architecture, in the order of the first target each serves:
+    [{"arch_name", "targets": [names]}]. Targets that share a winner share one student."""
+    groups: dict[str, list[str]] = {}
+    for target, judged in chosen.items():
+        groups.setdefault(judged.candidate.arch_name, []).append(target)
+    return [{"arch_name": arch, "targets": targets} for arch, targets in groups.items()]
+
+
+def _write_choice(ctx: RunContext, chosen: Candidate, scores: dict, rel: str) -> None:
+    search = ctx.config.student.search
     proxy = proxy_file(chosen.arch_name) if search.proxy_epochs else None
     # the architecture only: a margin that moves the chosen precision (fp32 -> int8) leaves the student alone
     student = {k: v for k, v in chosen.as_dict().items() if k not in ("name", "precision")}
-    write_json_atomic(ctx.run_dir / CHOICE_FILE, {
+    write_json_atomic(ctx.run_dir / rel, {
         "format": CHOICE_FORMAT, "arch_name": chosen.arch_name, "student": student,
         "proxy": proxy and {"checkpoint": proxy, "sha256": sha256_file(ctx.run_dir / proxy),
-                            "val_accuracy": result.scores[chosen.arch_name]}})
-    ranked = f"{result.cost['scored']} proxy runs" if search.proxy_epochs else "FLOPs"
-    return {"outputs": [CHOICE_FILE, SECTIONS_FILE, *dict.fromkeys(written)], "chosen": chosen.arch_name,
-            "by_target": {t: j.candidate.name for t, j in result.chosen.items()}, "cost": result.cost,
-            "summary": f"{chosen.arch_name} (" + ", ".join(f"{t}: {j.candidate.precision} p50 {j.row.p50_ms:.3f} ms "
-                                                           f"<= {j.limit_ms:.3g}" for t, j in result.chosen.items())
-                       + f"), ranked by {ranked}"}
-
-
-def _one_student(chosen: dict) -> Candidate:
-    """The architecture this run distils: the same one for every target, else a ConfigError naming each."""
-    arches = {j.candidate.arch_name for j in chosen.values()}
-    if len(arches) > 1:
-        each = "; ".join(f"{t}: {j.candidate.name} ({j.row.p50_ms:.3f} ms)" for t, j in chosen.items())
-        raise ConfigError(
-            f"student.search (per_target: true) chose a different student for each target ({each}), and a compress "
-            "run distils one student. The measurements and proxy runs are kept.",
-            "Set student.search.per_target: false for the best single student that fits every target (re-ranked "
-            "without measuring or distilling again), or run one config per target.")
-    return next(iter(chosen.values())).candidate
+                            "val_accuracy": scores[chosen.arch_name]}})
 
 
 CHOOSE = Stage("choose", "rank the candidates that fit by proxy distillation", run_choose, _choose_reads,

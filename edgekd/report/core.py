@@ -190,6 +190,7 @@ def _sections(report: dict) -> list[str]:
         out = ["## Notes", "", *out, ""]
     for file in (report.get("quantization") or {}).get("files") or []:
         out += _int8_section(file)
+    out += _students_section(report)
     out += _search_section(report)
     out += _synthetic_section(report.get("synthetic"))
     out += _on_device_section(report.get("on_device") or [])
@@ -230,6 +231,30 @@ def _int8_section(file: dict) -> list[str]:
                    f"{att['accuracy']:.4f} | {_num(att.get('latency_ms_p50'), 3)} | "
                    f"{att.get('outcome') or ('pass' if att['passed'] else 'fail')} |")
     return out + [""]
+
+
+STUDENT_COLUMNS = ("target", "student", "run directory", "artifact", "accuracy", "p50 ms", "budget ms", "verdict")
+
+
+def student_cells(row: dict) -> list[str]:
+    """One row of report.json `students` (a target, the student the search chose for it, its artifact there)."""
+    if row.get("artifact") is None:
+        return [row["target"], row["student"], row["run"], "—", "—", "—", "—", "no student artifact for it"]
+    verdict = "pass" if row["pass"] else ("not measured here" if row["pass"] is None else "FAIL")
+    return [row["target"], row["student"], row["run"], row["artifact"], f"{row['accuracy']:.4f}",
+            f"{row['p50_ms']:.3f}", f"{row['budget_ms']:g}", verdict]
+
+
+def _students_section(report: dict) -> list[str]:
+    """student.search with several students (per_target): which student each target got, and its p50 there."""
+    rows = report.get("students") or []
+    if len({r["student"] for r in rows}) < 2:
+        return []
+    out = ["## One student per target", "",
+           "Each target's student and its artifact for it (the recommended one, else the fastest), from the report "
+           "in its run directory (`.` is this one).", "",
+           "| " + " | ".join(STUDENT_COLUMNS) + " |", "|---|---|---|---|---:|---:|---:|---|"]
+    return out + ["| " + " | ".join(student_cells(r)) + " |" for r in rows] + [""]
 
 
 def _search_section(report: dict) -> list[str]:

@@ -231,7 +231,7 @@ def _search(report: dict) -> list[str]:
     """student.search, per target: the Pareto plot, every candidate (the chosen one highlighted), the cost."""
     from edgekd.search.report import COLUMNS, candidate_cells, cost_line, headline, pareto_plot
 
-    out = []
+    out = [_students(report)]
     for section in report.get("search_targets") or ([report["search"]] if report.get("search") else []):
         out.append(_figure(pareto_plot(section), f"Student search: {section['target']}", headline(section)))
         head = "".join(f'<th class="l">{_e(c)}</th>' for c in COLUMNS)
@@ -240,6 +240,19 @@ def _search(report: dict) -> list[str]:
         out.append(f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>'
                    f'<p class="note">{_e(cost_line(section))}</p>')
     return out
+
+
+def _students(report: dict) -> str:
+    """One student per target (per_target search): which student each target got, and its p50 there."""
+    from edgekd.report.core import STUDENT_COLUMNS, student_cells
+
+    rows = report.get("students") or []
+    if len({r["student"] for r in rows}) < 2:
+        return ""
+    head = "".join(f'<th class="l">{_e(c)}</th>' for c in STUDENT_COLUMNS)
+    body = "".join("<tr>" + "".join(f'<td class="l">{_e(v)}</td>' for v in student_cells(r)) + "</tr>" for r in rows)
+    return (f'<h2>One student per target</h2><div class="scroll"><table><thead><tr>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table></div>")
 
 
 def _figure(png: bytes | None, title: str, caption: str) -> str:

@@ -42,13 +42,16 @@ def ship(
     from edgekd import rundir
     from edgekd.ship.bundle import build_bundle
     from edgekd.ship.copy import copy_bundle
+    from edgekd.pipeline.records import target_run_dir
     from edgekd.ship.verify import verify_bundle
 
     run_dir = Path(run_dir)
     with rundir.hold(run_dir, "edgekd ship"):  # no compress rewrites what is being shipped
         rundir.clean(run_dir)  # a killed command's staging and half files
         with rundir.scratch(run_dir, "bundle-") as tmp:
-            bundle = build_bundle(run_dir, target, tmp / "bundle", artifacts, golden_samples)
+            # a per_target search distils some targets' students in students/<arch>/: ship from the target's own
+            own = target_run_dir(run_dir, target.name)
+            bundle = build_bundle(own, target, tmp / "bundle", artifacts, golden_samples)
             local = verify_bundle(bundle)  # catches a bad bundle before it costs a transfer
             where = copy_bundle(bundle, to, ssh_options=ssh_options, force=force, transfer=transfer)
     return ShipResult(where, [m.file for m in local.models], local)
