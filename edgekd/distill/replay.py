@@ -101,9 +101,7 @@ class ReplayTeacher:
                 f"{s['disk_mb']:.1f} MB on disk, {how} ({self.path.name})")
 
     def _progress(self):
-        from edgekd.ui import quiet_progress
+        from edgekd.ui import progress_of
 
-        if self.ui is None:
-            return quiet_progress()
-        return self.ui.progress(f"teacher replay cache ({self.views} views)", self.views * self.samples,
-                                unit="images")
+        return progress_of(self.ui, f"teacher replay cache ({self.views} views)", self.views * self.samples,
+                           unit="images")
