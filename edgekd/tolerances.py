@@ -32,6 +32,9 @@ class Tolerance:
     atol_scale: float = 0.0  # plus this fraction of max |reference|
     rtol: float = 0.0
     min_samples: int = 1  # fewer samples than this cannot judge the rule (the device int8 check)
+    # A top-1 flip counts against the output only where the reference's top-1 margin exceeds twice the
+    # elementwise bound: a closer call can flip under drift the bound itself allows (the device int8 check).
+    flips_within_bound_allowed: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -67,7 +70,8 @@ TOLERANCES: dict[str, dict[str, Tolerance]] = {
         # unfused result on a resnet10t, so up to ~8 apart (scripts/arm_parity.py). Bound: 8 steps
         # of a symmetric int8 output spanning +-scale, 8/128 of scale. See DEVICE_INT8_RULE.
         "int8": Tolerance(1e-3, 0.96, "requantization rounding differs between CPUs: up to ~8 output steps; "
-                          "top-1 flips only on near-ties", atol_scale=8 / 128, min_samples=64),
+                          "top-1 flips only on near-ties", atol_scale=8 / 128, min_samples=64,
+                          flips_within_bound_allowed=True),
     },
 }
 """See the module docstring; `min_samples` and the int8 device rule are explained at DEVICE_INT8_RULE."""
@@ -82,6 +86,12 @@ first 128 golden logits past 8 steps; at the earlier bound (10% of scale) one of
 128 samples. Top-1: a file that flips 10% of predictions passes 8 samples at 75% (edgekd 0.1) with
 probability 0.96, and 128 samples at 96% with probability 0.009; a healthy one with 1% near-tie
 flips fails the latter with probability 0.002.
+
+Near-ties: a sample whose golden top-1 margin is within twice the 8-step bound may flip on a healthy
+file (two logits, each moved within the bound), so such a flip is not counted against it. Seen: a
+digits student trained on an AVX2-only AMD EPYC flipped 6 of 128 golden samples (95.3%) under a
+random 3-step drift of every logit, all near-ties (8 of its 128 golden samples lie within 1 step).
+A flip of a sample that moved past the bound, or of a decisive one, still counts.
 """
 
 
@@ -103,7 +113,22 @@ def compare(output: np.ndarray, reference: np.ndarray, tol: Tolerance) -> Compar
     allowed = max(tol.atol_scale * scale, tol.atol) + tol.rtol * np.abs(reference.astype(np.float64))
     diff = np.abs(output.astype(np.float64) - reference.astype(np.float64))
     worst = int(np.argmax(diff - allowed)) if diff.size else 0
-    top1 = float((output.argmax(axis=-1) == reference.argmax(axis=-1)).mean()) if reference.ndim > 1 else 1.0
+    top1 = _top1_agreement(output, reference, diff <= allowed, max(tol.atol_scale * scale, tol.atol),
+                           tol.flips_within_bound_allowed)
     passed = bool(np.all(diff <= allowed)) and top1 >= tol.min_top1 and samples >= tol.min_samples
     return Comparison(passed, float(diff.max(initial=0.0)), float(np.broadcast_to(allowed, diff.shape).flat[worst])
                       if diff.size else 0.0, top1, samples)
+
+
+def _top1_agreement(output: np.ndarray, reference: np.ndarray, within: np.ndarray, bound: float,
+                    flips_within_bound_allowed: bool) -> float:
+    """Share of samples whose argmax agrees; with `flips_within_bound_allowed`, a sample that moved within
+    the bound (`within`, elementwise) and whose reference top-1 margin is at most 2 * bound counts as
+    agreeing: two logits each moved within the bound can flip it on a healthy file."""
+    if reference.ndim < 2 or not reference.shape[0]:
+        return 1.0
+    agree = output.argmax(axis=-1) == reference.argmax(axis=-1)
+    if flips_within_bound_allowed and reference.shape[-1] > 1:
+        top_two = np.sort(reference.astype(np.float64), axis=-1)[..., -2:]
+        agree |= ((top_two[..., 1] - top_two[..., 0]) <= 2 * bound) & np.all(within, axis=-1)
+    return float(agree.mean())

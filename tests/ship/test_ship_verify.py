@@ -355,3 +355,21 @@ def test_an_int8_bundle_with_too_few_golden_samples_is_refused(digits_int8, tmp_
     _rewrite(few, lambda m: m["files"].update({"golden/inputs.npy": sha256_file(few / "golden" / "inputs.npy")}))
     with pytest.raises(VerifyError, match="8 golden samples cannot judge an int8 model"):
         verify_bundle(few)
+
+
+def test_the_device_int8_rule_forgives_a_near_tie_flip_but_not_a_decisive_one():
+    """Two logits may each move by the 8-step bound on a healthy file, so a sample whose golden top-1 margin
+    is within twice that bound may flip; a flip of a clear decision needs a logit moved past the bound."""
+    from edgekd.tolerances import TOLERANCES, compare
+
+    rule = TOLERANCES["device"]["int8"]
+    golden = np.tile(np.array([[10.0, 0.0, -10.0]]), (64, 1)).astype(np.float32)  # scale 10: bound 0.625
+    golden[0] = [1.0, 0.5, -10.0]  # margin 0.5 <= 1.25: a near-tie
+    near_tie = golden.copy()
+    near_tie[0] = [0.6, 0.9, -10.0]  # flipped, each logit moved 0.4 (within the bound)
+    assert compare(near_tie, golden, rule).passed
+    assert not TOLERANCES["export"]["fp32"].flips_within_bound_allowed  # only the device int8 rule forgives
+    decisive = golden.copy()
+    decisive[1:4] = [0.0, 10.0, -10.0]  # 3 clear decisions flipped (and far past the bound)
+    check = compare(decisive, golden, rule)
+    assert not check.passed and check.top1_agreement == pytest.approx(61 / 64)
