@@ -185,8 +185,9 @@ def _check_student(config: CompressConfig, student, where: str) -> None:
     if student.model is not None:
         build(student.model, {})
         return
-    try:
-        student_spec(student, config.teacher.model, {"num_classes": 2, "in_chans": config.data.channels})
+    try:  # the student's own input channels (student.channels), else the teacher's
+        student_spec(student, config.teacher.model, {"num_classes": 2,
+                                                     "in_chans": config.student.channels or config.data.channels})
     except ModelError as exc:
         raise ModelError(f"{where}: {exc.message}", exc.hint) from None
 
