@@ -583,12 +583,13 @@ class CompressConfig(Strict):
             raise ValueError(f"student.search ranks one teacher -> student distillation per candidate; {chained[0]} "
                              "trains other students too (assistants, generations or peers, whose shape the search "
                              f"does not choose): remove {chained[0]}, or student.search and give the student by hand")
-        other = [s for s in search.input_sizes or [] if s != self.data.input_size]
+        size = self.student.input_size or self.data.input_size  # the student's own input, else the teacher's
+        other = [s for s in search.input_sizes or [] if s != size]
         if other:
             raise ValueError(f"student.search.input_sizes {search.input_sizes} includes {other[0]} px, but a compress "
-                             f"run trains, exports and measures at data.input_size {self.data.input_size}: leave "
-                             "input_sizes out (or [data.input_size]); to compare sizes, run one config per "
-                             "data.input_size")
+                             f"run trains, exports and measures its student at {size} px (student.input_size, else "
+                             "data.input_size): leave input_sizes out (or give that size); to compare sizes, run one "
+                             "config per student.input_size")
         return self
 
     @model_validator(mode="after")
@@ -616,8 +617,6 @@ class CompressConfig(Strict):
              "remove data.synthetic"),
             (d.scheme == "online" or any(k != "teachers" for k in multi_pass_schemes(self)),
              "online peers, assistants and generations are students of their own", "distil one student"),
-            (s.search is not None, "student.search shapes and measures its candidates at the teacher's input",
-             "remove student.search and give the student by hand"),
             (s.quantization == "qat", "student.quantization: qat distils from the teacher on the student's batch",
              "use student.quantization: none (post-training INT8 still applies)"),
             (s.init == "teacher" and s.channels not in (None, self.data.channels),
@@ -706,13 +705,18 @@ def _resolve_paths(config: CompressConfig, base: Path) -> CompressConfig:
                                      "student": student})
 
 
+def student_input(config: CompressConfig) -> tuple[int, int]:
+    """(input size, channels) of the student: student.input_size / channels, else the teacher's (data.*)."""
+    return config.student.input_size or config.data.input_size, config.student.channels or config.data.channels
+
+
 def student_data_config(config: CompressConfig) -> DataConfig | None:
     """The data section as the student sees it, when student.input_size or student.channels differ from the
     teacher's (data.input_size, data.channels); None when the student sees the teacher's input. Same files,
     seed and splits, so row i of either view is the same sample. data.mean/std are per channel: another
     channel count takes its own (computed from the data, or the teacher's timm config where it fits)."""
-    s, d = config.student, config.data
-    size, channels = s.input_size or d.input_size, s.channels or d.channels
+    d = config.data
+    size, channels = student_input(config)
     if (size, channels) == (d.input_size, d.channels):
         return None
     own = {} if channels == d.channels else {"mean": None, "std": None}

@@ -2,6 +2,7 @@
 the data stage's second view of the same samples, the teacher reaching the student by row, and `edgekd compress`
 end to end with a 16-px RGB teacher and an 8-px grey student. Digits and a few dozen 12-px images: CI size."""
 
+import copy
 import json
 
 import numpy as np
@@ -28,7 +29,8 @@ TRAIN = {"epochs": 1, "batch_size": 64, "lr": 0.01, "warmup_epochs": 0}
 def _config(data=None, student=None, **sections) -> CompressConfig:
     raw = {"data": {"kind": "digits", "input_size": 16, "channels": 3, **(data or {})},
            "teacher": {"model": "test_resnet", "train": {**TRAIN, "epochs": 0}},
-           "student": {"width": 0.5, "input_size": 8, "channels": 1, **(student or {})},
+           "student": {k: v for k, v in {"width": 0.5, "input_size": 8, "channels": 1, **(student or {})}.items()
+                       if v is not None},  # None: the key left out
            "quantize": {"calibration": str(BUILTIN_DIR / "calib" / "digits.yaml")}, **sections}
     return parse(CompressConfig, raw, "test")
 
@@ -58,9 +60,9 @@ def test_the_student_view_exists_only_when_its_input_differs():
     ({"distill": {"scheme": "online"}}, "online peers", "distil one student"),
     ({"student": {"quantization": "qat"}}, "student.quantization: qat", "quantization: none"),
     ({"student": {"init": "teacher"}}, "student.init 'teacher'", "student.init: random"),
-    ({"student": {"width": None, "search": {"widths": [0.5], "depths": [1.0]}}}, "student.search", "by hand"),
 ])
 def test_what_needs_one_input_for_both_models_is_refused_with_the_fix(sections, named, fix):
+    sections = copy.deepcopy(sections)
     student = {k: v for k, v in {"width": 0.5, **sections.pop("student", {})}.items() if v is not None}
     raw = {"data": {"kind": "digits", "input_size": 16, "channels": 3, **sections.pop("data", {})},
            "teacher": {"model": "test_resnet"}, "student": {"input_size": 8, "channels": 1, **student}, **sections}
@@ -224,3 +226,62 @@ def test_compress_distils_a_16px_rgb_teacher_into_an_8px_grey_student_and_ships_
     assert np.load(tmp_path / "bundle/golden/inputs.npy").shape[1:] == (1, 8, 8)
     checked = verify_bundle(tmp_path / "bundle")
     assert {m.name for m in checked.models} == {"student-fp32", "student-int8-x86"} and checked.golden_skipped is None
+
+
+# ---------------------------------------------------------------- the budget search at the student's own input
+
+
+def test_the_search_takes_the_students_input_size_and_refuses_others():
+    search = {"widths": [0.5], "depths": [1.0]}
+    assert _config(student={"width": None, "search": {**search, "input_sizes": [8]}}).student.search.input_sizes == [8]
+    with pytest.raises(ConfigError, match=r"includes 16 px, but a compress run trains, exports and measures its "
+                                          r"student at 8 px \(student.input_size"):
+        _config(student={"width": None, "search": {**search, "input_sizes": [8, 16]}})
+
+
+SEARCHED = """
+version: 1
+name: cross-search
+data: {kind: digits, input_size: 16, channels: 3}
+teacher:
+  model: test_resnet
+  train: {epochs: 1, batch_size: 128, lr: 0.01, warmup_epochs: 0}
+student:
+  input_size: 8
+  channels: 1
+  search: {widths: [0.5, 1.0], depths: [1.0], precisions: [fp32], proxy_epochs: 1, proxy_fraction: 0.5}
+distill:
+  train: {epochs: 1, batch_size: 128, lr: 0.01, warmup_epochs: 0}
+export: {exporter: torchscript, opset: 17}
+quantize: {enabled: false}
+targets: [TARGET]
+bench: {warmup_s: 0.01, min_iterations: 2, min_seconds: 0.01, batch_sizes: [1], rounds: 1}
+"""
+
+
+def test_the_budget_search_measures_and_distils_candidates_at_the_students_input(tmp_path, monkeypatch):
+    from edgekd.bench.measure import BenchSettings
+    from edgekd.pipeline import search_stage
+    from edgekd.pipeline.compress import compress
+    from edgekd.search import MeasureOptions
+
+    quick = BenchSettings(warmup_s=0.02, min_iterations=3, min_seconds=0.02, batch_sizes=(1,), rounds=1)
+    monkeypatch.setattr(search_stage, "measure_options", lambda ctx: MeasureOptions(settings=quick, log=ctx.ui.info))
+    target = tmp_path / "budget-cpu.yaml"
+    target.write_text("name: budget-cpu\nruntime: onnxruntime\narch: x86_64\nthreads: 1\nprecisions: [fp32]\n"
+                      "max_opset: 21\nbudgets: {latency_ms: 50, max_accuracy_drop: 1.0, max_int8_drop: 0.5}\n")
+    config = tmp_path / "search.yaml"
+    config.write_text(SEARCHED.replace("TARGET", str(target)))
+    run_dir = compress(config, out=tmp_path / "run", ui=UI(quiet=True)).run_dir
+    section = json.loads((run_dir / "report.json").read_text())["search"]
+    assert {c["name"] for c in section["candidates"]} == {"test_resnet-w0.5-d1-8px-fp32", "test_resnet-w1-d1-8px-fp32"}
+    for candidate in (run_dir / "cache/search/candidates").glob("*.onnx"):  # measured at the student's input
+        dims = [d.dim_value or d.dim_param for d in onnx.load(candidate).graph.input[0].type.tensor_type.shape.dim]
+        assert dims[1:] == [1, 8, 8], candidate.name
+    choice = json.loads((run_dir / search_stage.CHOICE_FILE).read_text())
+    proxy = read_checkpoint(run_dir / choice["proxy"]["checkpoint"])  # proxies trained on the student's view
+    assert proxy["arch_kwargs"]["in_chans"] == 1 and proxy["preprocess"]["input_size"] == 8
+    student = read_checkpoint(run_dir / "student.safetensors")
+    assert student["arch_kwargs"]["in_chans"] == 1 and student["metrics"]["init"].startswith("the search's proxy run")
+    dims = [d.dim_value or d.dim_param for d in onnx.load(run_dir / "student.onnx").graph.input[0].type.tensor_type.shape.dim]
+    assert dims[1:] == [1, 8, 8]
