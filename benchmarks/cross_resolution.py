@@ -1,9 +1,9 @@
 """A student with its own input (student.input_size / channels), end to end through `edgekd compress`.
 
-    python benchmarks/cross_resolution.py [--out runs/bench-xres] [--epochs 6]
+    python benchmarks/cross_resolution.py [--out runs/bench-xres] [--epochs 4]
 
-One teacher input (scikit-learn digits read at 32 px, RGB), three students of one architecture (test_resnet,
-width 0.5, depth 1) distilled from it with cached logits: one at the teacher's input, one at 16 px grey, one at
+One teacher input (scikit-learn digits read at 16 px, RGB), three students of one architecture (test_resnet,
+width 0.5, depth 1) distilled from it with cached logits: one at the teacher's input, one at 12 px grey, one at
 8 px grey (the digits' own resolution). Each run is a whole compress (data, teacher, student, export with
 parity, INT8 with its gate, bench, report); the teacher trains with the same seed in each. Writes
 benchmarks/results/cross_resolution.{json,md}: per student its input, params, MFLOPs, test accuracy (FP32 and
@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-STUDENTS = {"same input (32 px RGB)": {}, "16 px grey": {"input_size": 16, "channels": 1},
+STUDENTS = {"same input (16 px RGB)": {}, "12 px grey": {"input_size": 12, "channels": 1},
             "8 px grey": {"input_size": 8, "channels": 1}}
 
 
@@ -32,7 +32,7 @@ def config_text(name: str, student: dict, epochs: int) -> str:
     own = "".join(f", {k}: {v}" for k, v in student.items())
     return f"""version: 1
 name: {name}
-data: {{kind: digits, input_size: 32, channels: 3}}
+data: {{kind: digits, input_size: 16, channels: 3}}
 teacher:
   model: test_resnet
   train: {{epochs: {epochs}, batch_size: 64, lr: 0.01, warmup_epochs: 0}}
@@ -67,7 +67,7 @@ def run(out: Path, label: str, student: dict, epochs: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench-xres")
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--load-note", default="shared 2-core machine, other helpers' jobs running (nice 10)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -79,7 +79,7 @@ def main() -> None:
     (results / "cross_resolution.json").write_text(json.dumps({"machine": machine, "load": args.load_note,
                                                               "epochs": args.epochs, "rows": rows}, indent=2))
     lines = ["# A student with its own input: cross-resolution / cross-channel distillation in `edgekd compress`",
-             "", "Reproduce: `python benchmarks/cross_resolution.py`. Digits read at 32 px RGB for the teacher "
+             "", "Reproduce: `python benchmarks/cross_resolution.py`. Digits read at 16 px RGB for the teacher "
              f"(test_resnet, {args.epochs} epochs); each student test_resnet width 0.5 depth 1, {args.epochs} epochs "
              "of KD with cached teacher logits. Accuracy on the test split, each model on its own view of the same "
              f"{rows[0]['test_samples']} test samples. Machine: {machine.get('cpu')}, {machine.get('cores')} cores; "
@@ -89,8 +89,8 @@ def main() -> None:
     for r in rows:
         int8_acc = f"{r['accuracy_int8']:.4f}" if r["accuracy_int8"] is not None else "—"
         int8_p50 = f"{r['p50_int8_ms']:.3f}" if r["p50_int8_ms"] is not None else "—"
-        lines.append(f"| {r['student']} | {r['input']} | {r['params']:,} | {r['mflops']:.2f} | {r['accuracy_fp32']:.4f} "
-                     f"| {int8_acc} | {r['p50_fp32_ms']:.3f} | {int8_p50} | {r['teacher_accuracy']:.4f} "
+        lines.append(f"| {r['student']} | {r['input']} | {r['params']:,} | {r['mflops']:.2f} "
+                     f"| {r['accuracy_fp32']:.4f} | {int8_acc} | {r['p50_fp32_ms']:.3f} | {int8_p50} | {r['teacher_accuracy']:.4f} "
                      f"| {r['teacher_p50_ms']:.3f} |")
     (results / "cross_resolution.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -654,7 +654,8 @@ def _train_metrics(result: TrainResult) -> dict:
 def _val_accuracy(ctx: RunContext, model, data=None) -> float:
     """On the validation split of `data`, the view `model` reads (default ctx.data, the teacher's)."""
     model.to(ctx.device)
-    return split_accuracy(model, (ctx.data if data is None else data).val, device=ctx.device)  # the whole split, streamed
+    view = ctx.data if data is None else data
+    return split_accuracy(model, view.val, device=ctx.device)  # the whole split, streamed
 
 
 def _save(ctx: RunContext, name: str, model, arch: str, kwargs: dict, config: dict, metrics: dict,

@@ -161,7 +161,8 @@ def render_markdown(report: dict) -> str:
     splits, test_file = d["splits"], d.get("test_file") or {}
     lines = [f"# edgekd report — {report['run']['name']}", "", *_target_lines(report),
              f"Dataset: {d['source']} — {splits['train']} train / {splits['val']} validation / {splits['test']} test "
-             f"images, {len(d['classes'])} classes, input {input_text(d)}. Accuracy is on {test_file.get('samples', splits['test'])} test "
+             f"images, {len(d['classes'])} classes, input {input_text(d)}. "
+             f"Accuracy is on {test_file.get('samples', splits['test'])} test "
              f"samples (`{test_file.get('path', 'data/test.npz')}`), a split used for no choice.",
              f"Measured on: {_machine_line(report.get('machine', {}))}. Created {report['created']} by edgekd "
              f"{report['edgekd_version']}.", "",

@@ -104,7 +104,7 @@ def _matching_rows(teacher_x: np.ndarray, student_x: np.ndarray) -> float:
     t = torch.from_numpy(teacher_x).mean(1, keepdim=True)
     t = F.interpolate(t, size=student_x.shape[-2:], mode="bilinear", antialias=True).flatten(1)
     s = torch.from_numpy(student_x).flatten(1)
-    t, s = (t - t.mean(1, keepdim=True)) / t.std(1, keepdim=True), (s - s.mean(1, keepdim=True)) / s.std(1, keepdim=True)
+    t, s = [(v - v.mean(1, keepdim=True)) / v.std(1, keepdim=True) for v in (t, s)]
     best = (s @ t.T).argmax(1)
     return float((best == torch.arange(len(s))).float().mean())
 
@@ -187,6 +187,10 @@ bench: {warmup_s: 0.01, min_iterations: 2, min_seconds: 0.01, batch_sizes: [1], 
 """
 
 
+def _input_dims(path) -> list:
+    return [d.dim_value or d.dim_param for d in onnx.load(path).graph.input[0].type.tensor_type.shape.dim]
+
+
 def test_compress_distils_a_16px_rgb_teacher_into_an_8px_grey_student_and_ships_it(tmp_path):
     from edgekd.pipeline.compress import compress
     from edgekd.runtime.ort import accuracy, make_session, predict
@@ -197,8 +201,7 @@ def test_compress_distils_a_16px_rgb_teacher_into_an_8px_grey_student_and_ships_
     config = tmp_path / "cross.yaml"
     config.write_text(CROSS)
     run_dir = compress(config, out=tmp_path / "run", ui=UI(quiet=True)).run_dir
-    shapes = {name: [d.dim_value or d.dim_param for d in onnx.load(run_dir / name).graph.input[0].type.tensor_type.shape.dim]
-              for name in ("teacher.onnx", "student.onnx", "student.int8.x86.onnx")}
+    shapes = {name: _input_dims(run_dir / name) for name in ("teacher.onnx", "student.onnx", "student.int8.x86.onnx")}
     assert shapes == {"teacher.onnx": ["batch", 3, 16, 16], "student.onnx": ["batch", 1, 8, 8],
                       "student.int8.x86.onnx": ["batch", 1, 8, 8]}
     meta = {p.key: p.value for p in onnx.load(run_dir / "student.onnx").metadata_props}
@@ -276,12 +279,10 @@ def test_the_budget_search_measures_and_distils_candidates_at_the_students_input
     section = json.loads((run_dir / "report.json").read_text())["search"]
     assert {c["name"] for c in section["candidates"]} == {"test_resnet-w0.5-d1-8px-fp32", "test_resnet-w1-d1-8px-fp32"}
     for candidate in (run_dir / "cache/search/candidates").glob("*.onnx"):  # measured at the student's input
-        dims = [d.dim_value or d.dim_param for d in onnx.load(candidate).graph.input[0].type.tensor_type.shape.dim]
-        assert dims[1:] == [1, 8, 8], candidate.name
+        assert _input_dims(candidate)[1:] == [1, 8, 8], candidate.name
     choice = json.loads((run_dir / search_stage.CHOICE_FILE).read_text())
     proxy = read_checkpoint(run_dir / choice["proxy"]["checkpoint"])  # proxies trained on the student's view
     assert proxy["arch_kwargs"]["in_chans"] == 1 and proxy["preprocess"]["input_size"] == 8
     student = read_checkpoint(run_dir / "student.safetensors")
     assert student["arch_kwargs"]["in_chans"] == 1 and student["metrics"]["init"].startswith("the search's proxy run")
-    dims = [d.dim_value or d.dim_param for d in onnx.load(run_dir / "student.onnx").graph.input[0].type.tensor_type.shape.dim]
-    assert dims[1:] == [1, 8, 8]
+    assert _input_dims(run_dir / "student.onnx")[1:] == [1, 8, 8]
