@@ -73,6 +73,18 @@ def test_what_needs_one_input_for_both_models_is_refused_with_the_fix(sections, 
     assert named in text and fix in text and "or remove student.input_size and student.channels" in text
 
 
+def test_validate_shows_both_inputs(tmp_path):
+    from click.testing import CliRunner
+
+    from edgekd.cli import main
+
+    config = tmp_path / "cross.yaml"
+    config.write_text(CROSS)
+    result = CliRunner().invoke(main, ["validate", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "student input 1×8×8 (its own view of each sample); teacher input 3×16×16." in result.output
+
+
 def test_pruning_the_teacher_into_a_student_of_another_size_but_the_same_channels_is_allowed():
     config = _config(student={"init": "teacher", "channels": 3})
     assert student_data_config(config).channels == 3
