@@ -174,6 +174,26 @@ def test_the_live_teacher_reads_its_own_view_and_agrees_with_the_cached_logits(t
     torch.testing.assert_close(cached(idx, student_batch), expected, atol=1e-4, rtol=1e-4)
 
 
+def test_the_whole_test_split_is_scored_on_each_models_own_view(tmp_path, monkeypatch):
+    from edgekd.distill.trainer import split_accuracy
+    from edgekd.pipeline.full_test import score_full_test, test_file_is_subset
+    from edgekd.pipeline.records import Artifact
+
+    monkeypatch.setattr(train_stages, "TEST_FILE_MAX_SAMPLES", 20)  # data/test.npz a subset: the split is streamed
+    ctx = _ctx(tmp_path)
+    run_data(ctx)
+    run_teacher(ctx)
+    arch, kwargs = train_stages._student_arch(ctx)
+    torch.manual_seed(0)
+    student = build(arch, kwargs).eval()
+    train_stages._save(ctx, "student.safetensors", student, arch, kwargs, {}, {}, data=ctx.student_data)
+    assert test_file_is_subset(ctx)
+    scores = score_full_test(ctx, [Artifact("teacher-pytorch", "teacher", "pytorch", "fp32", "teacher.safetensors"),
+                                   Artifact("student-pytorch", "student", "pytorch", "fp32", "student.safetensors")])
+    assert scores["teacher-pytorch"] == pytest.approx(split_accuracy(read_model(ctx), ctx.data.test))
+    assert scores["student-pytorch"] == pytest.approx(split_accuracy(student, ctx.student_data.test))
+
+
 def read_model(ctx):
     from edgekd.models.io import load_model
 
