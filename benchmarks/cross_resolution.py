@@ -28,6 +28,10 @@ STUDENTS = {"same input (16 px RGB)": {}, "12 px grey": {"input_size": 12, "chan
             "8 px grey": {"input_size": 8, "channels": 1}}
 
 
+NOTE = ("The teacher is the same model in every row (same seed, same accuracy), timed in each run's own session: "
+        "its p50 moving between rows is the shared machine's load; compare each student with its own row's teacher.")
+
+
 def config_text(name: str, student: dict, epochs: int) -> str:
     own = "".join(f", {k}: {v}" for k, v in student.items())
     return f"""version: 1
@@ -92,6 +96,7 @@ def main() -> None:
         lines.append(f"| {r['student']} | {r['input']} | {r['params']:,} | {r['mflops']:.2f} "
                      f"| {r['accuracy_fp32']:.4f} | {int8_acc} | {r['p50_fp32_ms']:.3f} | {int8_p50} | {r['teacher_accuracy']:.4f} "
                      f"| {r['teacher_p50_ms']:.3f} |")
+    lines += ["", NOTE]
     (results / "cross_resolution.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

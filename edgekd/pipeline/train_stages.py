@@ -42,7 +42,9 @@ TEST_FILE_MAX_BYTES = 256 * 2**20
 
 def _data_reads(ctx: RunContext) -> list[str]:
     c = ctx.config
-    reads = [f"data.{key}" for key in DATA_KEYS] + ["student.input_size", "student.channels"]  # the student's view
+    reads = [f"data.{key}" for key in DATA_KEYS]
+    if ctx.own_student_view:  # the student's files (val, test, calib) are its own view's
+        reads += ["student.input_size", "student.channels"]
     if c.data.kind in ("imagefolder", "webdataset"):  # normalisation and resizing follow the teacher's timm config
         reads += ["teacher.model", "data.on_bad_image"] + (["data.shards"] if c.data.kind == "webdataset" else [])
     reads.append("quantize.enabled")
