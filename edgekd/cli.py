@@ -76,7 +76,7 @@ def compress(config: Path, out: Path | None, force: bool, quiet: bool, ssh_optio
 def validate(config: Path, probe: bool, ssh_options: tuple[str, ...]) -> None:
     """Check CONFIG without running anything (types, keys, paths, targets, model names); with student.search,
     preview its candidates (params, FLOPs) and how many measurements each target takes, where."""
-    from edgekd.config import config_warnings
+    from edgekd.config import config_warnings, student_input
     from edgekd.pipeline.compress import preflight, search_preview
 
     cfg = preflight(config)
@@ -86,6 +86,10 @@ def validate(config: Path, probe: bool, ssh_options: tuple[str, ...]) -> None:
 
         click.echo(imagefolder_summary(cfg.data.shards or cfg.data.path, cfg.data.val_fraction,
                                        cfg.data.test_fraction, cfg.data.seed, cache_root=cfg.data.cache_dir))
+    size, channels = student_input(cfg)
+    if (size, channels) != (cfg.data.input_size, cfg.data.channels):
+        click.echo(f"student input {channels}×{size}×{size} (its own view of each sample); teacher input "
+                   f"{cfg.data.channels}×{cfg.data.input_size}×{cfg.data.input_size}.")
     plan = search_preview(cfg, probe=probe, ssh_options=ssh_options)
     if plan:
         click.echo(plan)

@@ -190,6 +190,12 @@ class StudentConfig(Strict):
     search: SearchConfig | None = Field(
         None, description="measure candidate students on each target and distil the best that fits its budget "
         "(docs/search.md); replaces model/width/depth")
+    input_size: int | None = Field(
+        None, ge=8, description="square side the student sees, in pixels; default data.input_size (the teacher's). "
+        "Another size (or channels) gives the student its own view of every sample: export, parity, calibration, "
+        "bench and ship use it")
+    channels: Literal[1, 3] | None = Field(
+        None, description="the student's input channels (1: grey, 3: RGB); default data.channels (the teacher's)")
 
     @model_validator(mode="after")
     def _teacher_init_needs_derived(self) -> "StudentConfig":
@@ -577,12 +583,50 @@ class CompressConfig(Strict):
             raise ValueError(f"student.search ranks one teacher -> student distillation per candidate; {chained[0]} "
                              "trains other students too (assistants, generations or peers, whose shape the search "
                              f"does not choose): remove {chained[0]}, or student.search and give the student by hand")
-        other = [s for s in search.input_sizes or [] if s != self.data.input_size]
+        size = self.student.input_size or self.data.input_size  # the student's own input, else the teacher's
+        other = [s for s in search.input_sizes or [] if s != size]
         if other:
             raise ValueError(f"student.search.input_sizes {search.input_sizes} includes {other[0]} px, but a compress "
-                             f"run trains, exports and measures at data.input_size {self.data.input_size}: leave "
-                             "input_sizes out (or [data.input_size]); to compare sizes, run one config per "
-                             "data.input_size")
+                             f"run trains, exports and measures its student at {size} px (student.input_size, else "
+                             "data.input_size): leave input_sizes out (or give that size); to compare sizes, run one "
+                             "config per student.input_size")
+        return self
+
+    @model_validator(mode="after")
+    def _student_view_fits_the_run(self) -> "CompressConfig":
+        """A student with its own input (student.input_size / channels): the teacher's outputs come from the
+        teacher's view of the same sample, by index. What would need both models to see one random draw (a
+        paired crop) or one input tensor is not built for two views yet: refused with the fix."""
+        if student_data_config(self) is None:
+            return self
+        s, d = self.student, self.distill
+        given = ", ".join(f"student.{k} {getattr(s, k)}" for k in ("input_size", "channels")
+                          if getattr(s, k) is not None)
+        fix = "or remove " + " and ".join(f"student.{k}" for k in ("input_size", "channels")
+                                          if getattr(s, k) is not None) + " (the student sees the teacher's input)"
+        clashes = [
+            (self.data.augment != "none", f"data.augment {self.data.augment!r} draws random views that would "
+             "have to be one crop for both models", "set data.augment: none"),
+            (d.train.augment is not None, "distill.train.augment (or recipe function_matching) mixes or crops the "
+             "student's batch, which the teacher would have to see at its own size", "remove distill.train.augment"),
+            (bool(d.replay_views), "distill.replay_views stores the teacher's logits of augmented views",
+             "set distill.replay_views: 0"),
+            (any(loss.kind in FEATURE_LOSS_KINDS for loss in d.losses), "feature losses (fitnets, at, rkd) compare "
+             "maps of one input tensor", "use logit losses (kd, dkd, ...)"),
+            (self.data.synthetic is not None, "data.synthetic makes transfer images at the teacher's input only",
+             "remove data.synthetic"),
+            (d.scheme == "online" or any(k != "teachers" for k in multi_pass_schemes(self)),
+             "online peers, assistants and generations are students of their own", "distil one student"),
+            (s.quantization == "qat", "student.quantization: qat distils from the teacher on the student's batch",
+             "use student.quantization: none (post-training INT8 still applies)"),
+            (s.init == "teacher" and s.channels not in (None, self.data.channels),
+             "student.init 'teacher' copies the teacher's first convolution, made for its channel count",
+             "use student.init: random"),
+        ]
+        for clash, why, what_to_do in clashes:
+            if clash:
+                raise ValueError(f"{given} gives the student its own view of each sample, but {why}: "
+                                 f"{what_to_do}, {fix}")
         return self
 
     @model_validator(mode="after")
@@ -659,6 +703,24 @@ def _resolve_paths(config: CompressConfig, base: Path) -> CompressConfig:
         student = student.model_copy(update={"search": student.search.model_copy(update={"latency_table": tables})})
     return config.model_copy(update={"data": data, "teacher": teacher, "teachers": teachers, "quantize": quantize,
                                      "student": student})
+
+
+def student_input(config: CompressConfig) -> tuple[int, int]:
+    """(input size, channels) of the student: student.input_size / channels, else the teacher's (data.*)."""
+    return config.student.input_size or config.data.input_size, config.student.channels or config.data.channels
+
+
+def student_data_config(config: CompressConfig) -> DataConfig | None:
+    """The data section as the student sees it, when student.input_size or student.channels differ from the
+    teacher's (data.input_size, data.channels); None when the student sees the teacher's input. Same files,
+    seed and splits, so row i of either view is the same sample. data.mean/std are per channel: another
+    channel count takes its own (computed from the data, or the teacher's timm config where it fits)."""
+    d = config.data
+    size, channels = student_input(config)
+    if (size, channels) == (d.input_size, d.channels):
+        return None
+    own = {} if channels == d.channels else {"mean": None, "std": None}
+    return d.model_copy(update={"input_size": size, "channels": channels, **own})
 
 
 def needs_calibration(config: CompressConfig, targets: list) -> bool:

@@ -60,6 +60,10 @@ class ArtifactToMeasure:
     name: str
     runtime: str  # a key of edgekd.bench.runners.BACKENDS
     path: Path
+    # this artifact's own input (C, H, W) and test .npz, where they differ from the call's (a teacher and a
+    # student with its own input size or channels, measured side by side)
+    input_shape: tuple[int, int, int] | None = None
+    data: Path | None = None
 
 
 @dataclass
@@ -134,13 +138,13 @@ def measure_artifacts(
     try:
         for artifact in artifacts:  # loads one at a time so load_s is not contended
             workers.append(_Worker(artifact, settings.timeout_s))
-            workers[-1].load(threads, target, input_shape)
+            workers[-1].load(threads, target, artifact.input_shape or input_shape)
             step()
         for batch in sorted({int(b) for b in settings.batch_sizes}):
             _measure_batch(workers, batch, settings, step)
         if data is not None:  # after the timed rounds: loading the data must not count as model memory
             for w in workers:
-                w.accuracy = w.call("accuracy", data=str(data))
+                w.accuracy = w.call("accuracy", data=str(w.artifact.data or data))
                 step()
         return {w.artifact.name: w.result(threads, [note] if note else []) for w in workers}
     finally:

@@ -128,12 +128,12 @@ def _open_search_backends(config: CompressConfig, probe: bool, ssh_options=()) -
     search = config.student.search
     if search is None:
         return {}
-    from edgekd.config import search_targets
+    from edgekd.config import search_targets, student_input
     from edgekd.search import MeasureOptions, open_backends, plan_targets
     from edgekd.targets import load_target
 
     plans = plan_targets(search, search_targets(config, [load_target(n) for n in config.targets]),
-                         config.data.input_size)
+                         student_input(config)[0])
     wanted = [p for p in plans if p.backend != "ssh" or probe]
     return open_backends(wanted, MeasureOptions(ssh_options=tuple(ssh_options)))
 
@@ -153,15 +153,15 @@ def search_preview(config: CompressConfig, probe: bool = False, ssh_options=()) 
     search = config.student.search
     if search is None:
         return None
-    from edgekd.config import search_targets
+    from edgekd.config import search_targets, student_input
     from edgekd.search import MeasureOptions, format_preview, preview
     from edgekd.targets import load_target
 
     classes = _class_count(config.data)
+    size, channels = student_input(config)  # candidates take the student's input (its own view, if any)
     p = preview(search, search_targets(config, [load_target(n) for n in config.targets]),
-                teacher_arch=config.teacher.model, teacher_kwargs={"num_classes": classes or 10,
-                                                                   "in_chans": config.data.channels},
-                default_input_size=config.data.input_size, probe=probe,
+                teacher_arch=config.teacher.model, teacher_kwargs={"num_classes": classes or 10, "in_chans": channels},
+                default_input_size=size, probe=probe,
                 options=MeasureOptions(ssh_options=tuple(ssh_options)))
     head = "" if classes else " (params with a 10-class head: validate does not read the labels)"
     return format_preview(p) + head
@@ -185,8 +185,10 @@ def _check_student(config: CompressConfig, student, where: str) -> None:
     if student.model is not None:
         build(student.model, {})
         return
-    try:
-        student_spec(student, config.teacher.model, {"num_classes": 2, "in_chans": config.data.channels})
+    from edgekd.config import student_input
+
+    try:  # the student's own input channels (student.channels), else the teacher's
+        student_spec(student, config.teacher.model, {"num_classes": 2, "in_chans": student_input(config)[1]})
     except ModelError as exc:
         raise ModelError(f"{where}: {exc.message}", exc.hint) from None
 

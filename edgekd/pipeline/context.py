@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.config import CompressConfig, config_dict, config_value
+from edgekd.config import CompressConfig, config_dict, config_value, student_data_config
 from edgekd.distill.distributed import Dist
-from edgekd.pipeline.records import CALIB_FILE, SUMMARY_FILE, TEST_FILE, VAL_FILE
+from edgekd.pipeline.records import (CALIB_FILE, SUMMARY_FILE, TEACHER_TEST_FILE, TEACHER_VAL_FILE, TEST_FILE,
+                                     VAL_FILE)
 from edgekd.targets import TargetProfile, load_target
 from edgekd.ui import UI
 
@@ -53,6 +54,28 @@ class RunContext:
         return load_data(self.config.data, self.config.teacher.model, cache_root=self.run_dir / "cache" / "data",
                          device=self.device, skipped=self._skipped_images(), ui=self.ui)
 
+    @cached_property
+    def student_data(self):
+        """The student's view of the data: `data` itself, unless student.input_size or student.channels differ
+        from the teacher's; then the same files, seed and splits read at the student's size, channels and
+        normalisation, so row i of each split is the same sample in both (the data stage checks the labels)."""
+        cfg = student_data_config(self.config)
+        if cfg is None:
+            return self.data
+        from edgekd.data import load_data
+
+        return load_data(cfg, self.config.teacher.model, cache_root=self.run_dir / "cache" / "data",
+                         device=self.device, skipped=self._skipped_images(), ui=self.ui)
+
+    @property
+    def own_student_view(self) -> bool:
+        """True when the student sees another input than the teacher (student.input_size / channels)."""
+        return student_data_config(self.config) is not None
+
+    def data_for(self, model: str):
+        """The view `model` ("teacher" or "student") reads."""
+        return self.student_data if model == "student" else self.data
+
     def _skipped_images(self) -> list[str]:
         """Images the data stage found unreadable and left out (data.on_bad_image: skip); later stages
         leave out the same ones. The data stage checks again (its key covers the listing)."""
@@ -71,21 +94,29 @@ class RunContext:
             return torch.device(self.dist.device)
         return pick_device(self.config.device)
 
-    def val_arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """The validation split as written by the data stage: for choices and checks (gate, parity)."""
-        return _xy(self.run_dir / VAL_FILE)
+    def val_file(self, model: str = "student") -> str:
+        """data/val.npz, or the teacher's own view of it when the student has its own input."""
+        return TEACHER_VAL_FILE if model == "teacher" and self.own_student_view else VAL_FILE
 
-    def parity_inputs(self, samples: int) -> np.ndarray:
+    def test_file(self, model: str = "student") -> str:
+        """data/test.npz, or the teacher's own view of it when the student has its own input."""
+        return TEACHER_TEST_FILE if model == "teacher" and self.own_student_view else TEST_FILE
+
+    def val_arrays(self, model: str = "student") -> tuple[np.ndarray, np.ndarray]:
+        """The validation split as written by the data stage: for choices and checks (gate, parity)."""
+        return _xy(self.run_dir / self.val_file(model))
+
+    def parity_inputs(self, samples: int, model: str = "student") -> np.ndarray:
         """A class-stratified `samples` of data/val.npz's inputs for parity checks (an image folder's file
         is in class order: its head would be one class)."""
         from edgekd.data import stratified_subsample
 
-        x, y = self.val_arrays()
+        x, y = self.val_arrays(model)
         return x[stratified_subsample(y, samples, self.config.data.seed)]
 
-    def test_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+    def test_arrays(self, model: str = "student") -> tuple[np.ndarray, np.ndarray]:
         """The test split as written by the data stage (what devices score): for reported accuracy only."""
-        return _xy(self.run_dir / TEST_FILE)
+        return _xy(self.run_dir / self.test_file(model))
 
     def calib_array(self) -> np.ndarray:
         with np.load(self.run_dir / CALIB_FILE) as npz:

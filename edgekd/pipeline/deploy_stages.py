@@ -53,10 +53,11 @@ def run_export(ctx: RunContext) -> dict:
     from edgekd.models.io import build, read_checkpoint
 
     cfg, opset = ctx.config.export, export_opset(ctx)
-    parity_x = ctx.parity_inputs(cfg.parity.samples)  # stratified, from data/val.npz
     staging = scratch_dir(ctx.run_dir) / "export"  # a killed export leaves it where the next run removes it
     results, outputs = {}, []
     for name in MODELS:
+        # stratified, from data/val.npz (the teacher's own view of it when the student has its own input)
+        parity_x = ctx.parity_inputs(cfg.parity.samples, name)
         ckpt = read_checkpoint(ctx.run_dir / CHECKPOINTS[name])
         model = build(ckpt["arch"], ckpt["arch_kwargs"])
         model.load_state_dict(ckpt["state_dict"])
@@ -89,7 +90,7 @@ def run_export(ctx: RunContext) -> dict:
 
 
 EXPORT = Stage("export", "fold BatchNorm, export ONNX, simplify, check parity", run_export, _export_reads,
-               lambda ctx: [*CHECKPOINTS.values(), VAL_FILE], _export_outputs)
+               lambda ctx: [*CHECKPOINTS.values(), *dict.fromkeys(ctx.val_file(m) for m in MODELS)], _export_outputs)
 
 # ---------------------------------------------------------------- quantize
 

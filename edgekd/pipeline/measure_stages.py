@@ -49,7 +49,8 @@ def measuring_target(ctx: RunContext):
 
 
 def _bench_inputs(ctx: RunContext) -> list[str]:
-    return [TEST_FILE, SUMMARY_FILE, *CHECKPOINTS.values()] + [a.path for a in to_measure(ctx)]  # summary: full test
+    tests = dict.fromkeys(ctx.test_file(model) for model in CHECKPOINTS)  # the teacher's own view's too
+    return [*tests, SUMMARY_FILE, *CHECKPOINTS.values()] + [a.path for a in to_measure(ctx)]  # summary: full test
 
 
 def run_bench(ctx: RunContext) -> dict:
@@ -61,13 +62,14 @@ def run_bench(ctx: RunContext) -> dict:
     settings = BenchSettings(warmup_s=b.warmup_s, min_iterations=b.min_iterations, min_seconds=b.min_seconds,
                              batch_sizes=tuple(b.batch_sizes), rounds=b.rounds)
     artifacts, target = to_measure(ctx), measuring_target(ctx)
-    test_x, _ = ctx.test_arrays()
+    shapes = {model: tuple(ctx.test_arrays(model)[0].shape[1:]) for model in CHECKPOINTS}  # per view (C, H, W)
     steps = measurement_steps(len(artifacts), settings, data=True)
     with ctx.ui.progress("measuring (interleaved, one process per artifact)", steps, unit="steps") as advance:
-        measured = measure_artifacts([ArtifactToMeasure(a.name, a.runtime, ctx.run_dir / a.path) for a in artifacts],
-                                     input_shape=tuple(test_x.shape[1:]), target=target, settings=settings,
+        measured = measure_artifacts([ArtifactToMeasure(a.name, a.runtime, ctx.run_dir / a.path, shapes[a.model],
+                                                        ctx.run_dir / ctx.test_file(a.model)) for a in artifacts],
+                                     input_shape=shapes["student"], target=target, settings=settings,
                                      data=ctx.run_dir / TEST_FILE, progress=advance)
-    rows = [_row(ctx, a, measured[a.name], test_x.shape[1:]) for a in artifacts]
+    rows = [_row(ctx, a, measured[a.name], shapes[a.model]) for a in artifacts]
     _add_full_test(ctx, artifacts, rows)
     measurement = measurement_context(target, settings)
     for note in measurement["notes"]:

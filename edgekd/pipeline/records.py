@@ -29,6 +29,11 @@ TEST_FILE = "data/test.npz"  # the test split (stratified, capped): every accura
 TRANSFER_FILE = "synthetic/transfer.json"  # the synthetic stage's summary of its transfer set (data.synthetic)
 CALIB_FILE = "data/calib.npz"  # calibration samples, drawn from the split the manifest names
 SUMMARY_FILE = "data/summary.json"
+# A student with its own input (student.input_size / channels): the files above are the student's view (what
+# export, INT8, bench and ship read); the teacher's artifacts are checked and scored on its own view of the
+# same samples, row for row.
+TEACHER_VAL_FILE = "data/teacher/val.npz"
+TEACHER_TEST_FILE = "data/teacher/test.npz"
 STUDENTS_DIR = "students"  # per_target search: students/<arch>/ holds each further winner's sub-run
 
 

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.artifacts import sha256_file, write_json_atomic
-from edgekd.config import StudentConfig, TrainConfig, search_targets
+from edgekd.config import StudentConfig, TrainConfig, search_targets, student_input
 from edgekd.errors import ConfigError
 from edgekd.pipeline.context import RunContext
 from edgekd.pipeline.engine import Stage
@@ -61,10 +61,11 @@ def enabled(ctx: RunContext) -> bool:
 
 def teacher_spec(ctx: RunContext) -> tuple[str, dict]:
     """The teacher's (arch, kwargs) as the teacher stage will build it (edgekd.models.teacher.build_teacher),
-    known from the config and the data before it is trained: derived candidates are shaped from it."""
+    known from the config and the data before it is trained: derived candidates are shaped from it, with the
+    student's input channels (student.channels: its own view, data/summary.json `student_view`)."""
     summary = json.loads((ctx.run_dir / SUMMARY_FILE).read_text())
-    return ctx.config.teacher.model, {"num_classes": len(summary["classes"]),
-                                      "in_chans": summary["preprocess"]["channels"]}
+    student_pre = (summary.get("student_view") or summary)["preprocess"]
+    return ctx.config.teacher.model, {"num_classes": len(summary["classes"]), "in_chans": student_pre["channels"]}
 
 
 # ---------------------------------------------------------------- search: measure and judge
@@ -74,10 +75,12 @@ def _search_reads(ctx: RunContext) -> list[str]:
     if not enabled(ctx):
         return ["student.search"]
     keys = ("widths", "depths", "models", "input_sizes", "precisions", "margin", "latency_table", "hosts")
-    # teacher.model shapes derived candidates; quantize.enabled / student.quantization: the precisions this run
-    # makes; export.*: how candidates are exported; targets: where and against which budgets
-    return [*(f"student.search.{k}" for k in keys), "teacher.model", "quantize.enabled", "student.quantization",
-            "export.opset", "export.exporter", "export.dynamic_batch", "targets"]
+    # teacher.model shapes derived candidates; student.input_size / channels: their input; quantize.enabled /
+    # student.quantization: the precisions this run makes; export.*: how candidates are exported; targets: where
+    # and against which budgets
+    return [*(f"student.search.{k}" for k in keys), "teacher.model", "student.input_size", "student.channels",
+            "quantize.enabled", "student.quantization", "export.opset", "export.exporter", "export.dynamic_batch",
+            "targets"]
 
 
 def _search_inputs(ctx: RunContext) -> list[str]:
@@ -109,7 +112,7 @@ def run_search_stage(ctx: RunContext) -> dict:
     c, search = ctx.config, ctx.config.student.search
     teacher_arch, teacher_kwargs = teacher_spec(ctx)
     measured = measure_search(search, search_targets(c, ctx.targets), teacher_arch=teacher_arch,
-                              teacher_kwargs=teacher_kwargs, default_input_size=c.data.input_size,
+                              teacher_kwargs=teacher_kwargs, default_input_size=student_input(c)[0],
                               folder=ctx.run_dir / CANDIDATES_DIR, cache_dir=ctx.run_dir / MEASUREMENTS_DIR,
                               calib_x=_calibration(ctx), opset=export_opset(ctx), exporter=c.export.exporter,
                               dynamic_batch=c.export.dynamic_batch, options=measure_options(ctx))
@@ -162,7 +165,7 @@ def write_search_bundle(ctx: RunContext, target_name: str | None, out: Path) -> 
     target = offline_target(ctx, target_name)
     teacher_arch, teacher_kwargs = teacher_spec(ctx)
     precisions = precisions_for(search, target)
-    candidates = expand_grid(search, teacher_arch, precisions, c.data.input_size)
+    candidates = expand_grid(search, teacher_arch, precisions, student_input(c)[0])
     prepared = prepare_candidates(candidates, teacher_arch, teacher_kwargs, ctx.run_dir / CANDIDATES_DIR,
                                   _calibration(ctx), opset=export_opset(ctx), exporter=c.export.exporter,
                                   dynamic_batch=c.export.dynamic_batch, log=ctx.ui.info,
@@ -173,8 +176,8 @@ def write_search_bundle(ctx: RunContext, target_name: str | None, out: Path) -> 
 
 # What a proxy run's result depends on besides its architecture (the student stage's training reads)
 PROXY_READS = ("seed", "device", "data.augment", "data.seed", "data.train_fraction", "student.init",
-               "distill.losses", "distill.train", "distill.teacher_cache", "distill.replay_views",
-               "distill.unlabeled_fraction")
+               "student.input_size", "student.channels", "distill.losses", "distill.train", "distill.teacher_cache",
+               "distill.replay_views", "distill.unlabeled_fraction")
 
 
 def _choose_reads(ctx: RunContext) -> list[str]:
@@ -206,7 +209,7 @@ def _choose_outputs(ctx: RunContext) -> list[str]:
     if not enabled(ctx):
         return []
     c = ctx.config
-    grid = expand_grid(c.student.search, c.teacher.model, ["fp32"], c.data.input_size)
+    grid = expand_grid(c.student.search, c.teacher.model, ["fp32"], student_input(c)[0])
     arches = [cand.arch_name for cand in architectures_of(grid)]
     return ([CHOICE_FILE, SECTIONS_FILE] + [other_choice_file(a) for a in arches]
             + [f for a in arches for f in _proxy_files(a)])
@@ -345,7 +348,8 @@ def chosen_student(ctx: RunContext) -> StudentConfig:
         return student
     c = _choice(ctx)["student"]
     shape = {"width": c["width"], "depth": c["depth"]} if c["width"] is not None else {"model": c["model"]}
-    return StudentConfig(**shape, init=student.init, quantization=student.quantization)
+    return StudentConfig(**shape, init=student.init, quantization=student.quantization,
+                         input_size=student.input_size, channels=student.channels)
 
 
 def proxy_start(ctx: RunContext) -> dict | None:

@@ -18,6 +18,7 @@ from edgekd.distill.losses import DistillObjective, build_objective, cross_entro
 from edgekd.distill.replay import ReplayTeacher
 from edgekd.distill.schemes import EnsembleTeacher, Link, chain_summary, plan_chain, run_chain, train_peers
 from edgekd.distill.trainer import TrainResult, eval_batches, predict_batches, split_accuracy, train
+from edgekd.errors import DataError
 from edgekd.models.io import build, load_model, read_checkpoint, save_checkpoint
 from edgekd.models.prune import init_from_teacher
 from edgekd.models.student import student_spec
@@ -25,8 +26,8 @@ from edgekd.models.teacher import build_teacher
 from edgekd.pipeline import search_stage, synthetic_train
 from edgekd.pipeline.context import RunContext
 from edgekd.pipeline.engine import Stage
-from edgekd.pipeline.records import (CALIB_FILE, STUDENT_CHECKPOINT, SUMMARY_FILE, TEACHER_CHECKPOINT, TEST_FILE,
-                                     TRANSFER_FILE, VAL_FILE, Artifact)
+from edgekd.pipeline.records import (CALIB_FILE, STUDENT_CHECKPOINT, SUMMARY_FILE, TEACHER_CHECKPOINT,
+                                     TEACHER_TEST_FILE, TEACHER_VAL_FILE, TEST_FILE, TRANSFER_FILE, VAL_FILE, Artifact)
 from edgekd.ui import format_fields
 
 # ---------------------------------------------------------------- data
@@ -42,6 +43,8 @@ TEST_FILE_MAX_BYTES = 256 * 2**20
 def _data_reads(ctx: RunContext) -> list[str]:
     c = ctx.config
     reads = [f"data.{key}" for key in DATA_KEYS]
+    if ctx.own_student_view:  # the student's files (val, test, calib) are its own view's
+        reads += ["student.input_size", "student.channels"]
     if c.data.kind in ("imagefolder", "webdataset"):  # normalisation and resizing follow the teacher's timm config
         reads += ["teacher.model", "data.on_bad_image"] + (["data.shards"] if c.data.kind == "webdataset" else [])
     reads.append("quantize.enabled")
@@ -53,7 +56,8 @@ def _data_reads(ctx: RunContext) -> list[str]:
 
 
 def _data_outputs(ctx: RunContext) -> list[str]:
-    return [VAL_FILE, TEST_FILE, SUMMARY_FILE] + ([CALIB_FILE] if needs_calibration(ctx.config, ctx.targets) else [])
+    return ([VAL_FILE, TEST_FILE, SUMMARY_FILE] + ([CALIB_FILE] if needs_calibration(ctx.config, ctx.targets) else [])
+            + ([TEACHER_VAL_FILE, TEACHER_TEST_FILE] if ctx.own_student_view else []))
 
 
 def _data_facts(ctx: RunContext) -> dict:
@@ -77,22 +81,25 @@ def rows_for_test_file(labels: np.ndarray, sample_bytes: int, seed: int) -> np.n
 
 
 def run_data(ctx: RunContext) -> dict:
-    data, out, seed = ctx.data, ctx.run_dir, ctx.config.data.seed
+    data, student, out = ctx.data, ctx.student_data, ctx.run_dir
     (out / VAL_FILE).parent.mkdir(parents=True, exist_ok=True)
     data.check(ctx.ui)  # imagefolder: every image decoded once (or cached), bad ones listed, before any training
-    classes = np.array(data.classes)
-    sample_bytes = 4 * int(np.prod(data.input_shape))
-    files = {}
-    for split, path in (("val", VAL_FILE), ("test", TEST_FILE)):
-        labels = getattr(data, split).labels
-        rows = rows_for_test_file(labels, sample_bytes, seed)
-        getattr(data, split).save_npz(out / path, rows, ui=ctx.ui, classes=classes)
-        files[f"{split}_file"] = {"path": path, "samples": int(len(rows)), "of": int(len(labels))}
+    views = [(student, VAL_FILE, TEST_FILE)]
+    if student is not data:  # the student's own view: checked too, and the teacher's files written beside
+        student.check(ctx.ui)
+        check_same_samples(data, student)
+        views.append((data, TEACHER_VAL_FILE, TEACHER_TEST_FILE))
+    rows = _eval_rows([view for view, _, _ in views], ctx.config.data.seed)
+    files = [_write_eval_files(ctx, view, rows, val, test) for view, val, test in views]
     outputs = [VAL_FILE, TEST_FILE, SUMMARY_FILE]
-    summary = {**data.summary(), **files, "fingerprint": data.fingerprint()}
+    summary = {**data.summary(), **files[0], "fingerprint": data.fingerprint()}
+    if student is not data:
+        outputs += [TEACHER_VAL_FILE, TEACHER_TEST_FILE]
+        summary["student_view"] = {"preprocess": student.preprocess.to_dict(), "fingerprint": student.fingerprint(),
+                                   "teacher_files": files[1]}
     if needs_calibration(ctx.config, ctx.targets):
         manifest = load_manifest(ctx.config.quantize.calibration)
-        pool = data.train if manifest.split == "train" else data.val
+        pool = student.train if manifest.split == "train" else student.val  # what INT8 files will be fed
         idx = select(pool.labels, manifest)
         pool.save_npz(out / CALIB_FILE, idx, ui=ctx.ui, indices=idx)
         summary["calibration"] = {"manifest": str(ctx.config.quantize.calibration), "split": manifest.split,
@@ -102,7 +109,42 @@ def run_data(ctx: RunContext) -> dict:
     splits = summary["splits"]
     return {"outputs": outputs, "dataset": data.summary(),
             "summary": f"{splits['train']} train / {splits['val']} val / {splits['test']} test images, "
-                       f"{data.num_classes} classes"}
+                       f"{data.num_classes} classes" + _view_note(data, student)}
+
+
+def _eval_rows(views: list, seed: int) -> dict[str, np.ndarray]:
+    """Per split, the rows data/val.npz and data/test.npz keep: one choice for every view (capped by the
+    largest view's sample size), so row i of the teacher's file and of the student's is the same sample."""
+    sample_bytes = max(4 * int(np.prod(view.input_shape)) for view in views)
+    return {split: rows_for_test_file(getattr(views[0], split).labels, sample_bytes, seed) for split in ("val", "test")}
+
+
+def _write_eval_files(ctx: RunContext, view, rows: dict, val_path: str, test_path: str) -> dict:
+    classes, files = np.array(view.classes), {}
+    for split, path in (("val", val_path), ("test", test_path)):
+        (ctx.run_dir / path).parent.mkdir(parents=True, exist_ok=True)
+        getattr(view, split).save_npz(ctx.run_dir / path, rows[split], ui=ctx.ui, classes=classes)
+        files[f"{split}_file"] = {"path": path, "samples": int(len(rows[split])),
+                                  "of": int(len(getattr(view, split).labels))}
+    return files
+
+
+def check_same_samples(teacher_view, student_view) -> None:
+    """Row i of every split must be the same sample in both views: the teacher's outputs reach the student by
+    index. Both are read from one file list with one seed; a difference is a bug, never a silent mismatch."""
+    for split in ("train", "val", "test"):
+        a, b = getattr(teacher_view, split).labels, getattr(student_view, split).labels
+        if len(a) != len(b) or not np.array_equal(a, b):
+            raise DataError(f"The student's view of the {split} split ({len(b)} samples) does not line up with the "
+                            f"teacher's ({len(a)}): row i must be the same sample in both.",
+                            "This is a bug: report it, with data.kind and the skipped images, if any.")
+
+
+def _view_note(data, student) -> str:
+    if student is data:
+        return ""
+    t, s = data.preprocess, student.preprocess
+    return f"; teacher sees {t.input_size} px x{t.channels}, student {s.input_size} px x{s.channels}"
 
 
 DATA = Stage("data", "list, split and check the dataset", run_data, _data_reads, lambda ctx: [], _data_outputs,
@@ -236,8 +278,9 @@ def _student_split(ctx: RunContext) -> StudentSplit:
 
 
 def student_train_xy(ctx: RunContext, split: StudentSplit):
-    """The student's training split: `data.train_fraction` of the training split, withheld labels set to -1."""
-    data = ctx.data
+    """The student's training split (its own view): `data.train_fraction` of the training split, withheld labels
+    set to -1."""
+    data = ctx.student_data
     y = data.train_y[split.rows].copy()
     y[split.unlabeled] = -1
     return data.train.take(split.rows, labels=y)
@@ -259,7 +302,15 @@ STUDENT = Stage("student", "distil the student from the teacher", run_student, _
 def _student_arch(ctx: RunContext) -> tuple[str, dict]:
     """The student's (arch, kwargs): named, or derived from the primary teacher's checkpoint."""
     teacher_ckpt = read_checkpoint(ctx.run_dir / TEACHER_CHECKPOINT)
-    return student_spec(ctx.config.student, teacher_ckpt["arch"], teacher_ckpt["arch_kwargs"])
+    return student_spec(ctx.config.student, teacher_ckpt["arch"], student_base_kwargs(ctx, teacher_ckpt["arch_kwargs"]))
+
+
+def student_base_kwargs(ctx: RunContext, teacher_kwargs: dict) -> dict:
+    """The teacher's create_model kwargs as a student derives from them: its input channels (and a ViT's
+    img_size) are the student's own view's."""
+    pre = ctx.student_data.preprocess
+    return {**teacher_kwargs, "in_chans": pre.channels,
+            **({"img_size": pre.input_size} if "img_size" in teacher_kwargs else {})}
 
 
 def _load_teacher(ctx: RunContext) -> torch.nn.Module:
@@ -283,7 +334,7 @@ def _run_chain(ctx: RunContext) -> dict:
     teacher_ckpt = read_checkpoint(ctx.run_dir / TEACHER_CHECKPOINT)  # read once: every link derives from it
 
     def derived(student_cfg):
-        return student_spec(student_cfg, teacher_ckpt["arch"], teacher_ckpt["arch_kwargs"])
+        return student_spec(student_cfg, teacher_ckpt["arch"], student_base_kwargs(ctx, teacher_ckpt["arch_kwargs"]))
 
     assistants = [derived(assistant_student(c, a)) for a in c.distill.assistants]
     links = plan_chain(derived(search_stage.chosen_student(ctx)), assistants, c.distill.generations, c.seed)
@@ -306,7 +357,7 @@ def _run_chain(ctx: RunContext) -> dict:
         metrics["chain"] = chain_summary(results)
         summary += "; chain " + " -> ".join(f"{r.link.name} {r.val_accuracy:.4f}" for r in results)
     _save(ctx, STUDENT_CHECKPOINT, final.model, final.link.arch, final.link.kwargs,
-          {"student": config_dict(c.student), "distill": config_dict(c.distill)}, metrics)
+          {"student": config_dict(c.student), "distill": config_dict(c.distill)}, metrics, data=ctx.student_data)
     return {"outputs": files, "arch": final.link.arch, "arch_kwargs": final.link.kwargs, "summary": summary, **metrics}
 
 
@@ -318,7 +369,7 @@ def _distil_link(ctx: RunContext, link: Link, student, teacher, teacher_source: 
     later link reuses them instead of retraining (the trainer resumes the link it was in).
     `split` and `train_cfg` replace the student's rows and distill.train (the search's proxy runs).
     """
-    c, pre = ctx.config, ctx.data.preprocess
+    c, pre = ctx.config, ctx.student_data.preprocess
     if out != STUDENT_CHECKPOINT and (done := _finished_link(ctx, out)) is not None:
         student.load_state_dict(done["state_dict"])
         ctx.ui.info(f"{link.name}: reused {out} (finished earlier in this stage)")
@@ -335,14 +386,14 @@ def _distil_link(ctx: RunContext, link: Link, student, teacher, teacher_source: 
     train_xy, synthetic = synthetic_train.student_training(ctx, student_train_xy(ctx, split))
     try:
         result = _fit(ctx, student, link.name, train_cfg, objective, teacher=teacher_fn, seed=link.seed,
-                      train_xy=train_xy)
+                      train_xy=train_xy, data=ctx.student_data)
     finally:
         objective.close()  # hooks off: the saved and exported student is the plain timm model
     replay = isinstance(teacher_fn, ReplayTeacher)
     if replay:  # what the cache cost (or that it was reused), known once the training filled it
         cache_note = teacher_fn.note()
     student.load_state_dict(result.best_state)
-    accuracy = _val_accuracy(ctx, student)
+    accuracy = _val_accuracy(ctx, student, ctx.student_data)
     metrics = {"val_accuracy": accuracy, "params": sum(p.numel() for p in student.parameters()),
                "teacher_cache": cache_note,
                "teacher_outputs": teacher_fn.summary() if replay else _outputs(teacher_fn, cache_note),
@@ -351,7 +402,7 @@ def _distil_link(ctx: RunContext, link: Link, student, teacher, teacher_source: 
                **({"synthetic": synthetic} if synthetic else {}), **_train_metrics(result)}
     if out != STUDENT_CHECKPOINT:
         _save(ctx, out, student, link.arch, link.kwargs, {"link": link.name, "distill": config_dict(c.distill)},
-              {**metrics, "stage_key": ctx.stage_key})
+              {**metrics, "stage_key": ctx.stage_key}, data=ctx.student_data)
     return accuracy, metrics
 
 
@@ -434,10 +485,10 @@ def _init_student(ctx: RunContext, student: torch.nn.Module, teacher: torch.nn.M
     if ctx.config.student.init != "teacher":
         return {"init": "random"}
     student.to(ctx.device)
-    train = ctx.data.train
+    train = ctx.student_data.train  # BatchNorm statistics of what the student will see
     calibration = torch.from_numpy(train.stack(np.arange(min(CALIBRATION_IMAGES, len(train)))))
     family = init_from_teacher(student, teacher, calibration=calibration)
-    accuracy = _val_accuracy(ctx, student)
+    accuracy = _val_accuracy(ctx, student, ctx.student_data)
     ctx.ui.info(f"student initialised from the pruned teacher ({family}): val accuracy {accuracy:.4f} before training")
     return {"init": f"teacher ({family}: pruned, BatchNorm recalibrated)", "init_val_accuracy": accuracy}
 
@@ -483,7 +534,12 @@ def _teacher_source(ctx: RunContext, teacher: torch.nn.Module, objective: Distil
         cached = torch.from_numpy(np.load(path)).to(ctx.device)
         return (lambda idx, _inputs: cached[to_split(idx).to(ctx.device)]), f"on: logits computed once ({path.name})"
 
-    def live(_idx, inputs):
+    own_view = ctx.own_student_view and ctx.config.data.synthetic is None
+    teacher_train = ctx.data.train if own_view else None
+
+    def live(idx, inputs):
+        if own_view:  # the student's batch is its own view: the teacher reads its view of the same rows
+            inputs = torch.from_numpy(teacher_train.stack(to_split(idx).cpu().numpy())).to(ctx.device)
         with torch.no_grad():
             return teacher(inputs).float()
 
@@ -564,8 +620,9 @@ def _predict_with_progress(model, batches, device, ui):
 
 
 def _fit(ctx: RunContext, model, name: str, cfg, loss_fn, teacher, seed: int | None = None,
-         train_xy=None) -> TrainResult:
-    data = ctx.data
+         train_xy=None, data=None) -> TrainResult:
+    """`data`: the view `model` reads (ctx.data, the teacher's, unless given: ctx.student_data)."""
+    data = ctx.data if data is None else data
     train_xy = train_xy or data.train
     val_xy = data.val
     work = ctx.run_dir / "work" / name
@@ -596,14 +653,19 @@ def _train_metrics(result: TrainResult) -> dict:
             "best_weights": result.best_weights, **({"notes": result.notes} if result.notes else {})}
 
 
-def _val_accuracy(ctx: RunContext, model) -> float:
+def _val_accuracy(ctx: RunContext, model, data=None) -> float:
+    """On the validation split of `data`, the view `model` reads (default ctx.data, the teacher's)."""
     model.to(ctx.device)
-    return split_accuracy(model, ctx.data.val, device=ctx.device)  # the whole split, streamed
+    view = ctx.data if data is None else data
+    return split_accuracy(model, view.val, device=ctx.device)  # the whole split, streamed
 
 
-def _save(ctx: RunContext, name: str, model, arch: str, kwargs: dict, config: dict, metrics: dict) -> None:
+def _save(ctx: RunContext, name: str, model, arch: str, kwargs: dict, config: dict, metrics: dict,
+          data=None) -> None:
+    """`data`: the view `model` reads, whose preprocessing the checkpoint carries (default ctx.data)."""
+    data = ctx.data if data is None else data
     if not ctx.dist.is_main:  # torchrun: rank 0 writes, the others hold the same weights
         return
     (ctx.run_dir / name).parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(ctx.run_dir / name, model.cpu(), arch, kwargs, preprocess=ctx.data.preprocess.to_dict(),
-                    classes=ctx.data.classes, config=config, metrics=metrics)
+    save_checkpoint(ctx.run_dir / name, model.cpu(), arch, kwargs, preprocess=data.preprocess.to_dict(),
+                    classes=data.classes, config=config, metrics=metrics)

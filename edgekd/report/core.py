@@ -2,7 +2,8 @@
 
 Schema version 2, top level:
     schema_version, edgekd_version, created, run, target (the first of `targets:`), targets[],
-    dataset {source, splits {train, val, test}, split_origin, test_file, classes, preprocess},
+    dataset {source, splits {train, val, test}, split_origin, test_file, classes, preprocess (the teacher's input),
+             student_view {preprocess, fingerprint, teacher_files} only when the student has its own input},
     machine, measurement {arch, cores, session_target, threads, graph_optimization_level, notes},
     teacher, student, export, quantization, recommended, recommended_by_target, on_device[], notes[]
 quantization: reference_val_accuracy, files[] (one per INT8 scheme: file, artifact, targets, scheme {types,
@@ -138,13 +139,30 @@ def _jsonable(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def input_text(dataset: dict) -> str:
+    """The models' input as C×H×W: one shape, or the teacher's and the student's own (student.input_size /
+    channels: dataset.student_view)."""
+    def shape(pre: dict) -> str:
+        return f"{pre['channels']}×{pre['input_size']}×{pre['input_size']}"
+
+    student = (dataset.get("student_view") or {}).get("preprocess")
+    if student is None:
+        return shape(dataset["preprocess"])
+    return (f"teacher {shape(dataset['preprocess'])}, student {shape(student)} (its own view of each sample: "
+            f"mean {_means(student['mean'])}, std {_means(student['std'])})")
+
+
+def _means(values) -> str:
+    return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
+
+
 def render_markdown(report: dict) -> str:
     d, names = report["dataset"], [t["name"] for t in report["targets"]]
     splits, test_file = d["splits"], d.get("test_file") or {}
     lines = [f"# edgekd report — {report['run']['name']}", "", *_target_lines(report),
              f"Dataset: {d['source']} — {splits['train']} train / {splits['val']} validation / {splits['test']} test "
-             f"images, {len(d['classes'])} classes, input {d['preprocess']['channels']}×{d['preprocess']['input_size']}"
-             f"×{d['preprocess']['input_size']}. Accuracy is on {test_file.get('samples', splits['test'])} test "
+             f"images, {len(d['classes'])} classes, input {input_text(d)}. "
+             f"Accuracy is on {test_file.get('samples', splits['test'])} test "
              f"samples (`{test_file.get('path', 'data/test.npz')}`), a split used for no choice.",
              f"Measured on: {_machine_line(report.get('machine', {}))}. Created {report['created']} by edgekd "
              f"{report['edgekd_version']}.", "",

@@ -15,6 +15,7 @@ import html
 from pathlib import Path
 
 from edgekd.report import plots
+from edgekd.report.core import input_text
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1f2328;margin:0;background:#f6f8fa}
@@ -151,7 +152,8 @@ def _cards(report: dict) -> str:
             ("runtimes", ", ".join(f"{k} {v}" for k, v in versions.items() if k in ("onnxruntime", "tensorrt", "torch"))),
         ]),
         _card("Dataset", [(k, v) for k, v in dataset.items() if isinstance(v, (str, int, float))]
-              + [(f"{split} images", n) for split, n in (dataset.get("splits") or {}).items()]),
+              + [(f"{split} images", n) for split, n in (dataset.get("splits") or {}).items()]
+              + ([("input", input_text(dataset))] if dataset.get("preprocess") else [])),
     ]
     return '<div class="cards">' + "".join(cards) + "</div>"
 

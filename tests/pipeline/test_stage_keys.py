@@ -138,6 +138,8 @@ KEY_READERS: dict[str, Case | None] = {
     "student.width": Case(0.5, {"student"}),
     "student.depth": Case(1.0, {"student"}),
     "student.init": Case("teacher", {"student"}, "single"),
+    "student.input_size": Case(16, {"data", "student"}, "single"),  # the student's own view of every sample
+    "student.channels": Case(3, {"data", "student"}, "single"),
     "student.quantization": Case("none", {"qat", "tensorrt"}),  # the Jetson INT8 file: QAT export or PTQ
     # the search measures (search) and ranks (choose); the student stage reads only its choice, as a file
     **{f"student.search.{k}": Case(v, {"search"}, "search") for k, v in {
