@@ -174,6 +174,7 @@ def write_search_bundle(ctx: RunContext, target_name: str | None, out: Path) -> 
 # What a proxy run's result depends on besides its architecture (the student stage's training reads)
 PROXY_READS = ("seed", "device", "data.augment", "data.seed", "data.train_fraction", "student.init",
                "distill.losses", "distill.train", "distill.teacher_cache", "distill.replay_views",
+               "distill.replay_topk",
                "distill.unlabeled_fraction")
 
 
