@@ -75,6 +75,7 @@ class ReplayTeacher:
         self._stored_rows = samples  # rows per view in the file (+ one per rank: see _shard_layout)
         self._classes_seen: int | None = None  # the class count of the logits this process encoded
         self._classes: int | None = None  # the stored file's, read once from its sidecar
+        self._encoded = 0  # samples this process ran the teacher on while filling
 
     @property
     def complete(self) -> bool:
@@ -105,6 +106,10 @@ class ReplayTeacher:
                 parts = _gather_to_main(dist, _joined(list(batches))) if dist.enabled else batches
                 for rows, records in parts if dist.is_main else ():
                     out = self._write(out, partial, view, rows, records)
+        if not dist.all_reduce_sum([self._encoded])[0]:  # every rank raises alike, none waits for the others
+            raise DataError("No training step reached the teacher replay cache (mixup/cutmix drop the last sample "
+                            "of an odd batch: with batch_size 1 every batch is dropped).",
+                            "Use a train.batch_size of 2 or more, or add training images.")
         if dist.is_main:
             self._finish(out, partial)
         dist.barrier()  # the file is complete before any rank replays it
@@ -141,8 +146,8 @@ class ReplayTeacher:
         s = self.summary()
         how = "reused" if s["reused"] else f"built in {s['build_seconds']:.1f} s"
         what = (f"fp16 {tuple(s['shape'])}" if self.top_k is None else
-                f"top-{self.top_k} of {self.classes} classes per view (fp16 values, int16 classes, the rest "
-                f"spread evenly), {tuple(s['shape'])} rows")
+                f"top-{self.top_k} of {self.classes} classes per view ({s['dtype']}: the rest spread evenly), "
+                f"{tuple(s['shape'])} rows")
         return (f"replay: teacher logits of {self.views} fixed views per image, {what}, "
                 f"{s['disk_mb']:.1f} MB on disk, {how} ({self.path.name})")
 
@@ -171,6 +176,7 @@ class ReplayTeacher:
         """(rows, stored records) of each of this rank's steps of one view."""
         self._position = 0
         for idx, inputs in batches:
+            self._encoded += len(idx)
             with torch.no_grad(), autocast():
                 logits = self.model(inputs).float().cpu()
             yield self._rows(idx), self._encode(logits)
@@ -206,9 +212,6 @@ class ReplayTeacher:
 
     def _finish(self, out, partial: Path) -> None:
         """The sidecar (what the rows hold), then the file under its final name: complete or absent."""
-        if out is None:
-            raise DataError("No step produced a batch for the teacher replay cache.",
-                            "The training split is smaller than one step needs: add training images.")
         out.flush()
         del out
         self._sidecar().write_text(json.dumps({"views": self.views, "samples": self.samples,
@@ -233,7 +236,7 @@ def _record_dtype(k: int, classes: int) -> np.dtype:
 
 def _record_text(k: int, classes: int) -> str:
     index = _record_dtype(k, classes)["indices"].base.name
-    return f"float16 values + {index} classes + float16 rest"
+    return f"fp16 values, {index} classes, one fp16 rest logit"
 
 
 def _joined(steps: list) -> tuple:

@@ -219,3 +219,12 @@ def test_an_empty_split_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="no training samples"):
         replay.fill(lambda view: iter(()), _no_autocast)
     assert not replay.complete and not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_no_step_reaching_the_cache_is_a_clear_error(tmp_path):
+    from edgekd.errors import DataError
+
+    replay = ReplayTeacher(_net(1).eval(), tmp_path / "t.npy", views=2, samples=3)
+    with pytest.raises(DataError, match="No training step reached the teacher replay cache"):
+        replay.fill(lambda view: iter(()), _no_autocast)  # e.g. mixup with batch_size 1: every batch dropped
+    assert not replay.complete
