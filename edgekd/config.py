@@ -368,7 +368,11 @@ class DistillConfig(Strict):
         0, ge=0, description="with augmentation (train.augment or data.augment: timm): 0 = the teacher runs live on "
         "every batch; K >= 1 = K fixed views per image (view = epoch mod K, seeded per sample), the teacher's logits "
         "of each computed once, stored fp16 on disk and replayed (edgekd.distill.replay; with mixup/cutmix whole "
-        "epochs repeat every K). Logit losses only; one process (not under torchrun)")
+        "epochs repeat every K). Logit losses only; under torchrun each rank fills its shard, rank 0 writes the file")
+    replay_topk: int = Field(
+        0, ge=0, description="with replay_views: 0 = store every logit (fp16); k >= 1 = only the k largest per view "
+        "(fp16 values, int16 classes) and one logit for the rest, FKD's marginal smoothing: the top-k probabilities "
+        "exact, the remaining mass spread evenly over the other classes; 4k + 2 bytes per view and image")
     qat: TrainConfig = Field(
         default_factory=lambda: TrainConfig(epochs=3, lr=3e-4, warmup_epochs=0.0),
         description="quantization-aware fine-tuning of the distilled student (student.quantization: qat): "
@@ -427,6 +431,9 @@ class DistillConfig(Strict):
                                  "train.augment: remove them (data.augment applies)")
         if self.replay_views:
             _check_replay(self)
+        elif self.replay_topk:
+            raise ValueError(f"distill.replay_topk {self.replay_topk} says what the replay cache stores, but "
+                             "replay_views is 0 (no cache): set replay_views: K, or remove replay_topk")
         if self.qat.ema or self.qat.augment is not None:
             raise ValueError("distill.qat fine-tunes a quantizer-wrapped student: qat.ema and qat.augment are not "
                              "supported there, remove them")

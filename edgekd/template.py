@@ -127,6 +127,7 @@ distill:
   teacher_cache: true       # compute teacher logits once when inputs repeat every epoch and all losses read logits only
   replay_views: 0           # with augmentation: 0 = live teacher; K = logits of K fixed views per image computed
                             #   once (fp16 on disk), replayed (epoch e shows view e mod K); logit losses only
+  replay_topk: 0            # with replay_views: 0 = every logit; k = the k largest per view (FKD), the rest spread evenly
   unlabeled_fraction: 0.0   # this share of the student's samples is used without labels (withheld from the teacher too)
   # synthetic_fraction: 1.0 # with data.synthetic: share of synthetic images in every batch (1: synthetic only)
   train:                    # same keys as teacher.train

@@ -46,12 +46,18 @@ class MixedSplit:
         return len(self.real) + len(self.synthetic)
 
     def batches(self, batch_size: int, *, shuffle: bool, seed: int = 0, augment: str = "none", rank: int = 0,
-                world_size: int = 1, **_) -> Batches:
+                world_size: int = 1, transform=None, views: int | None = None) -> Batches:
+        """`transform` (train.augment's per-sample views) applies to real and synthetic samples alike, each
+        split drawing them in its own workers. `views` (a replay cache's K) is refused: its rows are real
+        training images, and a mixed epoch walks the synthetic split in passes of its own."""
+        if views:
+            raise ValueError("a mixed real + synthetic split has no replayable views (views=None); the config "
+                             "refuses distill.replay_views with data.synthetic")
         n_real, n_synthetic = batch_shares(batch_size, self.fraction)
         real = self.real.batches(n_real, shuffle=shuffle, seed=seed, augment=augment, rank=rank,
-                                 world_size=world_size)
+                                 world_size=world_size, transform=transform)
         synthetic = self.synthetic.batches(n_synthetic, shuffle=shuffle, seed=seed + 1, augment=augment, rank=rank,
-                                           world_size=world_size)
+                                           world_size=world_size, transform=transform)
         offset = len(self.real)
 
         def one_epoch(epoch: int):

@@ -116,10 +116,6 @@ def train(
     split = as_split(train_xy)
     views = make_views(cfg, split, model, seed)
     replay_views = getattr(teacher, "views", None)  # a ReplayTeacher: epoch e shows view e mod K
-    if replay_views and dist.enabled:
-        raise ConfigError("The teacher replay cache (distill.replay_views) is built in one process; under "
-                          "torchrun it is not supported yet.", "Set distill.replay_views: 0 (live teacher) "
-                          "or run in a single process.")
     # train.augment's views follow the split's own transform (timm's included) and replace crop/crop_flip
     batches = split.batches(cfg.batch_size, shuffle=True, seed=seed,
                             augment=augment if cfg.augment is None or augment == "timm" else "none",
@@ -139,7 +135,9 @@ def train(
         (work_dir / "metrics.jsonl").unlink(missing_ok=True)
     writer, notes = _tensorboard(cfg, work_dir) if dist.is_main else (None, [])
     if replay_views and cfg.epochs > start_epoch:
-        teacher.fill(lambda view: _teacher_inputs(loop, view), loop.amp.autocast)
+        # under torchrun each rank runs the teacher on its own shard; rank 0 writes the file (edgekd.distill.replay)
+        teacher.fill(lambda view: _teacher_inputs(loop, view), loop.amp.autocast, dist=dist,
+                     mixing=views is not None and views.mixing)
     try:
         for epoch in range(start_epoch, cfg.epochs):
             row = _epoch_row(loop, epoch)

@@ -177,7 +177,8 @@ def write_search_bundle(ctx: RunContext, target_name: str | None, out: Path) -> 
 # What a proxy run's result depends on besides its architecture (the student stage's training reads)
 PROXY_READS = ("seed", "device", "data.augment", "data.seed", "data.train_fraction", "student.init",
                "student.input_size", "student.channels", "distill.losses", "distill.train", "distill.teacher_cache",
-               "distill.replay_views", "distill.unlabeled_fraction")
+               "distill.replay_views", "distill.replay_topk",
+               "distill.unlabeled_fraction")
 
 
 def _choose_reads(ctx: RunContext) -> list[str]:

@@ -567,8 +567,9 @@ def _replay_teacher(ctx: RunContext, teacher: torch.nn.Module, files: list[str],
                     seed: int) -> ReplayTeacher:
     """The K-view replay cache of this training, named after everything its logits depend on: the
     teacher checkpoints and dataset identity (_cache_tag), the sample transform (data.augment and
-    data.train_transform, train.augment), K, the views' seed, the student's rows, and what shapes a
-    step (batch size: mixed rows pair within a batch; amp: the teacher's precision)."""
+    data.train_transform, train.augment), K, the views' seed, the student's rows, what shapes a step
+    (batch size: mixed rows pair within a batch; amp: the teacher's precision; with mixing under
+    torchrun the world size), and what a row holds (distill.replay_topk)."""
     c = ctx.config
     samples = len(ctx.data.train_y) if rows is None else len(rows)
     what = {"base": _cache_tag(ctx, files), "views": c.distill.replay_views, "seed": seed,
@@ -577,9 +578,14 @@ def _replay_teacher(ctx: RunContext, teacher: torch.nn.Module, files: list[str],
             if train_cfg.augment is not None else None, "batch_size": train_cfg.batch_size, "amp": train_cfg.amp,
             "rows": hashlib.sha256(np.asarray(rows if rows is not None else np.arange(samples),
                                               dtype=np.int64).tobytes()).hexdigest()}
+    if c.distill.replay_topk:  # what a row holds (absent for full logits: earlier files keep their names)
+        what["top_k"] = c.distill.replay_topk
+    if train_cfg.mixing and ctx.dist.enabled:  # mixed rows pair within a rank's batch: they depend on the ranks
+        what["world_size"] = ctx.dist.world_size
     tag = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return ReplayTeacher(teacher, ctx.run_dir / "cache" / f"teacher_replay.{tag}.npy", c.distill.replay_views,
-                         samples, device=ctx.device, ui=ctx.ui if ctx.dist.is_main else None)
+                         samples, device=ctx.device, ui=ctx.ui if ctx.dist.is_main else None,
+                         top_k=c.distill.replay_topk or None)
 
 
 def _write_teacher_cache(ctx: RunContext, teacher: torch.nn.Module, path) -> None:

@@ -1,6 +1,7 @@
 """distill.synthetic_fraction: the share of synthetic samples in every batch, not by count."""
 
 import numpy as np
+import pytest
 import torch
 
 from edgekd.data.mixsplit import MixedSplit, batch_shares
@@ -40,3 +41,25 @@ def test_batch_shares_keep_one_of_each():
     assert batch_shares(64, 0.5) == (32, 32)
     assert batch_shares(4, 0.01) == (3, 1) and batch_shares(4, 0.99) == (1, 3)
     assert np.isclose(sum(batch_shares(128, 0.3)), 128)
+
+
+class _Plus:
+    """A per-sample 'view' anyone can check: the sample plus 10."""
+
+    deterministic = True
+
+    def __call__(self, sample):
+        return sample + 10
+
+
+def test_views_reach_real_and_synthetic_samples_and_unknown_options_are_errors():
+    real = TensorSplit(torch.zeros(12, 1, 4, 4), torch.arange(12) % 3, workers=0)
+    synthetic = TensorSplit(torch.ones(30, 1, 4, 4), torch.full((30,), -1), workers=0)
+    mixed = MixedSplit(real, synthetic, 0.5)
+    batches = mixed.batches(4, shuffle=True, seed=1, transform=_Plus())
+    values = torch.cat([x.flatten(1).mean(1) for _, x, _ in batches.epoch(0)])
+    assert set(values.tolist()) == {10.0, 11.0}  # train.augment's views for both kinds, none left out
+    with pytest.raises(TypeError, match="unexpected keyword argument 'workerz'"):
+        mixed.batches(4, shuffle=True, workerz=2)  # a misspelt option is not silently dropped
+    with pytest.raises(ValueError, match="no replayable views"):
+        mixed.batches(4, shuffle=True, views=2)

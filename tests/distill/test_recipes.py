@@ -71,6 +71,8 @@ def test_merge_replaces_lists_and_merges_dicts():
      "replay is a teacher cache"),
     ({"distill": {"replay_views": 4, "recipe": "function_matching", "losses": [{"kind": "at"}]}}, "teacher internals"),
     ({"distill": {"replay_views": 4, "recipe": "function_matching", "losses": [{"kind": "ce"}]}}, "nothing to replay"),
+    ({"distill": {"replay_topk": 5}}, "replay_topk 5 says what the replay cache stores, but replay_views is 0"),
+    ({"distill": {"replay_views": 4, "recipe": "function_matching", "replay_topk": -1}}, "replay_topk"),
 ])
 def test_rules_are_checked_at_load(data, match):
     with pytest.raises(ConfigError, match=match):

@@ -60,8 +60,8 @@ class _Watch:
         self.epoch = epoch
         self.replay.set_epoch(epoch)
 
-    def fill(self, inputs_of_view, autocast):
-        self.replay.fill(inputs_of_view, autocast)
+    def fill(self, inputs_of_view, autocast, **kwargs):
+        self.replay.fill(inputs_of_view, autocast, **kwargs)
 
     def __call__(self, idx, inputs):
         logits = self.replay(idx, inputs)
@@ -133,3 +133,98 @@ def test_each_epoch_shows_images_done_rate_and_eta(tmp_path, single_thread, caps
           step_progress=lambda epoch, images: ui.progress(f"student epoch {epoch + 1}/2", images, unit="images"))
     lines = [line for line in capsys.readouterr().err.splitlines() if "student epoch" in line]
     assert len(lines) == 2 and all("24/24" in line and "images/s, ETA 0:00:00" in line for line in lines)
+
+
+# ---------------------------------------------------------------- top-k storage (distill.replay_topk)
+
+
+def _filled(tmp_path, top_k, classes=CLASSES, n=24, name="t"):
+    """A ReplayTeacher of `top_k` filled with known logits (2 views of n samples), and those logits."""
+    g = torch.Generator().manual_seed(classes)
+    logits = torch.randn(2, n, classes, generator=g) * 3
+
+    class Table(nn.Module):  # the "teacher": logits of the current view, looked up by the input's sample number
+        view = 0
+
+        def forward(self, x):
+            return logits[self.view, x[:, 0].long()]
+
+    table = Table()
+    replay = ReplayTeacher(table, tmp_path / f"{name}.npy", views=2, samples=n, top_k=top_k)
+
+    def inputs_of_view(view):
+        table.view = view
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(view))
+        for idx in order.split(5):
+            yield idx, idx.float().view(-1, 1)
+
+    replay.fill(inputs_of_view, _no_autocast)
+    return replay, logits
+
+
+def _no_autocast():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def _replayed(replay, view, n):
+    replay.set_epoch(view)
+    return replay(torch.arange(n), None)
+
+
+def test_top_k_equal_to_the_class_count_replays_every_logit_exactly(tmp_path):
+    replay, logits = _filled(tmp_path, top_k=CLASSES)
+    for view in (0, 1):
+        torch.testing.assert_close(_replayed(replay, view, 24), logits[view], rtol=FP16_RTOL, atol=FP16_ATOL * 8)
+    full, _ = _filled(tmp_path, top_k=None, name="full")
+    torch.testing.assert_close(_replayed(replay, 1, 24), _replayed(full, 1, 24), rtol=0, atol=0)  # both fp16 logits
+
+
+@pytest.mark.parametrize("k", [1, 3, 10])
+def test_small_top_k_keeps_the_top_probabilities_and_bounds_the_rest(tmp_path, k):
+    classes = 40
+    replay, logits = _filled(tmp_path, top_k=k, classes=classes)
+    for view in (0, 1):
+        true = logits[view].softmax(1)
+        approx = _replayed(replay, view, 24).softmax(1)
+        top = true.topk(k, dim=1).indices
+        # the k largest probabilities survive (to fp16 rounding of their logits) ...
+        torch.testing.assert_close(approx.gather(1, top), true.gather(1, top), rtol=5e-3, atol=1e-4)
+        rest = 1 - true.gather(1, top).sum(1)
+        # ... the other classes share the remaining mass evenly (FKD's marginal smoothing) ...
+        others = approx.scatter(1, top, 0.0)
+        torch.testing.assert_close(others.sum(1), rest, rtol=5e-3, atol=1e-4)
+        even = others.sum(1) / (classes - k)
+        assert torch.all((others.max(1).values - even).abs() <= 1e-4 + 5e-3 * even)
+        # ... so the distributions differ by at most that mass (total variation), itself <= (C - k) / C
+        total_variation = 0.5 * (approx - true).abs().sum(1)
+        assert torch.all(total_variation <= rest + 1e-3) and torch.all(rest <= (classes - k) / classes + 1e-6)
+    assert replay.summary()["disk_bytes"] < (2 * 24 * (4 * k + 2)) + 256  # 4k + 2 bytes per row, plus the header
+
+
+def test_the_cache_names_its_rows_k_and_rejects_k_past_the_class_count(tmp_path):
+    replay, _ = _filled(tmp_path, top_k=3)
+    s = replay.summary()
+    assert s["storage"] == "top-3" and s["shape"] == [2, 24] and "int16 classes" in s["dtype"]
+    assert "top-3 of 4 classes" in replay.note()
+    with pytest.raises(Exception, match="replay_topk 9 is more than the teacher's 4 classes"):
+        _filled(tmp_path, top_k=9, name="too-many")
+
+
+def test_an_empty_split_is_a_clear_error(tmp_path):
+    from edgekd.errors import DataError
+
+    replay = ReplayTeacher(_net(1).eval(), tmp_path / "t.npy", views=2, samples=0)
+    with pytest.raises(DataError, match="no training samples"):
+        replay.fill(lambda view: iter(()), _no_autocast)
+    assert not replay.complete and not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_no_step_reaching_the_cache_is_a_clear_error(tmp_path):
+    from edgekd.errors import DataError
+
+    replay = ReplayTeacher(_net(1).eval(), tmp_path / "t.npy", views=2, samples=3)
+    with pytest.raises(DataError, match="No training step reached the teacher replay cache"):
+        replay.fill(lambda view: iter(()), _no_autocast)  # e.g. mixup with batch_size 1: every batch dropped
+    assert not replay.complete

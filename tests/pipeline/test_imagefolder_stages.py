@@ -223,3 +223,27 @@ def test_function_matching_with_timm_views_replays_the_teacher_and_a_changed_ima
         pixels = 255 - np.asarray(img)
     Image.fromarray(pixels).save(images / "c2" / "4.png")
     assert cache_name() != first["teacher_outputs"]["file"]  # the old logits are never replayed for it
+
+
+def test_top_k_replay_names_its_own_cache_and_states_its_disk_size(tmp_path):
+    """distill.replay_topk: the cache holds the top k logits per view; k is part of its name (a full cache
+    keeps the name it had), and the student's record says what it holds and what it costs on disk."""
+    images = _folder(tmp_path / "images", per_class=6)
+
+    def ctx_of(top_k: int) -> RunContext:
+        return _ctx(tmp_path, images, augment="timm", distill={"recipe": "function_matching", "replay_views": 2,
+                                                               "replay_topk": top_k, "train": TRAIN})
+
+    def cache_name(top_k: int) -> str:
+        ctx = ctx_of(top_k)
+        return _replay_teacher(ctx, None, teacher_files(ctx.config), _student_split(ctx).rows, ctx.config.distill.train,
+                               ctx.config.seed).path.name
+
+    ctx = ctx_of(2)
+    run_stages([DATA, TEACHER, STUDENT], ctx, UI(quiet=True))
+    assert len({cache_name(0), cache_name(2), cache_name(3)}) == 3
+    result = read_record(ctx.run_dir, "student")["result"]
+    outputs = result["teacher_outputs"]
+    assert outputs["storage"] == "top-2" and outputs["file"] == cache_name(2) and outputs["disk_bytes"] > 0
+    assert result["teacher_cache"].startswith("replay: teacher logits of 2 fixed views per image, top-2 of 3 classes")
+    assert f"{outputs['disk_mb']:.1f} MB on disk" in result["teacher_cache"]

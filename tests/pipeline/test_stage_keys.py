@@ -60,6 +60,7 @@ LOADED_TEACHERS = {**FULL, "teachers": [{"model": "resnet18"}, {"model": "resnet
 IMAGES = {**SINGLE, "data": {"kind": "imagefolder", "path": "data-folder"}}
 TIMM = {**SINGLE, "data": {"kind": "imagefolder", "path": "data-folder", "augment": "timm"}}
 SHARDS = {**SINGLE, "data": {"kind": "webdataset", "shards": "data-shards"}}
+REPLAY = {**TIMM, "distill": {"replay_views": 2}}  # the K-view replay cache (timm's views)
 # student.search: candidates measured on the host (search) and ranked by proxy distillation (choose)
 SEARCH = {"name": "keys", "data": {"path": "data-folder"}, "targets": ["host-cpu"],
           "student": {"search": {"widths": [0.5], "depths": [1.0], "models": ["resnet10t"]}}}
@@ -70,7 +71,7 @@ EMA_FULL = {**FULL, "teachers": [{"model": "resnet18"}, {"model": "resnet18", "t
 SYNTH = {**SINGLE, "data": {"path": "data-folder", "synthetic": {"method": "dafl", "count": 64}},
          "distill": {"synthetic_fraction": 0.5}}
 SYNTH_ZSKT = {**SINGLE, "data": {"path": "data-folder", "synthetic": {"method": "zskt", "count": 64}}}
-BASES = {"synth": SYNTH, "synth_zskt": SYNTH_ZSKT, "images": IMAGES, "timm": TIMM, "shards": SHARDS, "full": FULL, "single": SINGLE, "online": ONLINE, "loaded": LOADED,
+BASES = {"synth": SYNTH, "synth_zskt": SYNTH_ZSKT, "images": IMAGES, "timm": TIMM, "replay": REPLAY, "shards": SHARDS, "full": FULL, "single": SINGLE, "online": ONLINE, "loaded": LOADED,
          "loaded_teachers": LOADED_TEACHERS, "search": SEARCH, "ema_single": EMA_SINGLE, "ema_full": EMA_FULL}
 
 
@@ -163,6 +164,7 @@ KEY_READERS: dict[str, Case | None] = {
     "distill.teacher_cache": Case(False, {"student", "qat"}),
     # the K-view replay cache needs per-sample views (timm here); search proxies distil with it too
     "distill.replay_views": Case(4, {"student"}, "timm"),
+    "distill.replay_topk": Case(3, {"student"}, "replay"),
     "distill.unlabeled_fraction": Case(0.5, TRAINERS),
     "distill.scheme": Case("online", {"student"}, "single"),
     "distill.peers": Case(3, {"student"}, "online"),
