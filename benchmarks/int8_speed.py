@@ -391,6 +391,15 @@ def markdown(results: dict) -> str:
             "ONNX Runtime's u8 x s8 kernels multiply with AVX2 (VPMADDUBSW + VPMADDWD, edgekd's scheme then uses "
             "7-bit weights against int16 saturation), which gains less over FP32: these ratios are this CPU's, not "
             "the VNNI host's."]),
+        *([] if max((f["timing"]["load_before"] for f in results["families"] if "timing" in f), default=0)
+          <= m["cores"] else [
+            f"- **Load above the core count** (1-minute load average up to "
+            f"{max(f['timing']['load_before'] for f in results['families'] if 'timing' in f)} on {m['cores']} cores): "
+            "absolute times are many times a quiet machine's, and the gate's profiles are kernel wall times taken "
+            "under the same load: the kernel that reads the 224-px input (the stem convolution, about a quarter of a "
+            "ResNet student's multiply-adds) can take far more than its share (39% of FP32 kernel time on a quiet "
+            "VNNI Xeon), so shares say where time went in this run, not on a quiet CPU. Ratios of files timed side "
+            "by side remain comparable."]),
         "",
         "| family | student | file | p50 ms (b1) | img/s (b8) | speed-up vs FP32 | accuracy | size MB |",
         "|---|---|---|---:|---:|---:|---:|---:|",
