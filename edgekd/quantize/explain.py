@@ -21,7 +21,7 @@ def int8_speed_note(file: dict, int8_ms: float, fp32_ms: float) -> str:
                 "as its targets do; its speed is only known from `edgekd bench` on the device.")
     kept = _kept_float(file)
     if int8_ms < fp32_ms:
-        return f"{head} is {fp32_ms / int8_ms:.2f}× faster than the FP32 student at batch 1{kept}."
+        return f"{head} is {fp32_ms / int8_ms:.2f}× faster than the FP32 student at batch 1{kept}." + _bound(speed)
     return (f"{head} is {int8_ms / fp32_ms:.2f}× SLOWER than the FP32 student at batch 1{kept}. "
             + profile_sentence(speed) + " The FP32 student is the one to ship where it fits the budgets.")
 
@@ -44,6 +44,15 @@ def profile_sentence(speed: dict) -> str:
 def _unit(u: dict) -> str:
     kernels = ", ".join(f"{op} {us:.0f}" for op, us in sorted(u["int8_kernels"].items(), key=lambda kv: -kv[1])[:4])
     return f"{u['unit']} ({u['ops']}): INT8 {u['int8_us']:.0f} us ({kernels}) vs FP32 {u['fp32_us']:.0f} us"
+
+
+def _bound(speed: dict) -> str:
+    """What bounds a faster INT8 file: the unit with the most INT8 kernel time, when it gains least."""
+    heaviest = ((speed.get("profile") or {}).get("heaviest_units") or [None])[0]
+    if not heaviest or not heaviest.get("int8_share") or not heaviest.get("speedup"):
+        return ""
+    return (f" Its heaviest unit in ONNX Runtime's profile is {heaviest['unit']} ({heaviest['ops']}): "
+            f"{heaviest['int8_share']:.0%} of the INT8 kernel time, {heaviest['speedup']:.2f}× its FP32 time.")
 
 
 def _kept_float(file: dict) -> str:

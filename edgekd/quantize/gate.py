@@ -19,7 +19,9 @@ files on an x86 host; edgekd.quantize.schemes.timed_here), from the passing sett
 5. the QOperator form (QLinearConv...), where the runtime runs both;
 6. ONNX Runtime's profiler on FP32 and on the INT8 attempt, per unit (a Conv and the
    activation chain it fuses; edgekd.quantize.profile): the units whose INT8 kernels,
-   with the float islands and Q/DQ boundaries they cause, take longer than FP32 kept float;
+   with the float islands and Q/DQ boundaries they cause, take longer than FP32 kept float
+   (recorded with the units that take the most INT8 time and the time per op type: what
+   bounds the speed-up where INT8 wins, and any float kernel left between quantized ones);
 7. the contiguous run of units whose INT8 saving is largest, the rest float (one int8
    region, no float islands between quantized nodes).
 
@@ -270,7 +272,7 @@ class _Search:
 
     def speed_phase(self, index: int) -> None:
         """Steps 5-7 from the passing attempt `index`; every candidate is a full attempt (accuracy checked)."""
-        from edgekd.quantize.profile import Units, costly_units, profile_model, totals, unit_costs
+        from edgekd.quantize.profile import Units, costly_units, int8_op_totals, profile_model, totals, unit_costs
 
         base_file, base, _ = self.files[index]
         if "qoperator" in base.scheme.formats and base.quant_format != "qoperator":
@@ -280,10 +282,13 @@ class _Search:
         costs, rest = unit_costs(units, profile_model(self.pre, x1, self.tmp, self.target),
                                  profile_model(base_file, x1, self.tmp, self.target))
         costly = costly_units(costs)
+        kernel_totals = totals(costs, rest)
         self.speed["profile"] = {"of": "the INT8 attempt that first passed, against the FP32 graph, batch 1",
-                                 "kernel_totals_us": totals(costs, rest), "units": len(costs),
+                                 "kernel_totals_us": kernel_totals, "units": len(costs),
                                  "costly_units": [c.as_dict() for c in costly[:SHOWN_UNITS]],
-                                 "costly_count": len(costly), "unattributed_us": rest}
+                                 "costly_count": len(costly), "unattributed_us": rest,
+                                 "heaviest_units": heaviest_units(costs, kernel_totals["int8_us"]),
+                                 "int8_ops_us": int8_op_totals(costs, rest)}
         quantizable = [c for c in costs if _runs_int8(c)]
         for purpose, kept_float in (("speed: units that cost more in INT8 kept float", costly),
                                     ("speed: best contiguous INT8 region", _outside_best_region(costs))):
@@ -388,6 +393,15 @@ def pick_fastest(attempts: Sequence[Attempt]) -> int:
     fastest = min(a.latency_ms_p50 for a in attempts)
     tied = [i for i, a in enumerate(attempts) if a.latency_ms_p50 <= fastest * (1 + TIE_MARGIN)]
     return min(tied, key=lambda i: (len(attempts[i].excluded_nodes), attempts[i].quant_format != "qdq", i))
+
+
+def heaviest_units(costs: Sequence, int8_total_us: float, shown: int = SHOWN_UNITS) -> list[dict]:
+    """The units that take the most INT8 kernel time, with their share of it and their own
+    FP32/INT8 speed-up: where INT8 is faster but not by enough, these say which nodes bound it
+    (a unit with half the INT8 time and a 1.0x speed-up caps the model near 2x whatever the rest does)."""
+    ranked = sorted(costs, key=lambda c: -c.int8_us)[:shown]
+    return [{**c.as_dict(), "int8_share": round(c.int8_us / int8_total_us, 3) if int8_total_us else None,
+             "speedup": round(c.fp32_us / c.int8_us, 2) if c.int8_us else None} for c in ranked]
 
 
 def _runs_int8(cost) -> bool:

@@ -248,3 +248,15 @@ def totals(costs: list[UnitCost], rest: dict) -> dict:
     """Whole-model kernel time per side (us), attributed plus not."""
     return {"fp32_us": round(sum(c.fp32_us for c in costs) + sum(rest["fp32"].values()), 1),
             "int8_us": round(sum(c.int8_us for c in costs) + sum(rest["int8"].values()), 1)}
+
+
+def int8_op_totals(costs: list[UnitCost], rest: dict) -> dict[str, float]:
+    """The INT8 model's kernel time (us) per runtime op type, largest first: whether float kernels
+    (Add, Relu, Conv, ...) remain between quantized ones, and what the Q/DQ boundaries cost."""
+    ops: dict[str, float] = defaultdict(float)
+    for cost in costs:
+        for op, us in cost.int8_kernels.items():
+            ops[op] += us
+    for op, us in rest["int8"].items():
+        ops[op] += us
+    return {op: round(us, 1) for op, us in sorted(ops.items(), key=lambda kv: -kv[1])}

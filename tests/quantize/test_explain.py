@@ -38,6 +38,15 @@ def test_a_faster_int8_file_names_the_float_units_and_an_untimed_one_says_so():
     assert "on the device" in int8_speed_note(_file(timed=False), 9.0, 1.5)
 
 
+def test_a_faster_int8_file_names_the_unit_that_bounds_its_speed_up():
+    file = _file()
+    file["speed"]["profile"]["heaviest_units"] = [{**UNIT, "unit": "/conv1/Conv", "ops": "Conv+Relu", "int8_us": 1352.0,
+                                                   "fp32_us": 1384.0, "int8_share": 0.56, "speedup": 1.02}]
+    note = int8_speed_note(file, 1.5, 2.6)
+    assert "1.73× faster" in note and "/conv1/Conv (Conv+Relu): 56% of the INT8 kernel time, 1.02× its FP32" in note
+    assert "heaviest" not in int8_speed_note(_file(), 1.0, 1.5)  # no such record: nothing invented
+
+
 def test_report_section_lists_types_why_and_every_attempt_outcome():
     text = "\n".join(_int8_section(_file()))
     assert "`student.int8.x86.onnx` for host-cpu" in text and "Types U8S8" in text and "u8 activations" in text

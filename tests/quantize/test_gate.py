@@ -15,6 +15,7 @@ from edgekd.quantize.gate import (
     TIE_MARGIN,
     Attempt,
     _outside_best_region,
+    heaviest_units,
     channel_sqnr,
     pick_fastest,
     search_order,
@@ -49,6 +50,13 @@ def test_costly_units_and_the_best_int8_region_from_unit_costs():
     # a..c saves 30 - 5 + 40 = 65 us, more than a or c alone: one region, float before and after it
     assert [c.unit for c in _outside_best_region(costs)] == ["stem", "head"]
     assert [c.unit for c in _outside_best_region([_unit("x", 1, 9)])] == ["x"]  # nothing pays: every unit outside
+
+
+def test_heaviest_units_rank_int8_time_and_say_how_much_each_gained():
+    costs = [_unit("stem", 1384, 1452), _unit("a", 500, 200), _unit("b", 300, 120), _unit("head", 17, 28)]
+    ranked = heaviest_units(costs, int8_total_us=2000.0, shown=2)
+    assert [(u["unit"], u["int8_share"], u["speedup"]) for u in ranked] == [("stem", 0.726, 0.95), ("a", 0.1, 2.5)]
+    assert ranked[0]["saving_us"] == -68.0
 
 
 def _timed(ms: float, float_nodes: int = 0, form: str = "qdq") -> Attempt:
@@ -182,3 +190,10 @@ def test_units_that_cost_more_in_int8_are_kept_float(hardswish_onnx, digits, tmp
         assert set(costly[unit]["nodes"]) <= set(floated.excluded_nodes)
     assert "HardSigmoid" in " ".join(costly[u]["ops"] for u in floated.float_units)
     assert floated.passed and floated.outcome  # chosen or "slower: ..." from the interleaved timing
+    heaviest = profile["heaviest_units"]  # where the INT8 time goes, whether or not a unit lost time
+    assert [u["int8_us"] for u in heaviest] == sorted((u["int8_us"] for u in heaviest), reverse=True)
+    assert 0 < sum(u["int8_share"] for u in heaviest) <= 1.0 + 1e-6
+    assert all(u["speedup"] == round(u["fp32_us"] / u["int8_us"], 2) for u in heaviest)
+    ops = profile["int8_ops_us"]  # every INT8 kernel, by op type: sums to the INT8 total
+    assert ops["QLinearConv"] > 0 and "HardSigmoid" in ops  # HardSwish's float island, seen in the profile
+    assert sum(ops.values()) == pytest.approx(profile["kernel_totals_us"]["int8_us"], abs=1.0)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+
+import edgekd
 
 from edgekd.onnxtools.trt_rules import TRT_QUANTIZE_OPTIONS
 from edgekd.quantize.schemes import (
@@ -45,6 +49,23 @@ def test_tensorrt_is_always_symmetric_s8_without_cpu_workarounds(arch, features)
     assert (scheme.key, scheme.types, scheme.activation_symmetric) == ("trt", "S8S8", True)
     assert not scheme.reduce_range and not scheme.quantize_bias and scheme.dedicated_qdq
     assert scheme.formats == ("qdq",) and scheme.extra_options() == TRT_QUANTIZE_OPTIONS
+
+
+BUILTIN_TARGETS = sorted(p.stem for p in (Path(edgekd.__file__).parent / "builtin" / "targets").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", BUILTIN_TARGETS)
+def test_every_builtin_target_gets_the_types_of_its_runtime_and_cpu(name):
+    # TensorRT boards: symmetric S8 whatever the CPU; ORT on ARM: S8S8; ORT on x86: U8 activations, S8 weights
+    target = load_target(name)
+    scheme = scheme_for_target(target)
+    if target.runtime == "tensorrt":
+        assert (scheme.key, scheme.types, scheme.activation_symmetric, scheme.formats) == ("trt", "S8S8", True, ("qdq",))
+    elif target.arch == "aarch64":
+        assert (scheme.key, scheme.types, scheme.activation_symmetric) == ("arm64", "S8S8", False)
+    else:
+        assert (scheme.key, scheme.types, scheme.activations) == ("x86", "U8S8", "uint8")
+    assert scheme.weights == "int8"
 
 
 def test_unknown_runtime_or_arch_is_refused():
