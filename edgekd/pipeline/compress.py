@@ -41,7 +41,8 @@ class CompressResult:
             from edgekd.report.core import verdict_word
 
             for a in json.loads(report.read_text())["artifacts"]:
-                lines.append(f"  {a['name']:<22} acc {a['accuracy']:.4f}  p50 {a['latency_ms']['p50']:.3f} ms  "
+                acc = "unmeasured (no real labelled data)" if a["accuracy"] is None else f"{a['accuracy']:.4f}"
+                lines.append(f"  {a['name']:<22} acc {acc}  p50 {a['latency_ms']['p50']:.3f} ms  "
                              f"{a['size_mb']:.2f} MB  budget {verdict_word(a['budget'])}")
             lines += _student_lines(json.loads(report.read_text()).get("students") or [])
             lines.append(f"report: {self.run_dir / 'report.md'}")

@@ -44,6 +44,8 @@ def _data_reads(ctx: RunContext) -> list[str]:
     reads = [f"data.{key}" for key in DATA_KEYS]
     if c.data.kind in ("imagefolder", "webdataset"):  # normalisation and resizing follow the teacher's timm config
         reads += ["teacher.model", "data.on_bad_image"] + (["data.shards"] if c.data.kind == "webdataset" else [])
+    if not c.data.real:  # the classes as configured; normalisation from the teacher's timm config
+        return reads + ["teacher.model", "data.classes"]
     reads.append("quantize.enabled")
     if not c.quantize.enabled:  # a TensorRT post-training INT8 build may still need calibration samples
         reads += ["targets", "student.quantization"]
@@ -53,6 +55,8 @@ def _data_reads(ctx: RunContext) -> list[str]:
 
 
 def _data_outputs(ctx: RunContext) -> list[str]:
+    if not ctx.config.data.real:  # data.kind: synthetic: the synthetic stage writes val.npz and calib.npz
+        return [SUMMARY_FILE]
     return [VAL_FILE, TEST_FILE, SUMMARY_FILE] + ([CALIB_FILE] if needs_calibration(ctx.config, ctx.targets) else [])
 
 
@@ -79,6 +83,8 @@ def rows_for_test_file(labels: np.ndarray, sample_bytes: int, seed: int) -> np.n
 def run_data(ctx: RunContext) -> dict:
     data, out, seed = ctx.data, ctx.run_dir, ctx.config.data.seed
     (out / VAL_FILE).parent.mkdir(parents=True, exist_ok=True)
+    if not ctx.config.data.real:
+        return _no_real_data(ctx)
     data.check(ctx.ui)  # imagefolder: every image decoded once (or cached), bad ones listed, before any training
     classes = np.array(data.classes)
     sample_bytes = 4 * int(np.prod(data.input_shape))
@@ -103,6 +109,15 @@ def run_data(ctx: RunContext) -> dict:
     return {"outputs": outputs, "dataset": data.summary(),
             "summary": f"{splits['train']} train / {splits['val']} val / {splits['test']} test images, "
                        f"{data.num_classes} classes"}
+
+
+def _no_real_data(ctx: RunContext) -> dict:
+    """data.kind: synthetic: only the summary (classes, preprocessing); no split has a real image."""
+    summary = {**ctx.data.summary(), "fingerprint": ctx.data.fingerprint()}
+    (ctx.run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    return {"outputs": [SUMMARY_FILE], "dataset": ctx.data.summary(),
+            "summary": f"no real images (data.kind: synthetic), {ctx.data.num_classes} classes: every image is "
+                       "generated from the teacher by the synthetic stage"}
 
 
 DATA = Stage("data", "list, split and check the dataset", run_data, _data_reads, lambda ctx: [], _data_outputs,
@@ -162,6 +177,8 @@ def _one_teacher(ctx: RunContext, cfg, path: str, name: str, seed: int) -> dict:
     data = ctx.data
     torch.manual_seed(seed)  # before the build: random initial weights are part of what the seed decides
     init = build_teacher(cfg, data.num_classes, data.preprocess.channels)
+    if not ctx.config.data.real:
+        return _unlabelled_teacher(ctx, cfg, path, init)
     should_train = cfg.finetune if cfg.finetune is not None else init.needs_training
     result = None
     if should_train and cfg.train.epochs > 0:
@@ -179,6 +196,25 @@ def _one_teacher(ctx: RunContext, cfg, path: str, name: str, seed: int) -> dict:
     _save(ctx, path, init.model, init.arch, init.arch_kwargs, {"teacher": config_dict(cfg)}, metrics)
     how = f"trained {result.epochs_run} epochs" if result else f"loaded from {init.source}"
     return {"outputs": [path], "summary": f"{init.arch} {how}, val accuracy {accuracy:.4f}", **metrics}
+
+
+NOT_FINETUNED = ("not fine-tuned: there is no real labelled data (data.kind: synthetic), so the teacher is used as "
+                 "loaded and its accuracy is unmeasured")
+
+
+def _unlabelled_teacher(ctx: RunContext, cfg, path: str, init) -> dict:
+    """data.kind: synthetic: the loaded teacher as it is (nothing to train or score it on). A classifier that
+    does not match data.classes would need training: refused."""
+    from edgekd.errors import ModelError
+
+    if init.head_reset:
+        raise ModelError(f"teacher {cfg.model} from {init.source} has no classifier for the {ctx.data.num_classes} "
+                         "classes of data.classes, and data.kind: synthetic has no labelled images to train one on.",
+                         "Set data.classes to the teacher's own class count (or names, in its output order).")
+    metrics = {"val_accuracy": None, "accuracy": "unmeasured (no real labelled data)", "source": init.source,
+               "trained": False, "finetune": NOT_FINETUNED}
+    _save(ctx, path, init.model, init.arch, init.arch_kwargs, {"teacher": config_dict(cfg)}, metrics)
+    return {"outputs": [path], "summary": f"{init.arch} loaded from {init.source}, {NOT_FINETUNED}", **metrics}
 
 
 def chance_warning(accuracy: float, classes: int, samples: int, what: str) -> str | None:
@@ -301,7 +337,9 @@ def _run_chain(ctx: RunContext) -> dict:
     if c.teachers and len(c.teachers) > 1:
         metrics["teacher_ensemble"] = [{"path": f, "weight": t.weight} for f, t in zip(teacher_files(c), c.teachers)]
     summary = (f"{final.link.arch} {metrics['params'] / 1e3:.0f}K params ({metrics['init']}), "
-               f"val accuracy {final.val_accuracy:.4f}")
+               + (f"val accuracy {final.val_accuracy:.4f}" if c.data.real else
+                  f"agreement with the teacher on held-out synthetic images {final.val_accuracy:.4f} "
+                  "(accuracy unmeasured: no real labelled data)"))
     if len(results) > 1:
         metrics["chain"] = chain_summary(results)
         summary += "; chain " + " -> ".join(f"{r.link.name} {r.val_accuracy:.4f}" for r in results)
@@ -343,7 +381,7 @@ def _distil_link(ctx: RunContext, link: Link, student, teacher, teacher_source: 
         cache_note = teacher_fn.note()
     student.load_state_dict(result.best_state)
     accuracy = _val_accuracy(ctx, student)
-    metrics = {"val_accuracy": accuracy, "params": sum(p.numel() for p in student.parameters()),
+    metrics = {**_val_score(ctx, accuracy), "params": sum(p.numel() for p in student.parameters()),
                "teacher_cache": cache_note,
                "teacher_outputs": teacher_fn.summary() if replay else _outputs(teacher_fn, cache_note),
                **init, "losses": objective.describe(),
@@ -594,6 +632,14 @@ def _train_metrics(result: TrainResult) -> dict:
     return {"epochs": result.epochs_run, "best_epoch": result.best_epoch,
             "seconds_per_epoch": round(result.seconds_per_epoch, 3), "resumed_from_epoch": result.resumed_from_epoch,
             "best_weights": result.best_weights, **({"notes": result.notes} if result.notes else {})}
+
+
+def _val_score(ctx: RunContext, score: float) -> dict:
+    """What a score on the val split is: an accuracy, or (data.kind: synthetic, val holds held-out synthetic
+    images labelled by the teacher's argmax) the student's agreement with the teacher, never called accuracy."""
+    if ctx.config.data.real:
+        return {"val_accuracy": score}
+    return {"val_accuracy": None, "val_teacher_agreement": score, "accuracy": "unmeasured (no real labelled data)"}
 
 
 def _val_accuracy(ctx: RunContext, model) -> float:
