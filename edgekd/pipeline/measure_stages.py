@@ -213,7 +213,8 @@ def device_commands(ctx: RunContext, target: str, files: list[str]) -> list[str]
             f"edgekd ship {run} --target {target} --to USER@HOST:{bundle}",
             "# on the device (pip install \"edgekd[ort]\", no torch needed)",
             f"edgekd verify {bundle}",
-            f"edgekd bench {models} --target {target} --data {bundle}/{TEST_FILE} --out {target}-report",
+            f"edgekd bench {models} --target {target}"
+            + (f" --data {bundle}/{TEST_FILE}" if ctx.has_test else "") + f" --out {target}-report",
             f"# here again, after copying {target}-report/report.json back",
             f"edgekd report merge {run}/report.json {target}-report/report.json -o merged.md"]
 

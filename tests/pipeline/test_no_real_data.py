@@ -121,6 +121,20 @@ def test_a_whole_compress_run_without_real_data(tmp_path):
     html = (run / "report.html").read_text()
     assert html.count(UNMEASURED) >= len(report["artifacts"])
     assert "unmeasured (no real labelled data)" in result.summary()
+    assert all("--data" not in c for step in report["on_device"] for c in step["commands"])
+
+    # the device bundle: golden inputs are the held-out synthetic images, no test split ships, nothing is scored
+    from edgekd.ship.bundle import build_bundle
+    from edgekd.ship.verify import verify_bundle
+    from edgekd.targets import load_target
+
+    bundle = build_bundle(run, load_target("host-cpu"), tmp_path / "bundle", artifacts=["student-fp32"])
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["test"] is None and not (bundle / "data").exists() and "unmeasured" in manifest["accuracy"]
+    assert "held-out synthetic" in manifest["golden"]["from"] and manifest["golden"]["samples"] == 32
+    np.testing.assert_array_equal(np.load(bundle / "golden/inputs.npy"), val_x)
+    checked = verify_bundle(bundle)
+    assert [m.name for m in checked.models] == ["student-fp32"] and checked.models[0].top1_agreement == 1.0
 
 
 @pytest.mark.parametrize("edit, words", [
