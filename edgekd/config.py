@@ -27,6 +27,10 @@ class DataConfig(Strict):
     kind: Literal["digits", "idx", "imagefolder", "webdataset", "synthetic"] = Field(
         "digits", description="where labelled images come from; synthetic: none at all, only the teacher "
         "(data.synthetic makes every image; accuracy is reported as unmeasured)")
+    use: Literal["all", "report"] = Field(
+        "all", description="all: the real labelled data trains, chooses and scores as usual; report (with "
+        "data.synthetic): only its test split is used, to score the report, and every choice is made on held-out "
+        "synthetic images as with kind: synthetic")
     classes: int | list[str] | None = Field(
         None, description="kind synthetic only: the teacher's classes, a count or their names in the head's order "
         "(with real data they come from the data)")
@@ -76,10 +80,14 @@ class DataConfig(Strict):
         if self.classes is not None:
             raise ValueError(f"data.classes is for data.kind: synthetic (no real images); {self.kind} data names "
                              "its own classes: remove data.classes")
-        if self.synthetic is not None and "holdout" in self.synthetic.model_fields_set:
-            raise ValueError("data.synthetic.holdout holds synthetic images out for choices when there is no real "
-                             "validation split (data.kind: synthetic); here data.kind's own validation split "
-                             "chooses: remove holdout")
+        if self.use == "report" and self.synthetic is None:
+            raise ValueError("data.use: report keeps the real data for the report only, so the student needs "
+                             "data.synthetic images to learn and choose on: add a data.synthetic section, or set "
+                             "data.use: all")
+        if self.use == "all" and self.synthetic is not None and "holdout" in self.synthetic.model_fields_set:
+            raise ValueError("data.synthetic.holdout holds synthetic images out for choices when no real "
+                             "validation split makes them (data.kind: synthetic, or data.use: report); here "
+                             "data.kind's own validation split chooses: remove holdout")
         if self.kind in ("idx", "imagefolder") and self.path is None:
             raise ValueError(f"data.kind {self.kind!r} needs data.path")
         if (self.kind == "webdataset") != (self.shards is not None):
@@ -109,6 +117,12 @@ class DataConfig(Strict):
         return self.kind != "synthetic"
 
     @property
+    def real_choices(self) -> bool:
+        """Whether real labels make the choices (best epoch, INT8 gate) and may train: not with kind synthetic
+        (none) nor with use: report (kept for the report's test accuracy)."""
+        return self.real and self.use == "all"
+
+    @property
     def class_names(self) -> list[str] | None:
         """kind synthetic: data.classes as names (a count gives "0", "1", ...)."""
         if self.classes is None:
@@ -121,7 +135,7 @@ class DataConfig(Strict):
         return ["data.augment"] + (["data.train_transform"] if self.augment == "timm" else [])
 
 
-NO_REAL_DATA_KEYS = ("path", "shards", "cache", "cache_dir", "on_bad_image", "val_fraction", "test_fraction",
+NO_REAL_DATA_KEYS = ("use", "path", "shards", "cache", "cache_dir", "on_bad_image", "val_fraction", "test_fraction",
                      "train_fraction")  # they describe real images: meaningless without any
 
 
@@ -671,7 +685,7 @@ class CompressConfig(Strict):
         if self.student.quantization == "qat":
             raise ValueError("student.quantization: qat fine-tunes on the real training split, not on data.synthetic's "
                              "images: use quantization: none (post-training INT8 still applies)")
-        if not self.data.real:
+        if not self.data.real_choices:
             _check_teacher_only_run(self)
         return self
 
@@ -684,23 +698,26 @@ class CompressConfig(Strict):
 
 
 def _check_teacher_only_run(c: "CompressConfig") -> None:
-    """data.kind: synthetic: nothing is labelled, so nothing may train on labels or mix in real samples."""
+    """data.kind: synthetic (nothing is labelled) or data.use: report (the labels only score the report):
+    nothing may train on labels or mix in real samples."""
     d, t = c.distill, c.teacher
+    none = ("data.kind: synthetic has none" if not c.data.real else
+            "data.use: report keeps the real ones for the report")
     if t.checkpoint is None and not t.pretrained:
-        raise ValueError("data.kind: synthetic has no labelled images to train a teacher on: give the trained "
-                         "teacher as teacher.checkpoint (or teacher.pretrained: true)")
+        raise ValueError(f"a teacher trains on labelled images and {none}: give the trained teacher as "
+                         "teacher.checkpoint (or teacher.pretrained: true)")
     if t.finetune:
-        raise ValueError("teacher.finetune trains the teacher on labelled images, and data.kind: synthetic has none: "
-                         "remove teacher.finetune (the teacher is used as loaded)")
+        raise ValueError(f"teacher.finetune trains the teacher on labelled images, and {none}: remove "
+                         "teacher.finetune (the teacher is used as loaded)")
     if "synthetic_fraction" in d.model_fields_set and d.synthetic_fraction < 1:
         raise ValueError(f"distill.synthetic_fraction {d.synthetic_fraction:g} leaves a share of every batch for real "
-                         "samples, and data.kind: synthetic has none: remove synthetic_fraction (1: synthetic only)")
+                         f"samples, and {none}: remove synthetic_fraction (1: synthetic only)")
     if d.unlabeled_fraction > 0:
-        raise ValueError("distill.unlabeled_fraction withholds labels of real samples, and data.kind: synthetic has "
-                         "none: remove unlabeled_fraction")
+        raise ValueError(f"distill.unlabeled_fraction withholds labels of real samples, and {none}: remove "
+                         "unlabeled_fraction")
     if c.student.init == "teacher":
-        raise ValueError("student.init 'teacher' recalibrates the pruned student's BatchNorm on real training "
-                         "images, and data.kind: synthetic has none: use student.init: random")
+        raise ValueError(f"student.init 'teacher' recalibrates the pruned student's BatchNorm on real training "
+                         f"images, and {none}: use student.init: random")
 
 
 def load_config(path: str | Path) -> CompressConfig:
@@ -775,10 +792,10 @@ def _check_files_exist(config: CompressConfig, targets: list) -> None:
 def _check_teacher_only_targets(config: CompressConfig, profiles: list) -> None:
     """TensorRT's engine checks score accuracy on data/test.npz, which a run without real data has not got."""
     trt = [p.name for p in profiles if p.runtime == "tensorrt"]
-    if not config.data.real and trt:
-        raise ConfigError(f"data.kind: synthetic is not supported for TensorRT targets yet ({', '.join(trt)}): their "
-                          "engine checks score accuracy on real test images.",
-                          "Use ONNX Runtime targets, or give a real labelled set as data.kind.")
+    if not config.data.real_choices and trt:
+        raise ConfigError(f"data.kind: synthetic and data.use: report are not supported for TensorRT targets yet "
+                          f"({', '.join(trt)}): their INT8 gate and engine checks read real labelled images.",
+                          "Use ONNX Runtime targets, or give a real labelled set with data.use: all.")
 
 
 def _check_targets(config: CompressConfig) -> list:

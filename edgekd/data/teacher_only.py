@@ -53,15 +53,7 @@ class NoRealData:
 
     @property
     def val(self):
-        """The held-out synthetic images (teacher-labelled), once the synthetic stage wrote them."""
-        from edgekd.data.splitset import TensorSplit
-
-        if not self.val_file.is_file():
-            raise DataError(f"{self.val_file} is missing: with data.kind: synthetic the synthetic stage writes the "
-                            "held-out images every choice is made on.",
-                            "Run edgekd compress again (the synthetic stage runs before the student).")
-        with np.load(self.val_file) as npz:
-            return TensorSplit(npz["x"], npz["y"])
+        return held_out_split(self.val_file)
 
     @property
     def train_y(self) -> np.ndarray:
@@ -87,6 +79,53 @@ class NoRealData:
         return {"source": SOURCE, "real_data": False, "accuracy": UNMEASURED, "splits": {"train": 0, "val": 0, "test": 0},
                 "split_origin": {"val": VAL_ORIGIN, "test": UNMEASURED}, "classes": self.classes,
                 "preprocess": self.preprocess.to_dict()}
+
+
+def held_out_split(val_file: Path):
+    """The held-out synthetic images (teacher-labelled), once the synthetic stage wrote them."""
+    from edgekd.data.splitset import TensorSplit
+
+    if not val_file.is_file():
+        raise DataError(f"{val_file} is missing: without a real validation split the synthetic stage writes the "
+                        "held-out images every choice is made on.",
+                        "Run edgekd compress again (the synthetic stage runs before the student).")
+    with np.load(val_file) as npz:
+        return TensorSplit(npz["x"], npz["y"])
+
+
+class ReportOnlyData:
+    """data.use: report: real labelled data whose test split only scores the report. Its training split is
+    never read (it looks empty: nothing trains on real labels) and its validation split is replaced by the
+    held-out synthetic images, so no choice sees a real label. Everything else is the real data's."""
+
+    def __init__(self, real, val_file: Path):
+        self._real, self.val_file = real, Path(val_file)
+
+    def __getattr__(self, name):  # classes, preprocess, test, check, fingerprint, ...
+        return getattr(self._real, name)
+
+    @property
+    def train(self):
+        from edgekd.data.splitset import TensorSplit
+
+        return TensorSplit(np.zeros((0, *self._real.input_shape), np.float32), np.zeros(0, np.int64))
+
+    @property
+    def train_y(self) -> np.ndarray:
+        return np.zeros(0, np.int64)
+
+    @property
+    def val(self):
+        return held_out_split(self.val_file)
+
+    @property
+    def val_y(self) -> np.ndarray:
+        return self.val.labels
+
+    def summary(self) -> dict:
+        real = self._real.summary()
+        return {**real, "use": "report", "split_origin": {**real.get("split_origin", {}), "val": VAL_ORIGIN},
+                "unused": "the real train and val splits (data.use: report: only the test split scores the report)"}
 
 
 def no_real_data(cfg, teacher_model: str | None, val_file: Path) -> NoRealData:

@@ -54,8 +54,13 @@ class RunContext:
             from edgekd.data.teacher_only import no_real_data
 
             return no_real_data(self.config.data, self.config.teacher.model, self.run_dir / VAL_FILE)
-        return load_data(self.config.data, self.config.teacher.model, cache_root=self.run_dir / "cache" / "data",
+        data = load_data(self.config.data, self.config.teacher.model, cache_root=self.run_dir / "cache" / "data",
                          device=self.device, skipped=self._skipped_images(), ui=self.ui)
+        if not self.config.data.real_choices:  # data.use: report: real test split only, held-out synthetic val
+            from edgekd.data.teacher_only import ReportOnlyData
+
+            return ReportOnlyData(data, self.run_dir / VAL_FILE)
+        return data
 
     def _skipped_images(self) -> list[str]:
         """Images the data stage found unreadable and left out (data.on_bad_image: skip); later stages

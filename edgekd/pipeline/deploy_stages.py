@@ -135,7 +135,7 @@ def _quantize_reads(ctx: RunContext) -> list[str]:
         return ["quantize.enabled"]
     # targets: which files (one per INT8 scheme), their bounds and sessions; the samples arrive as data/calib.npz
     return ([f"quantize.{key}" for key in ("enabled", "method", "per_channel", "max_int8_drop", "fallbacks")]
-            + ["targets"] + ([] if ctx.config.data.real else ["data.kind"]))  # synthetic: an agreement gate
+            + ["targets"] + ([] if ctx.config.data.real_choices else ["data.kind", "data.use"]))  # synthetic: an agreement gate
 
 
 def _quantize_facts(ctx: RunContext) -> dict:
@@ -157,7 +157,7 @@ def run_quantize(ctx: RunContext) -> dict:
 
     val_x, val_y = ctx.val_arrays()  # the gate chooses: on val, never on the test split the report scores
     fp32 = predict(make_session(ctx.run_dir / "student.onnx", ctx.primary_target), val_x)
-    if not ctx.config.data.real:  # no real labels: INT8 must agree with the FP32 student on held-out images
+    if not ctx.config.data.real_choices:  # no real labels: INT8 must agree with the FP32 student on held-out images
         val_y = fp32.argmax(1)
     reference = accuracy(fp32, val_y)
     files = [_quantize_for(ctx, scheme, targets, reference, val_x, val_y) for scheme, targets in plan]
@@ -177,9 +177,10 @@ AGREEMENT_GATE = "agreement with the FP32 student"
 def _gate_measure(ctx: RunContext, samples: int) -> dict:
     """What the INT8 gate's scores are: val accuracy, or without real labels (data.kind: synthetic) top-1
     agreement with the FP32 student's own outputs on the held-out synthetic images (its reference is 1)."""
-    if ctx.config.data.real:
+    if ctx.config.data.real_choices:
         return {"gate_measure": "val accuracy"}
-    return {"gate_measure": f"{AGREEMENT_GATE} on {samples} held-out synthetic images (no real labelled data)"}
+    why = "no real labelled data" if not ctx.config.data.real else "data.use: report"
+    return {"gate_measure": f"{AGREEMENT_GATE} on {samples} held-out synthetic images ({why})"}
 
 
 def _quantize_for(ctx: RunContext, scheme, targets: list, reference: float, val_x, val_y) -> dict:

@@ -35,8 +35,8 @@ def _reads(ctx: RunContext) -> list[str]:
     if synthetic is None:
         return []
     reads = ["data.synthetic", "device"]
-    if not ctx.config.data.real:  # it writes the held-out val file and the calibration samples too
-        reads += ["data.kind", "quantize.enabled", "quantize.calibration", "targets", "student.quantization"]
+    if not ctx.config.data.real_choices:  # it writes the held-out val file and the calibration samples too
+        reads += ["data.kind", "data.use", "quantize.enabled", "quantize.calibration", "targets", "student.quantization"]
     if synthetic.uses_student:  # zskt / competition read the initialised student: its shape and seed
         reads += ["seed", "student.model", "student.width", "student.depth"]
     return reads
@@ -62,7 +62,7 @@ def _outputs(ctx: RunContext) -> list[str]:
 
 def _held_out_files(ctx: RunContext) -> list[str]:
     """data.kind: synthetic: this stage writes data/val.npz (held-out images) and data/calib.npz."""
-    if ctx.config.data.real:
+    if ctx.config.data.real_choices:
         return []
     from edgekd.config import needs_calibration
 
@@ -99,7 +99,7 @@ def run_synthetic(ctx: RunContext) -> dict:
     summary = {**result.summary(), "path": str(result.path.relative_to(ctx.run_dir)),
                "settings": settings.model_dump(mode="json"), "seed": synthetic.seed,
                "shape": list(args["shape"]), "mean": list(pre.mean), "std": list(pre.std)}
-    if not ctx.config.data.real:  # no real validation split: held-out synthetic images stand in for choices
+    if not ctx.config.data.real_choices:  # no real validation split: held-out synthetic images stand in for choices
         from edgekd.pipeline.synthetic_train import write_held_out
 
         summary["held_out"] = write_held_out(ctx, result.path)

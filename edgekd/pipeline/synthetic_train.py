@@ -59,7 +59,7 @@ def _store_split(ctx: RunContext, store: U8Store, augment: bool) -> StreamSplit:
 def held_out_rows(ctx: RunContext, labels: np.ndarray) -> np.ndarray:
     """data.kind: synthetic: the `data.synthetic.holdout` store rows (seeded, stratified by the teacher's
     label) that never train and make every choice instead of a real validation split; else none."""
-    if ctx.config.data.real:
+    if ctx.config.data.real_choices:
         return np.zeros(0, dtype=np.int64)
     synthetic = ctx.config.data.synthetic
     return stratified_subsample(labels, synthetic.holdout, synthetic.seed)
@@ -103,7 +103,7 @@ def student_training(ctx: RunContext, real):
     synthetic = synthetic_split(ctx)
     note = {"method": synthetic_cfg.method, "images": len(synthetic), "fraction_per_batch": fraction,
             "real_samples": 0 if fraction == 1 else len(real)}
-    if not ctx.config.data.real:
+    if not ctx.config.data.real_choices:
         note["held_out"] = synthetic_cfg.holdout
     if fraction == 1:
         return synthetic, note

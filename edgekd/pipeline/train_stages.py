@@ -46,6 +46,8 @@ def _data_reads(ctx: RunContext) -> list[str]:
         reads += ["teacher.model", "data.on_bad_image"] + (["data.shards"] if c.data.kind == "webdataset" else [])
     if not c.data.real:  # the classes as configured; normalisation from the teacher's timm config
         return reads + ["teacher.model", "data.classes"]
+    if not c.data.real_choices:  # data.use: report: the test split only (val and calib: the synthetic stage)
+        return reads + ["data.use"]
     reads.append("quantize.enabled")
     if not c.quantize.enabled:  # a TensorRT post-training INT8 build may still need calibration samples
         reads += ["targets", "student.quantization"]
@@ -57,6 +59,8 @@ def _data_reads(ctx: RunContext) -> list[str]:
 def _data_outputs(ctx: RunContext) -> list[str]:
     if not ctx.config.data.real:  # data.kind: synthetic: the synthetic stage writes val.npz and calib.npz
         return [SUMMARY_FILE]
+    if not ctx.config.data.real_choices:  # data.use: report: the real test split only
+        return [TEST_FILE, SUMMARY_FILE]
     return [VAL_FILE, TEST_FILE, SUMMARY_FILE] + ([CALIB_FILE] if needs_calibration(ctx.config, ctx.targets) else [])
 
 
@@ -89,14 +93,15 @@ def run_data(ctx: RunContext) -> dict:
     classes = np.array(data.classes)
     sample_bytes = 4 * int(np.prod(data.input_shape))
     files = {}
-    for split, path in (("val", VAL_FILE), ("test", TEST_FILE)):
+    real_choices = ctx.config.data.real_choices  # data.use: report: val.npz and calib.npz are synthetic
+    for split, path in (("val", VAL_FILE), ("test", TEST_FILE))[0 if real_choices else 1:]:
         labels = getattr(data, split).labels
         rows = rows_for_test_file(labels, sample_bytes, seed)
         getattr(data, split).save_npz(out / path, rows, ui=ctx.ui, classes=classes)
         files[f"{split}_file"] = {"path": path, "samples": int(len(rows)), "of": int(len(labels))}
-    outputs = [VAL_FILE, TEST_FILE, SUMMARY_FILE]
+    outputs = [*([VAL_FILE] if real_choices else []), TEST_FILE, SUMMARY_FILE]
     summary = {**data.summary(), **files, "fingerprint": data.fingerprint()}
-    if needs_calibration(ctx.config, ctx.targets):
+    if real_choices and needs_calibration(ctx.config, ctx.targets):
         manifest = load_manifest(ctx.config.quantize.calibration)
         pool = data.train if manifest.split == "train" else data.val
         idx = select(pool.labels, manifest)
@@ -177,7 +182,7 @@ def _one_teacher(ctx: RunContext, cfg, path: str, name: str, seed: int) -> dict:
     data = ctx.data
     torch.manual_seed(seed)  # before the build: random initial weights are part of what the seed decides
     init = build_teacher(cfg, data.num_classes, data.preprocess.channels)
-    if not ctx.config.data.real:
+    if not ctx.config.data.real_choices:
         return _unlabelled_teacher(ctx, cfg, path, init)
     should_train = cfg.finetune if cfg.finetune is not None else init.needs_training
     result = None
@@ -200,6 +205,8 @@ def _one_teacher(ctx: RunContext, cfg, path: str, name: str, seed: int) -> dict:
 
 NOT_FINETUNED = ("not fine-tuned: there is no real labelled data (data.kind: synthetic), so the teacher is used as "
                  "loaded and its accuracy is unmeasured")
+NOT_FINETUNED_REPORT = ("not fine-tuned: data.use: report keeps the real labels for the report's test accuracy only, "
+                        "so the teacher is used as loaded")
 
 
 def _unlabelled_teacher(ctx: RunContext, cfg, path: str, init) -> dict:
@@ -211,8 +218,9 @@ def _unlabelled_teacher(ctx: RunContext, cfg, path: str, init) -> dict:
         raise ModelError(f"teacher {cfg.model} from {init.source} has no classifier for the {ctx.data.num_classes} "
                          "classes of data.classes, and data.kind: synthetic has no labelled images to train one on.",
                          "Set data.classes to the teacher's own class count (or names, in its output order).")
-    metrics = {"val_accuracy": None, "accuracy": "unmeasured (no real labelled data)", "source": init.source,
-               "trained": False, "finetune": NOT_FINETUNED}
+    real = ctx.config.data.real
+    metrics = {"val_accuracy": None, **({} if real else {"accuracy": "unmeasured (no real labelled data)"}),
+               "source": init.source, "trained": False, "finetune": NOT_FINETUNED_REPORT if real else NOT_FINETUNED}
     _save(ctx, path, init.model, init.arch, init.arch_kwargs, {"teacher": config_dict(cfg)}, metrics)
     return {"outputs": [path], "summary": f"{init.arch} loaded from {init.source}, {NOT_FINETUNED}", **metrics}
 
@@ -337,9 +345,9 @@ def _run_chain(ctx: RunContext) -> dict:
     if c.teachers and len(c.teachers) > 1:
         metrics["teacher_ensemble"] = [{"path": f, "weight": t.weight} for f, t in zip(teacher_files(c), c.teachers)]
     summary = (f"{final.link.arch} {metrics['params'] / 1e3:.0f}K params ({metrics['init']}), "
-               + (f"val accuracy {final.val_accuracy:.4f}" if c.data.real else
-                  f"agreement with the teacher on held-out synthetic images {final.val_accuracy:.4f} "
-                  "(accuracy unmeasured: no real labelled data)"))
+               + (f"val accuracy {final.val_accuracy:.4f}" if c.data.real_choices else
+                  f"agreement with the teacher on held-out synthetic images {final.val_accuracy:.4f}"
+                  + ("" if c.data.real else " (accuracy unmeasured: no real labelled data)")))
     if len(results) > 1:
         metrics["chain"] = chain_summary(results)
         summary += "; chain " + " -> ".join(f"{r.link.name} {r.val_accuracy:.4f}" for r in results)
@@ -637,9 +645,10 @@ def _train_metrics(result: TrainResult) -> dict:
 def _val_score(ctx: RunContext, score: float) -> dict:
     """What a score on the val split is: an accuracy, or (data.kind: synthetic, val holds held-out synthetic
     images labelled by the teacher's argmax) the student's agreement with the teacher, never called accuracy."""
-    if ctx.config.data.real:
+    if ctx.config.data.real_choices:
         return {"val_accuracy": score}
-    return {"val_accuracy": None, "val_teacher_agreement": score, "accuracy": "unmeasured (no real labelled data)"}
+    unmeasured = {} if ctx.config.data.real else {"accuracy": "unmeasured (no real labelled data)"}
+    return {"val_accuracy": None, "val_teacher_agreement": score, **unmeasured}
 
 
 def _val_accuracy(ctx: RunContext, model) -> float:

@@ -145,6 +145,11 @@ def real_data(report: dict) -> bool:
     return report["dataset"].get("real_data", True)
 
 
+def report_only(report: dict) -> bool:
+    """data.use: report: real labels scored the report, held-out synthetic images made every choice."""
+    return report["dataset"].get("use") == "report"
+
+
 def _dataset_line(report: dict) -> str:
     d = report["dataset"]
     splits, test_file = d["splits"], d.get("test_file") or {}
@@ -220,7 +225,8 @@ def _sections(report: dict) -> list[str]:
         out += _int8_section(file, _gate_measure(report))
     out += _students_section(report)
     out += _search_section(report)
-    out += _synthetic_section(report.get("synthetic"), real_data(report))
+    out += _synthetic_section(report.get("synthetic"), real_data(report) and not report_only(report),
+                              real_data(report))
     out += _on_device_section(report.get("on_device") or [])
     out += _tensorrt_section(report.get("tensorrt"))
     out += ["## How to read this", "",
@@ -228,8 +234,12 @@ def _sections(report: dict) -> list[str]:
             "across artifacts so machine noise hits all alike. Peak RSS is the process's peak resident memory over "
             "its baseline before the model was loaded.",
             "- Accuracy: top-1 on the test split (`data/test.npz`), which no choice used (best epochs, early stopping "
-            "and the INT8 gate chose on the validation split), run through the artifact's own runtime." if real_data(report)
-            else f"- Accuracy: {UNMEASURED}. Best epochs chose on agreement with the teacher, and the INT8 gate on "
+            "and the INT8 gate chose on the validation split), run through the artifact's own runtime."
+            if real_data(report) and not report_only(report) else
+            "- Accuracy: top-1 on the real test split (`data/test.npz`), run through the artifact's own runtime; "
+            "with data.use: report it is the only real data read. Best epochs chose on agreement with the teacher, "
+            "and the INT8 gate on agreement with the FP32 student, both on held-out synthetic images."
+            if real_data(report) else f"- Accuracy: {UNMEASURED}. Best epochs chose on agreement with the teacher, and the INT8 gate on "
             "agreement with the FP32 student, both on held-out synthetic images no student trained on: these "
             "agreements say how faithfully the student copies the teacher on the teacher's own images, not how "
             "often either is right on real ones.",
@@ -308,7 +318,7 @@ def _search_section(report: dict) -> list[str]:
     return out
 
 
-def _synthetic_section(synthetic: dict | None, real: bool = True) -> list[str]:
+def _synthetic_section(synthetic: dict | None, real: bool = True, scored: bool = True) -> list[str]:
     """data.synthetic: how the transfer images were made, how many, how the student used them."""
     if not synthetic:
         return []
@@ -329,20 +339,22 @@ def _synthetic_section(synthetic: dict | None, real: bool = True) -> list[str]:
            "(no hard labels)." if used else "",
            "- The teacher's argmax on them, per class: " + ", ".join(f"{i}: {n}" for i, n in enumerate(counts)) + ".",
            "- Accuracy above is measured on the real validation/test splits of `data.kind`; INT8 calibration "
-           "samples come from the real training split (`quantize.calibration`)." if real else _held_out_line(synthetic),
+           "samples come from the real training split (`quantize.calibration`)." if real else _held_out_line(synthetic, scored),
            "- Settings: " + ", ".join(f"{k} {v}" for k, v in (synthetic.get("settings") or {}).items()
                                       if k != "method") + "."]
     return [line for line in out if line] + [""]
 
 
-def _held_out_line(synthetic: dict) -> str:
-    """data.kind: synthetic: what stood in for the real validation split and calibration set."""
+def _held_out_line(synthetic: dict, scored: bool = False) -> str:
+    """data.kind: synthetic / data.use: report: what stood in for the real validation split and calibration set."""
     held = synthetic.get("held_out") or {}
     val, calib = held.get("val_file") or {}, held.get("calibration")
-    line = (f"- No real labelled data: {val.get('samples')} of the {val.get('of')} images were held out of training "
+    line = (("- data.use: report: the real labelled data scored the report's accuracy (its test split) and made no "
+             "choice: " if scored else "- No real labelled data: ")
+            + f"{val.get('samples')} of the {val.get('of')} images were held out of training "
             f"(`{val.get('path')}`, labelled with the teacher's argmax): best epochs chose on the student's agreement "
-            "with the teacher there, and export parity and the device checks run on them. "
-            + UNMEASURED[0].upper() + UNMEASURED[1:] + ".")
+            "with the teacher there" + ("." if scored else ", and export parity and the device checks run on them. "
+                                        + UNMEASURED[0].upper() + UNMEASURED[1:] + "."))
     if calib:
         line += f" INT8 calibration: {calib['samples']} {calib['from']} (`{calib['path']}`)."
     return line

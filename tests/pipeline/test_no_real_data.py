@@ -165,3 +165,51 @@ def test_no_real_data_keys_are_refused_with_real_data(tmp_path, edit, words):
     with pytest.raises(ConfigError) as err:
         load_config(_write(tmp_path, edit))
     assert words in str(err.value.message)
+
+
+def test_with_data_use_report_real_labels_only_score_the_report(tmp_path):
+    """A small real set beside data.synthetic, asked to be used for the report only: its test split is scored,
+    nothing trains or chooses on its labels (held-out synthetic images choose), and the teacher is not tuned."""
+    def report_only(d):
+        d["data"] = {"kind": "digits", "input_size": 12, "use": "report", "synthetic": d["data"]["synthetic"]}
+        d["quantize"] = {"enabled": False}
+
+    (tmp_path / "teacher.pth").unlink(missing_ok=True)
+    from edgekd.models.io import build
+
+    torch.manual_seed(0)  # digits: 10 classes
+    torch.save(build("test_resnet", {"num_classes": 10, "in_chans": 1}).state_dict(), tmp_path / "teacher.pth")
+    result = compress(_write(tmp_path, report_only), out=tmp_path / "run", ui=UI(quiet=True))
+    run, records = result.run_dir, result.records
+
+    assert set(records["data"]["outputs"]) == {"data/test.npz", "data/summary.json"}
+    with np.load(run / "data/val.npz") as npz:
+        assert len(npz["y"]) == 32  # the held-out synthetic images, not the real val split
+    assert records["teacher"]["result"]["trained"] is False
+    assert "data.use: report" in records["teacher"]["result"]["finetune"]
+    student = records["student"]["result"]
+    assert student["synthetic"]["real_samples"] == 0 and student["val_accuracy"] is None
+    assert 0 <= student["val_teacher_agreement"] <= 1
+
+    report = json.loads((run / "report.json").read_text())
+    assert report["dataset"]["use"] == "report"
+    with np.load(run / "data/test.npz") as npz:
+        samples = len(npz["y"])
+    for row in report["artifacts"]:  # scored on the real test split
+        assert 0 <= row["accuracy"] <= 1 and row["accuracy_samples"] == samples
+    md = (run / "report.md").read_text()
+    assert "data.use: report: the real labelled data scored the report's accuracy" in md
+    assert UNMEASURED not in md
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda d: (d["data"].update(kind="digits", use="report"), d["data"].pop("classes"), d["data"].pop("synthetic")),
+     "data.use: report keeps the real data for the report only"),
+    (lambda d: d["data"].update(use="report"), "data.use describes real ones"),
+    (lambda d: (d["data"].update(kind="digits", use="report"), d["data"].pop("classes"),
+                d["teacher"].update(finetune=True)), "data.use: report keeps the real ones for the report"),
+])
+def test_data_use_report_refusals(tmp_path, edit, words):
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, edit))
+    assert words in str(err.value.message)
