@@ -141,7 +141,13 @@ def _teacher_reads(ctx: RunContext) -> list[str]:
     reads += [f"teachers[*].{key}" if c.teachers else f"teacher.{key}" for key in TEACHER_KEYS]
     if c.distill.unlabeled_fraction > 0:  # the teacher trains without the withheld labels
         reads += ["data.train_fraction", "data.seed", "distill.unlabeled_fraction"]
-    return reads
+    return reads + _no_real_choices_reads(c)
+
+
+def _no_real_choices_reads(c) -> list[str]:
+    """data.kind: synthetic / data.use: report: no real label trains or chooses (the teacher is used as
+    loaded, val scores are agreement with the teacher): the keys that say so."""
+    return [] if c.data.real_choices else ["data.kind", "data.use"]
 
 
 def _teacher_inputs(ctx: RunContext) -> list[str]:
@@ -264,7 +270,7 @@ def _student_reads(ctx: RunContext) -> list[str]:
              *(f"student.{key}" for key in STUDENT_KEYS), *(f"distill.{key}" for key in DISTILL_KEYS)]
     if c.teachers:  # the ensemble's weights shape the soft targets; the teachers' files are inputs
         reads.append("teachers[*].weight")
-    return reads
+    return reads + _no_real_choices_reads(c)
 
 
 def _student_outputs(ctx: RunContext) -> list[str]:
