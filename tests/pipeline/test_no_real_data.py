@@ -213,3 +213,18 @@ def test_data_use_report_refusals(tmp_path, edit, words):
     with pytest.raises(ConfigError) as err:
         load_config(_write(tmp_path, edit))
     assert words in str(err.value.message)
+
+
+def test_validate_says_what_stands_in_for_real_labels(tmp_path):
+    from click.testing import CliRunner
+
+    from edgekd.cli import main
+
+    out = CliRunner().invoke(main, ["validate", str(_write(tmp_path))])
+    assert out.exit_code == 0, out.output
+    assert "no real labelled data: 4 classes (ant, bee, cat, dog), input 1x12x12" in out.output
+    assert "64 dafl images will train the student and 32 are held out" in out.output
+    assert "accuracy will be reported as unmeasured" in out.output
+
+    bad = CliRunner().invoke(main, ["validate", str(_write(tmp_path, lambda d: d["data"].pop("classes"), "bad.yaml"))])
+    assert bad.exit_code != 0 and "set data.classes" in bad.output
