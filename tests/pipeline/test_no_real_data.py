@@ -228,3 +228,13 @@ def test_validate_says_what_stands_in_for_real_labels(tmp_path):
 
     bad = CliRunner().invoke(main, ["validate", str(_write(tmp_path, lambda d: d["data"].pop("classes"), "bad.yaml"))])
     assert bad.exit_code != 0 and "set data.classes" in bad.output
+
+
+def test_a_merged_table_says_unmeasured_for_rows_without_real_data():
+    from edgekd.report.merge import artifact_rows, markdown_table
+
+    row = {"name": "student-fp32", "model": "student", "runtime": "onnxruntime", "precision": "fp32",
+           "accuracy": None, "accuracy_unmeasured": "no real labelled data", "latency_ms": {"p50": 1.0, "p99": 2.0}}
+    device_row = {**row, "accuracy_unmeasured": None}  # a device bench without --data: no accuracy, no claim
+    table = markdown_table(artifact_rows({"artifacts": [row, device_row]}, "host"))
+    assert table.count("unmeasured (no real labelled data)") == 1 and "| – |" in table
