@@ -103,8 +103,10 @@ def student_training(ctx: RunContext, real):
     synthetic = synthetic_split(ctx)
     note = {"method": synthetic_cfg.method, "images": len(synthetic), "fraction_per_batch": fraction,
             "real_samples": 0 if fraction == 1 else len(real)}
-    if not ctx.config.data.real_choices:
-        note["held_out"] = synthetic_cfg.holdout
+    if not ctx.config.data.real_choices:  # as written (a stratified draw keeps every class: it may differ by a few)
+        from edgekd.pipeline.synth_stage import transfer_summary
+
+        note["held_out"] = transfer_summary(ctx)["held_out"]["val_file"]["samples"]
     if fraction == 1:
         return synthetic, note
     return MixedSplit(real, synthetic, fraction), note
