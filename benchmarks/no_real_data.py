@@ -92,7 +92,8 @@ def main() -> None:
     rows = {a["name"]: a for a in real["artifacts"]}
     result = {
         "machine": machine_info(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
-        "synthetic": SYNTHETIC, "distill_epochs": DISTILL_EPOCHS, "bench": BENCH, "wall_s": {"real": round(real_s, 1), "no_real": round(noreal_s, 1)},
+        "synthetic": SYNTHETIC, "distill_epochs": DISTILL_EPOCHS, "bench": BENCH,
+        "wall_s": {"real": round(real_s, 1), "no_real": round(noreal_s, 1)},
         "real_run": {name: rows[name]["accuracy"] for name in rows},
         "no_real_run": {"student_val_teacher_agreement": student["val_teacher_agreement"],
                         "reported_accuracy": [a["accuracy"] for a in noreal["artifacts"]],
@@ -111,7 +112,8 @@ def main() -> None:
         f"after), edgekd {real['edgekd_version']}, {real['created']}.", "",
         "| run | what it had | wall s | the run reports | student on the real test split (scored here) |",
         "|---|---|---:|---|---:|",
-        f"| real (examples/digits.yaml, distill {DISTILL_EPOCHS} epochs) | 1438 labelled train images | {real_s:.0f} | student-fp32 accuracy "
+        f"| real (examples/digits.yaml, distill {DISTILL_EPOCHS} epochs) | 1438 labelled train images | {real_s:.0f} "
+        "| student-fp32 accuracy "
         f"{rows['student-fp32']['accuracy']:.4f}, teacher {rows['teacher-pytorch']['accuracy']:.4f} "
         f"({test_n} test images) | {rows['student-fp32']['accuracy']:.4f} |",
         f"| no real data | run 1's teacher.safetensors, 10 classes, 1x32x32 | {noreal_s:.0f} | accuracy unmeasured; "

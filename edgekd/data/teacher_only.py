@@ -76,7 +76,8 @@ class NoRealData:
         return hashlib.sha256(what).hexdigest()
 
     def summary(self) -> dict:
-        return {"source": SOURCE, "real_data": False, "accuracy": UNMEASURED, "splits": {"train": 0, "val": 0, "test": 0},
+        return {"source": SOURCE, "real_data": False, "accuracy": UNMEASURED,
+                "splits": {"train": 0, "val": 0, "test": 0},
                 "split_origin": {"val": VAL_ORIGIN, "test": UNMEASURED}, "classes": self.classes,
                 "preprocess": self.preprocess.to_dict()}
 

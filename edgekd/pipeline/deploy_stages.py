@@ -135,7 +135,7 @@ def _quantize_reads(ctx: RunContext) -> list[str]:
         return ["quantize.enabled"]
     # targets: which files (one per INT8 scheme), their bounds and sessions; the samples arrive as data/calib.npz
     return ([f"quantize.{key}" for key in ("enabled", "method", "per_channel", "max_int8_drop", "fallbacks")]
-            + ["targets"] + ([] if ctx.config.data.real_choices else ["data.kind", "data.use"]))  # synthetic: an agreement gate
+            + ["targets"] + ([] if ctx.config.data.real_choices else ["data.kind", "data.use"]))  # agreement gate
 
 
 def _quantize_facts(ctx: RunContext) -> dict:

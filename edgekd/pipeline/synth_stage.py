@@ -36,7 +36,8 @@ def _reads(ctx: RunContext) -> list[str]:
         return []
     reads = ["data.synthetic", "device"]
     if not ctx.config.data.real_choices:  # it writes the held-out val file and the calibration samples too
-        reads += ["data.kind", "data.use", "quantize.enabled", "quantize.calibration", "targets", "student.quantization"]
+        reads += ["data.kind", "data.use", "quantize.enabled", "quantize.calibration", "targets",
+                  "student.quantization"]
     if synthetic.uses_student:  # zskt / competition read the initialised student: its shape and seed
         reads += ["seed", "student.model", "student.width", "student.depth"]
     return reads
