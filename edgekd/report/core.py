@@ -239,7 +239,8 @@ def _sections(report: dict) -> list[str]:
             "- Accuracy: top-1 on the real test split (`data/test.npz`), run through the artifact's own runtime; "
             "with data.use: report it is the only real data read. Best epochs chose on agreement with the teacher, "
             "and the INT8 gate on agreement with the FP32 student, both on held-out synthetic images."
-            if real_data(report) else f"- Accuracy: {UNMEASURED}. Best epochs chose on agreement with the teacher, and the INT8 gate on "
+            if real_data(report) else
+            f"- Accuracy: {UNMEASURED}. Best epochs chose on agreement with the teacher, and the INT8 gate on "
             "agreement with the FP32 student, both on held-out synthetic images no student trained on: these "
             "agreements say how faithfully the student copies the teacher on the teacher's own images, not how "
             "often either is right on real ones.",
@@ -339,7 +340,8 @@ def _synthetic_section(synthetic: dict | None, real: bool = True, scored: bool =
            "(no hard labels)." if used else "",
            "- The teacher's argmax on them, per class: " + ", ".join(f"{i}: {n}" for i, n in enumerate(counts)) + ".",
            "- Accuracy above is measured on the real validation/test splits of `data.kind`; INT8 calibration "
-           "samples come from the real training split (`quantize.calibration`)." if real else _held_out_line(synthetic, scored),
+           "samples come from the real training split (`quantize.calibration`)." if real
+           else _held_out_line(synthetic, scored),
            "- Settings: " + ", ".join(f"{k} {v}" for k, v in (synthetic.get("settings") or {}).items()
                                       if k != "method") + "."]
     return [line for line in out if line] + [""]

@@ -249,7 +249,8 @@ def golden_count(chosen: list[dict], asked: int | None, available: int) -> int:
                           "samples to tell a broken file from rounding.", f"Use --golden {max(need, GOLDEN_SAMPLES)}.")
     if n < need:
         raise DataError(f"{TEST_FILE} holds {available} samples; the device check of an int8 model needs at least "
-                        f"{need}.", "Use a larger test split (data.test_fraction; without real data: data.synthetic.holdout).")
+                        f"{need}.",
+                        "Use a larger test split (data.test_fraction; without real data: data.synthetic.holdout).")
     return n
 
 

@@ -77,7 +77,8 @@ NOREAL = {"name": "keys", "data": {"kind": "synthetic", "classes": 4, "input_siz
 # data.use: report: a real set beside data.synthetic scores the report only (a loaded teacher, synthetic only)
 SYNTH_LOADED = {"name": "keys", "data": {"path": "data-folder", "synthetic": {"method": "dafl", "count": 64}},
                 "teacher": {"checkpoint": "teacher.pth"}, "targets": ["host-cpu"]}
-BASES = {"noreal": NOREAL, "synth_loaded": SYNTH_LOADED, "synth": SYNTH, "synth_zskt": SYNTH_ZSKT, "images": IMAGES, "timm": TIMM, "shards": SHARDS, "full": FULL, "single": SINGLE, "online": ONLINE, "loaded": LOADED,
+BASES = {"noreal": NOREAL, "synth_loaded": SYNTH_LOADED,
+         "synth": SYNTH, "synth_zskt": SYNTH_ZSKT, "images": IMAGES, "timm": TIMM, "shards": SHARDS, "full": FULL, "single": SINGLE, "online": ONLINE, "loaded": LOADED,
          "loaded_teachers": LOADED_TEACHERS, "search": SEARCH, "ema_single": EMA_SINGLE, "ema_full": EMA_FULL}
 
 
