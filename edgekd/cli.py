@@ -77,10 +77,12 @@ def validate(config: Path, probe: bool, ssh_options: tuple[str, ...]) -> None:
     """Check CONFIG without running anything (types, keys, paths, targets, model names); with student.search,
     preview its candidates (params, FLOPs) and how many measurements each target takes, where."""
     from edgekd.config import config_warnings, student_input
-    from edgekd.pipeline.compress import preflight, search_preview
+    from edgekd.pipeline.compress import no_real_choices_plan, preflight, search_preview
 
     cfg = preflight(config)
     click.echo(f"{config}: valid — run name {cfg.name!r}, targets {', '.join(cfg.targets)}.")
+    if not cfg.data.real_choices:
+        click.echo(no_real_choices_plan(cfg))
     if cfg.data.kind in ("imagefolder", "webdataset"):  # listed, not decoded: a stat per file, tar headers
         from edgekd.data.splits import imagefolder_summary
 

@@ -24,7 +24,16 @@ CONFIG_VERSION = 1
 
 
 class DataConfig(Strict):
-    kind: Literal["digits", "idx", "imagefolder", "webdataset"] = "digits"
+    kind: Literal["digits", "idx", "imagefolder", "webdataset", "synthetic"] = Field(
+        "digits", description="where labelled images come from; synthetic: none at all, only the teacher "
+        "(data.synthetic makes every image; accuracy is reported as unmeasured)")
+    use: Literal["all", "report"] = Field(
+        "all", description="all: the real labelled data trains, chooses and scores as usual; report (with "
+        "data.synthetic): only its test split is used, to score the report, and every choice is made on held-out "
+        "synthetic images as with kind: synthetic")
+    classes: int | list[str] | None = Field(
+        None, description="kind synthetic only: the teacher's classes, a count or their names in the head's order "
+        "(with real data they come from the data)")
     path: Path | None = Field(None, description="idx: folder of *-ubyte.gz files; imagefolder: root of class folders")
     shards: str | None = Field(
         None, description="webdataset: tar shards (<key>.jpg + <key>.cls): a folder of *.tar (or of train/, val/, "
@@ -66,6 +75,19 @@ class DataConfig(Strict):
 
     @model_validator(mode="after")
     def _path_when_needed(self) -> "DataConfig":
+        if self.kind == "synthetic":
+            return _check_no_real_data(self)
+        if self.classes is not None:
+            raise ValueError(f"data.classes is for data.kind: synthetic (no real images); {self.kind} data names "
+                             "its own classes: remove data.classes")
+        if self.use == "report" and self.synthetic is None:
+            raise ValueError("data.use: report keeps the real data for the report only, so the student needs "
+                             "data.synthetic images to learn and choose on: add a data.synthetic section, or set "
+                             "data.use: all")
+        if self.use == "all" and self.synthetic is not None and "holdout" in self.synthetic.model_fields_set:
+            raise ValueError("data.synthetic.holdout holds synthetic images out for choices when no real "
+                             "validation split makes them (data.kind: synthetic, or data.use: report); here "
+                             "data.kind's own validation split chooses: remove holdout")
         if self.kind in ("idx", "imagefolder") and self.path is None:
             raise ValueError(f"data.kind {self.kind!r} needs data.path")
         if (self.kind == "webdataset") != (self.shards is not None):
@@ -90,9 +112,64 @@ class DataConfig(Strict):
         return self
 
     @property
+    def real(self) -> bool:
+        """Whether the run has real labelled images (every kind but synthetic)."""
+        return self.kind != "synthetic"
+
+    @property
+    def real_choices(self) -> bool:
+        """Whether real labels make the choices (best epoch, INT8 gate) and may train: not with kind synthetic
+        (none) nor with use: report (kept for the report's test accuracy)."""
+        return self.real and self.use == "all"
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """kind synthetic: data.classes as names (a count gives "0", "1", ...)."""
+        if self.classes is None:
+            return None
+        return [str(i) for i in range(self.classes)] if isinstance(self.classes, int) else list(self.classes)
+
+    @property
     def augment_keys(self) -> list[str]:
         """The keys that decide what a training sample looks like (the trainers' reads)."""
         return ["data.augment"] + (["data.train_transform"] if self.augment == "timm" else [])
+
+
+NO_REAL_DATA_KEYS = ("use", "path", "shards", "cache", "cache_dir", "on_bad_image", "val_fraction", "test_fraction",
+                     "train_fraction")  # they describe real images: meaningless without any
+
+
+def _check_no_real_data(d: "DataConfig") -> "DataConfig":
+    """data.kind: synthetic: the teacher and data.synthetic are the only sources; keys about real images are
+    refused, not ignored (a user who sets data.path expects it read)."""
+    given = [k for k in NO_REAL_DATA_KEYS if k in d.model_fields_set]
+    if given:
+        raise ValueError(f"data.kind: synthetic means no real images, but data.{given[0]} describes real ones: "
+                         f"remove {', '.join('data.' + k for k in given)}, or set data.kind to the real data's kind "
+                         "(with data.synthetic the student can still train on synthetic images alone)")
+    unstated = [k for k in ("input_size", "channels") if k not in d.model_fields_set]
+    if unstated:
+        raise ValueError(f"data.kind: synthetic has no images to take the input shape from: set data."
+                         f"{unstated[0]} to the teacher's (data.input_size and data.channels)")
+    for name in ("mean", "std"):
+        value = getattr(d, name)
+        if value is not None and len(value) != d.channels:
+            raise ValueError(f"data.{name} needs {d.channels} value(s), one per channel")
+    if d.synthetic is None:
+        raise ValueError("data.kind: synthetic makes every image from the teacher, and there is no data.synthetic "
+                         "section: add one, e.g. synthetic: {method: deepinversion, count: 2048}")
+    if d.classes is None:
+        raise ValueError("data.kind: synthetic has no labelled data to read the classes from: set data.classes to "
+                         "the teacher's class count or names (in the order of its classifier outputs)")
+    if isinstance(d.classes, int) and d.classes < 2 or isinstance(d.classes, list) and len(d.classes) < 2:
+        raise ValueError("data.classes needs at least 2 classes")
+    if d.synthetic.holdout >= d.synthetic.count:
+        raise ValueError(f"data.synthetic.holdout {d.synthetic.holdout} leaves none of the {d.synthetic.count} "
+                         "synthetic images to train on: raise count or lower holdout")
+    if d.augment == "timm":
+        raise ValueError("data.augment 'timm' crops and recolours pictures; synthetic images are stored at input "
+                         "size: use augment: none, crop or crop_flip")
+    return d
 
 
 class TrainConfig(Strict):
@@ -659,6 +736,8 @@ class CompressConfig(Strict):
         if self.student.quantization == "qat":
             raise ValueError("student.quantization: qat fine-tunes on the real training split, not on data.synthetic's "
                              "images: use quantization: none (post-training INT8 still applies)")
+        if not self.data.real_choices:
+            _check_teacher_only_run(self)
         return self
 
     @field_validator("name")
@@ -667,6 +746,29 @@ class CompressConfig(Strict):
         if value is not None and (not value or "/" in value or value.startswith(".")):
             raise ValueError("must be a plain folder name (no '/', not starting with '.')")
         return value
+
+
+def _check_teacher_only_run(c: "CompressConfig") -> None:
+    """data.kind: synthetic (nothing is labelled) or data.use: report (the labels only score the report):
+    nothing may train on labels or mix in real samples."""
+    d, t = c.distill, c.teacher
+    none = ("data.kind: synthetic has none" if not c.data.real else
+            "data.use: report keeps the real ones for the report")
+    if t.checkpoint is None and not t.pretrained:
+        raise ValueError(f"a teacher trains on labelled images and {none}: give the trained teacher as "
+                         "teacher.checkpoint (or teacher.pretrained: true)")
+    if t.finetune:
+        raise ValueError(f"teacher.finetune trains the teacher on labelled images, and {none}: remove "
+                         "teacher.finetune (the teacher is used as loaded)")
+    if "synthetic_fraction" in d.model_fields_set and d.synthetic_fraction < 1:
+        raise ValueError(f"distill.synthetic_fraction {d.synthetic_fraction:g} leaves a share of every batch for real "
+                         f"samples, and {none}: remove synthetic_fraction (1: synthetic only)")
+    if d.unlabeled_fraction > 0:
+        raise ValueError(f"distill.unlabeled_fraction withholds labels of real samples, and {none}: remove "
+                         "unlabeled_fraction")
+    if c.student.init == "teacher":
+        raise ValueError(f"student.init 'teacher' recalibrates the pruned student's BatchNorm on real training "
+                         f"images, and {none}: use student.init: random")
 
 
 def load_config(path: str | Path) -> CompressConfig:
@@ -678,6 +780,7 @@ def load_config(path: str | Path) -> CompressConfig:
         config = config.model_copy(update={"name": path.stem})
     config = _resolve_paths(config, path.resolve().parent)
     profiles = _check_targets(config)
+    _check_teacher_only_targets(config, profiles)
     _check_files_exist(config, profiles)
     _check_qat(config)
     _check_search(config, profiles)
@@ -753,6 +856,15 @@ def _check_files_exist(config: CompressConfig, targets: list) -> None:
                 f"{key} points to {str(path)!r}, which does not exist.",
                 "Fix the path (relative paths are read from the config file's folder).",
             )
+
+
+def _check_teacher_only_targets(config: CompressConfig, profiles: list) -> None:
+    """TensorRT's engine checks score accuracy on data/test.npz, which a run without real data has not got."""
+    trt = [p.name for p in profiles if p.runtime == "tensorrt"]
+    if not config.data.real_choices and trt:
+        raise ConfigError(f"data.kind: synthetic and data.use: report are not supported for TensorRT targets yet "
+                          f"({', '.join(trt)}): their INT8 gate and engine checks read real labelled images.",
+                          "Use ONNX Runtime targets, or give a real labelled set with data.use: all.")
 
 
 def _check_targets(config: CompressConfig) -> list:

@@ -212,8 +212,9 @@ def student_split(labels: np.ndarray, train_fraction: float, unlabeled_fraction:
         kept.append(idx)
         n_unlabeled = min(len(idx) - 1, int(round(len(idx) * unlabeled_fraction)))
         dropped.append(unlabeled_rng.permutation(idx)[:n_unlabeled])
-    rows = np.sort(np.concatenate(kept))
-    return StudentSplit(rows, np.isin(rows, np.concatenate(dropped)), len(labels))
+    none = [np.zeros(0, np.int64)]  # no training split (data.kind: synthetic): no rows
+    rows = np.sort(np.concatenate(kept or none))
+    return StudentSplit(rows, np.isin(rows, np.concatenate(dropped or none)), len(labels))
 
 
 def _to_unit_nchw(images: np.ndarray, pixel_max: float, cfg: DataConfig) -> np.ndarray:

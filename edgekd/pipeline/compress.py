@@ -41,7 +41,8 @@ class CompressResult:
             from edgekd.report.core import verdict_word
 
             for a in json.loads(report.read_text())["artifacts"]:
-                lines.append(f"  {a['name']:<22} acc {a['accuracy']:.4f}  p50 {a['latency_ms']['p50']:.3f} ms  "
+                acc = "unmeasured (no real labelled data)" if a["accuracy"] is None else f"{a['accuracy']:.4f}"
+                lines.append(f"  {a['name']:<22} acc {acc}  p50 {a['latency_ms']['p50']:.3f} ms  "
                              f"{a['size_mb']:.2f} MB  budget {verdict_word(a['budget'])}")
             lines += _student_lines(json.loads(report.read_text()).get("students") or [])
             lines.append(f"report: {self.run_dir / 'report.md'}")
@@ -167,10 +168,24 @@ def search_preview(config: CompressConfig, probe: bool = False, ssh_options=()) 
     return format_preview(p) + head
 
 
+def no_real_choices_plan(config: CompressConfig) -> str:
+    """`edgekd validate`, data.kind: synthetic / data.use: report: what the run will use instead of real labels."""
+    d, s = config.data, config.data.synthetic
+    what = (f"no real labelled data: {len(d.class_names)} classes ({', '.join(d.class_names[:5])}"
+            f"{', ...' if len(d.class_names) > 5 else ''}), input {d.channels}x{d.input_size}x{d.input_size}"
+            if not d.real else "data.use: report: only the real test split is read, to score the report")
+    return (f"{what}; {s.count - s.holdout} {s.method} images will train the student and {s.holdout} are held out "
+            "for every choice (agreement with the teacher; the INT8 gate: agreement with the FP32 student); the "
+            "teacher is used as loaded (not fine-tuned)"
+            + ("; accuracy will be reported as unmeasured." if not d.real else "."))
+
+
 def _class_count(data) -> int | None:
     """The class count without reading the data: digits 10; an image folder's class folders; idx: None."""
     if data.kind == "digits":
         return 10
+    if data.kind == "synthetic":
+        return len(data.class_names)
     if data.kind == "imagefolder" and data.path.is_dir():
         root = data.path / "train" if (data.path / "train").is_dir() else data.path
         return sum(1 for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) or None

@@ -51,8 +51,17 @@ class RunContext:
         """Data (digits, idx: arrays) or FolderData (imagefolder: the file list, read per sample)."""
         from edgekd.data import load_data
 
-        return load_data(self.config.data, self.config.teacher.model, cache_root=self.run_dir / "cache" / "data",
+        if not self.config.data.real:  # data.kind: synthetic: classes and preprocessing, val from the synthetic stage
+            from edgekd.data.teacher_only import no_real_data
+
+            return no_real_data(self.config.data, self.config.teacher.model, self.run_dir / VAL_FILE)
+        data = load_data(self.config.data, self.config.teacher.model, cache_root=self.run_dir / "cache" / "data",
                          device=self.device, skipped=self._skipped_images(), ui=self.ui)
+        if not self.config.data.real_choices:  # data.use: report: real test split only, held-out synthetic val
+            from edgekd.data.teacher_only import ReportOnlyData
+
+            return ReportOnlyData(data, self.run_dir / VAL_FILE)
+        return data
 
     @cached_property
     def student_data(self):
@@ -113,6 +122,11 @@ class RunContext:
 
         x, y = self.val_arrays(model)
         return x[stratified_subsample(y, samples, self.config.data.seed)]
+
+    @property
+    def has_test(self) -> bool:
+        """Whether there is a real test split to score (data.kind: synthetic: none, accuracy is unmeasured)."""
+        return self.config.data.real
 
     def test_arrays(self, model: str = "student") -> tuple[np.ndarray, np.ndarray]:
         """The test split as written by the data stage (what devices score): for reported accuracy only."""

@@ -135,7 +135,8 @@ def _quantize_reads(ctx: RunContext) -> list[str]:
     if not ctx.config.quantize.enabled:
         return ["quantize.enabled"]
     # targets: which files (one per INT8 scheme), their bounds and sessions; the samples arrive as data/calib.npz
-    return [f"quantize.{key}" for key in ("enabled", "method", "per_channel", "max_int8_drop", "fallbacks")] + ["targets"]
+    return ([f"quantize.{key}" for key in ("enabled", "method", "per_channel", "max_int8_drop", "fallbacks")]
+            + ["targets"] + ([] if ctx.config.data.real_choices else ["data.kind", "data.use"]))  # agreement gate
 
 
 def _quantize_facts(ctx: RunContext) -> dict:
@@ -156,16 +157,31 @@ def run_quantize(ctx: RunContext) -> dict:
     from edgekd.runtime.ort import accuracy, make_session, predict
 
     val_x, val_y = ctx.val_arrays()  # the gate chooses: on val, never on the test split the report scores
-    fp32 = ctx.run_dir / "student.onnx"
-    reference = accuracy(predict(make_session(fp32, ctx.primary_target), val_x), val_y)
+    fp32 = predict(make_session(ctx.run_dir / "student.onnx", ctx.primary_target), val_x)
+    if not ctx.config.data.real_choices:  # no real labels: INT8 must agree with the FP32 student on held-out images
+        val_y = fp32.argmax(1)
+    reference = accuracy(fp32, val_y)
     files = [_quantize_for(ctx, scheme, targets, reference, val_x, val_y) for scheme, targets in plan]
     made = [f for f in files if f["gate_passed"]]
     artifacts = [Artifact(f["artifact"], "student", "onnxruntime", "int8", f["file"], tuple(f["targets"])).to_dict()
                  for f in made]
     return {"outputs": [name for f in made for name in (f["file"], f["file"] + ".json")],
-            "reference_val_accuracy": reference, "files": files, "artifacts": artifacts,
+            "reference_val_accuracy": reference, **_gate_measure(ctx, len(val_y)), "files": files,
+            "artifacts": artifacts,
             "failures": [f.pop("failure") for f in files if "failure" in f],
             "summary": "; ".join(_file_summary(f, reference) for f in files)}
+
+
+AGREEMENT_GATE = "agreement with the FP32 student"
+
+
+def _gate_measure(ctx: RunContext, samples: int) -> dict:
+    """What the INT8 gate's scores are: val accuracy, or without real labels (data.kind: synthetic) top-1
+    agreement with the FP32 student's own outputs on the held-out synthetic images (its reference is 1)."""
+    if ctx.config.data.real_choices:
+        return {"gate_measure": "val accuracy"}
+    why = "no real labelled data" if not ctx.config.data.real else "data.use: report"
+    return {"gate_measure": f"{AGREEMENT_GATE} on {samples} held-out synthetic images ({why})"}
 
 
 def _quantize_for(ctx: RunContext, scheme, targets: list, reference: float, val_x, val_y) -> dict:

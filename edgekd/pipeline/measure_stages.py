@@ -17,6 +17,7 @@ from edgekd.pipeline.engine import Stage
 from edgekd.pipeline.records import (CALIB_FILE, CHECKPOINTS, RECORDS, STAGE_ORDER, SUMMARY_FILE, TEST_FILE, Artifact,
                                      current_artifacts, read_record, student_runs)
 
+UNMEASURED = "no real labelled data"  # a row's accuracy_unmeasured (data.kind: synthetic); torch-free
 HOST_RUNTIMES = ("pytorch", "onnxruntime")  # what this workstation measures; TensorRT files run on the device
 BENCH_FILE = "bench.json"
 REPORT_FILES = ["report.json", "report.md", "report.html"]
@@ -49,7 +50,8 @@ def measuring_target(ctx: RunContext):
 
 
 def _bench_inputs(ctx: RunContext) -> list[str]:
-    tests = dict.fromkeys(ctx.test_file(model) for model in CHECKPOINTS)  # the teacher's own view's too
+    scored = ctx.has_test  # data.kind: synthetic: latency and memory only
+    tests = dict.fromkeys(ctx.test_file(model) for model in CHECKPOINTS) if scored else {}  # the teacher's view's too
     return [*tests, SUMMARY_FILE, *CHECKPOINTS.values()] + [a.path for a in to_measure(ctx)]  # summary: full test
 
 
@@ -62,13 +64,16 @@ def run_bench(ctx: RunContext) -> dict:
     settings = BenchSettings(warmup_s=b.warmup_s, min_iterations=b.min_iterations, min_seconds=b.min_seconds,
                              batch_sizes=tuple(b.batch_sizes), rounds=b.rounds)
     artifacts, target = to_measure(ctx), measuring_target(ctx)
-    shapes = {model: tuple(ctx.test_arrays(model)[0].shape[1:]) for model in CHECKPOINTS}  # per view (C, H, W)
-    steps = measurement_steps(len(artifacts), settings, data=True)
+    scored = ctx.has_test  # no real test split (data.kind: synthetic): no accuracy is claimed
+    shapes = {model: tuple(ctx.test_arrays(model)[0].shape[1:] if scored else ctx.data_for(model).input_shape)
+              for model in CHECKPOINTS}  # per view (C, H, W)
+    steps = measurement_steps(len(artifacts), settings, data=scored)
     with ctx.ui.progress("measuring (interleaved, one process per artifact)", steps, unit="steps") as advance:
         measured = measure_artifacts([ArtifactToMeasure(a.name, a.runtime, ctx.run_dir / a.path, shapes[a.model],
-                                                        ctx.run_dir / ctx.test_file(a.model)) for a in artifacts],
+                                                        ctx.run_dir / ctx.test_file(a.model) if scored else None)
+                                      for a in artifacts],
                                      input_shape=shapes["student"], target=target, settings=settings,
-                                     data=ctx.run_dir / TEST_FILE, progress=advance)
+                                     data=ctx.run_dir / TEST_FILE if scored else None, progress=advance)
     rows = [_row(ctx, a, measured[a.name], shapes[a.model]) for a in artifacts]
     _add_full_test(ctx, artifacts, rows)
     measurement = measurement_context(target, settings)
@@ -94,8 +99,9 @@ def _add_full_test(ctx: RunContext, artifacts: list[Artifact], rows: list[dict])
 
 def _row(ctx: RunContext, artifact: Artifact, measurement, sample_shape) -> dict:
     path = ctx.run_dir / artifact.path
+    scored = {"accuracy_split": "test"} if ctx.has_test else {"accuracy": None, "accuracy_unmeasured": UNMEASURED}
     return {**artifact.to_dict(), "size_mb": path.stat().st_size / 2**20,
-            **_model_cost(ctx, artifact.model, sample_shape), **measurement.report_fields(), "accuracy_split": "test"}
+            **_model_cost(ctx, artifact.model, sample_shape), **measurement.report_fields(), **scored}
 
 
 def _model_cost(ctx: RunContext, model: str, sample_shape) -> dict:
@@ -211,7 +217,8 @@ def device_commands(ctx: RunContext, target: str, files: list[str]) -> list[str]
             f"edgekd ship {run} --target {target} --to USER@HOST:{bundle}",
             "# on the device (pip install \"edgekd[ort]\", no torch needed)",
             f"edgekd verify {bundle}",
-            f"edgekd bench {models} --target {target} --data {bundle}/{TEST_FILE} --out {target}-report",
+            f"edgekd bench {models} --target {target}"
+            + (f" --data {bundle}/{TEST_FILE}" if ctx.has_test else "") + f" --out {target}-report",
             f"# here again, after copying {target}-report/report.json back",
             f"edgekd report merge {run}/report.json {target}-report/report.json -o merged.md"]
 
@@ -223,6 +230,8 @@ def notes(ctx: RunContext, report: dict, results: dict) -> list[str]:
         out.append(f"Teacher weights: {teacher.get('source')}" + (f", trained {teacher.get('epochs')} epochs here"
                                                                    if teacher.get("trained") else ""))
         out += teacher.get("warnings", [])
+        if teacher.get("finetune"):  # data.kind: synthetic: why the teacher was used as loaded
+            out.append(f"Teacher {teacher['finetune']}.")
     out += config_warnings(ctx.config)
     out += report["measurement"].get("notes", [])
     for step in report["on_device"]:

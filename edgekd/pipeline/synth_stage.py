@@ -24,7 +24,7 @@ from edgekd.artifacts import write_text_atomic
 from edgekd.models.io import build, load_model
 from edgekd.pipeline.context import RunContext
 from edgekd.pipeline.engine import Stage
-from edgekd.pipeline.records import SUMMARY_FILE, TEACHER_CHECKPOINT, TRANSFER_FILE
+from edgekd.pipeline.records import CALIB_FILE, SUMMARY_FILE, TEACHER_CHECKPOINT, TRANSFER_FILE, VAL_FILE
 
 SYNTHETIC_DIR = "synthetic"
 STORE_FILES = ("index.json", "labels.npy")  # hashed as the stage's outputs (images.u8: size-checked on open)
@@ -35,6 +35,9 @@ def _reads(ctx: RunContext) -> list[str]:
     if synthetic is None:
         return []
     reads = ["data.synthetic", "device"]
+    if not ctx.config.data.real_choices:  # it writes the held-out val file and the calibration samples too
+        reads += ["data.kind", "data.use", "quantize.enabled", "quantize.calibration", "targets",
+                  "student.quantization"]
     if synthetic.uses_student:  # zskt / competition read the initialised student: its shape and seed
         reads += ["seed", "student.model", "student.width", "student.depth"]
     return reads
@@ -55,7 +58,16 @@ def _facts(ctx: RunContext) -> dict:
 def _outputs(ctx: RunContext) -> list[str]:
     if ctx.config.data.synthetic is None:
         return []
-    return [TRANSFER_FILE, *_store_files(transfer_summary(ctx))]
+    return [TRANSFER_FILE, *_store_files(transfer_summary(ctx)), *_held_out_files(ctx)]
+
+
+def _held_out_files(ctx: RunContext) -> list[str]:
+    """data.kind: synthetic: this stage writes data/val.npz (held-out images) and data/calib.npz."""
+    if ctx.config.data.real_choices:
+        return []
+    from edgekd.config import needs_calibration
+
+    return [VAL_FILE] + ([CALIB_FILE] if needs_calibration(ctx.config, ctx.targets) else [])
 
 
 def _store_files(summary: dict | None) -> list[str]:
@@ -88,10 +100,14 @@ def run_synthetic(ctx: RunContext) -> dict:
     summary = {**result.summary(), "path": str(result.path.relative_to(ctx.run_dir)),
                "settings": settings.model_dump(mode="json"), "seed": synthetic.seed,
                "shape": list(args["shape"]), "mean": list(pre.mean), "std": list(pre.std)}
+    if not ctx.config.data.real_choices:  # no real validation split: held-out synthetic images stand in for choices
+        from edgekd.pipeline.synthetic_train import write_held_out
+
+        summary["held_out"] = write_held_out(ctx, result.path)
     write_text_atomic(ctx.run_dir / TRANSFER_FILE, json.dumps(summary, indent=2))
     how = ("reused from an earlier run" if result.reused else
            f"resumed after {result.resumed_from} on disk" if result.resumed_from else "generated")
-    return {"outputs": [TRANSFER_FILE, *_store_files(summary)], "transfer_set": summary,
+    return {"outputs": [TRANSFER_FILE, *_store_files(summary), *_held_out_files(ctx)], "transfer_set": summary,
             "summary": f"{result.count} {synthetic.method} images {how} ({result.seconds:.1f} s) in {summary['path']}"}
 
 

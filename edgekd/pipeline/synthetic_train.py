@@ -14,7 +14,7 @@ import dataclasses
 
 import numpy as np
 
-from edgekd.data import Preprocess
+from edgekd.data import Preprocess, stratified_subsample
 from edgekd.data.datasets import SampleDataset, U8Source
 from edgekd.data.mixsplit import MixedSplit
 from edgekd.data.splitset import StreamSplit
@@ -31,7 +31,7 @@ def store_preprocess(index: dict, pre: Preprocess) -> Preprocess:
 
 
 def synthetic_split(ctx: RunContext) -> StreamSplit:
-    """The whole transfer set as a training split, labels withheld."""
+    """The transfer set's training images (all but the held-out ones) as a training split, labels withheld."""
     from edgekd.pipeline.synth_stage import transfer_summary
 
     summary = transfer_summary(ctx)
@@ -39,14 +39,59 @@ def synthetic_split(ctx: RunContext) -> StreamSplit:
         raise DataError(f"{ctx.run_dir / 'synthetic/transfer.json'} is missing: the synthetic stage has not run.",
                         "Run edgekd compress again (it generates the transfer set before the student).")
     store = U8Store(ctx.run_dir / summary["path"])
+    split = _store_split(ctx, store, augment=True)
+    rows = training_rows(ctx, store.labels)
+    return split.take(rows, labels=np.full(len(rows), -1, dtype=np.int64))
+
+
+def _store_split(ctx: RunContext, store: U8Store, augment: bool) -> StreamSplit:
+    """Every image of the store through the teacher's exact view, with the teacher's labels."""
     pre = store_preprocess(store.index, ctx.data.preprocess)
     augmented = None
-    if ctx.config.data.augment == "timm":
+    if augment and ctx.config.data.augment == "timm":
         augmented = SampleDataset(U8Source(store), train_transform(ctx.config.data.train_transform, pre),
                                   seed=ctx.config.seed)
     dataset = SampleDataset(U8Source(store), eval_transform(pre), seed=ctx.config.seed)
-    return StreamSplit(dataset, workers=ctx.config.data.workers, device=ctx.device,
-                       labels=np.full(len(store.labels), -1, dtype=np.int64), augmented=augmented)
+    return StreamSplit(dataset, workers=ctx.config.data.workers, device=ctx.device, labels=store.labels.copy(),
+                       augmented=augmented)
+
+
+def held_out_rows(ctx: RunContext, labels: np.ndarray) -> np.ndarray:
+    """data.kind: synthetic: the `data.synthetic.holdout` store rows (seeded, stratified by the teacher's
+    label) that never train and make every choice instead of a real validation split; else none."""
+    if ctx.config.data.real_choices:
+        return np.zeros(0, dtype=np.int64)
+    synthetic = ctx.config.data.synthetic
+    return stratified_subsample(labels, synthetic.holdout, synthetic.seed)
+
+
+def training_rows(ctx: RunContext, labels: np.ndarray) -> np.ndarray:
+    return np.setdiff1d(np.arange(len(labels)), held_out_rows(ctx, labels))
+
+
+def write_held_out(ctx: RunContext, store_path) -> dict:
+    """data.kind: synthetic: data/val.npz from the held-out rows (x: the teacher's exact input, y: its argmax)
+    and data/calib.npz as quantize.calibration's manifest says (split train: the training rows; val: the
+    held-out ones). Returns what the report says of them."""
+    from edgekd.config import needs_calibration
+    from edgekd.data.calib import load_manifest, select
+    from edgekd.pipeline.records import CALIB_FILE, VAL_FILE
+
+    store = U8Store(store_path)
+    split, held = _store_split(ctx, store, augment=False), held_out_rows(ctx, store.labels)
+    (ctx.run_dir / VAL_FILE).parent.mkdir(parents=True, exist_ok=True)
+    split.save_npz(ctx.run_dir / VAL_FILE, held, ui=ctx.ui, classes=np.array(ctx.data.classes))
+    out = {"val_file": {"path": VAL_FILE, "samples": int(len(held)), "of": int(len(store.labels)),
+                        "labels": "the teacher's argmax"}}
+    if needs_calibration(ctx.config, ctx.targets):
+        manifest = load_manifest(ctx.config.quantize.calibration)
+        pool = training_rows(ctx, store.labels) if manifest.split == "train" else held
+        rows = pool[select(store.labels[pool], manifest)]
+        split.save_npz(ctx.run_dir / CALIB_FILE, rows, ui=ctx.ui, indices=rows)
+        out["calibration"] = {"path": CALIB_FILE, "samples": int(len(rows)),
+                              "from": "synthetic training images" if manifest.split == "train" else
+                              "the held-out synthetic images", "manifest": str(ctx.config.quantize.calibration)}
+    return out
 
 
 def student_training(ctx: RunContext, real):
@@ -58,6 +103,10 @@ def student_training(ctx: RunContext, real):
     synthetic = synthetic_split(ctx)
     note = {"method": synthetic_cfg.method, "images": len(synthetic), "fraction_per_batch": fraction,
             "real_samples": 0 if fraction == 1 else len(real)}
+    if not ctx.config.data.real_choices:  # as written (a stratified draw keeps every class: it may differ by a few)
+        from edgekd.pipeline.synth_stage import transfer_summary
+
+        note["held_out"] = transfer_summary(ctx)["held_out"]["val_file"]["samples"]
     if fraction == 1:
         return synthetic, note
     return MixedSplit(real, synthetic, fraction), note

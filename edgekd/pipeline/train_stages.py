@@ -47,6 +47,10 @@ def _data_reads(ctx: RunContext) -> list[str]:
         reads += ["student.input_size", "student.channels"]
     if c.data.kind in ("imagefolder", "webdataset"):  # normalisation and resizing follow the teacher's timm config
         reads += ["teacher.model", "data.on_bad_image"] + (["data.shards"] if c.data.kind == "webdataset" else [])
+    if not c.data.real:  # the classes as configured; normalisation from the teacher's timm config
+        return reads + ["teacher.model", "data.classes"]
+    if not c.data.real_choices:  # data.use: report: the test split only (val and calib: the synthetic stage)
+        return reads + ["data.use"]
     reads.append("quantize.enabled")
     if not c.quantize.enabled:  # a TensorRT post-training INT8 build may still need calibration samples
         reads += ["targets", "student.quantization"]
@@ -56,6 +60,10 @@ def _data_reads(ctx: RunContext) -> list[str]:
 
 
 def _data_outputs(ctx: RunContext) -> list[str]:
+    if not ctx.config.data.real:  # data.kind: synthetic: the synthetic stage writes val.npz and calib.npz
+        return [SUMMARY_FILE]
+    if not ctx.config.data.real_choices:  # data.use: report: the real test split only
+        return [TEST_FILE, SUMMARY_FILE]
     return ([VAL_FILE, TEST_FILE, SUMMARY_FILE] + ([CALIB_FILE] if needs_calibration(ctx.config, ctx.targets) else [])
             + ([TEACHER_VAL_FILE, TEACHER_TEST_FILE] if ctx.own_student_view else []))
 
@@ -83,21 +91,25 @@ def rows_for_test_file(labels: np.ndarray, sample_bytes: int, seed: int) -> np.n
 def run_data(ctx: RunContext) -> dict:
     data, student, out = ctx.data, ctx.student_data, ctx.run_dir
     (out / VAL_FILE).parent.mkdir(parents=True, exist_ok=True)
+    if not ctx.config.data.real:
+        return _no_real_data(ctx)
     data.check(ctx.ui)  # imagefolder: every image decoded once (or cached), bad ones listed, before any training
     views = [(student, VAL_FILE, TEST_FILE)]
     if student is not data:  # the student's own view: checked too, and the teacher's files written beside
         student.check(ctx.ui)
         check_same_samples(data, student)
         views.append((data, TEACHER_VAL_FILE, TEACHER_TEST_FILE))
-    rows = _eval_rows([view for view, _, _ in views], ctx.config.data.seed)
-    files = [_write_eval_files(ctx, view, rows, val, test) for view, val, test in views]
-    outputs = [VAL_FILE, TEST_FILE, SUMMARY_FILE]
+    real_choices = ctx.config.data.real_choices  # data.use: report: val.npz and calib.npz are synthetic
+    rows = _eval_rows([view for view, _, _ in views], ctx.config.data.seed,
+                      ("val", "test") if real_choices else ("test",))
+    files = [_write_eval_files(ctx, view, rows, val, test, with_val=real_choices) for view, val, test in views]
+    outputs = [*([VAL_FILE] if real_choices else []), TEST_FILE, SUMMARY_FILE]
     summary = {**data.summary(), **files[0], "fingerprint": data.fingerprint()}
     if student is not data:
         outputs += [TEACHER_VAL_FILE, TEACHER_TEST_FILE]
         summary["student_view"] = {"preprocess": student.preprocess.to_dict(), "fingerprint": student.fingerprint(),
                                    "teacher_files": files[1]}
-    if needs_calibration(ctx.config, ctx.targets):
+    if real_choices and needs_calibration(ctx.config, ctx.targets):
         manifest = load_manifest(ctx.config.quantize.calibration)
         pool = student.train if manifest.split == "train" else student.val  # what INT8 files will be fed
         idx = select(pool.labels, manifest)
@@ -112,16 +124,16 @@ def run_data(ctx: RunContext) -> dict:
                        f"{data.num_classes} classes" + _view_note(data, student)}
 
 
-def _eval_rows(views: list, seed: int) -> dict[str, np.ndarray]:
+def _eval_rows(views: list, seed: int, splits=("val", "test")) -> dict[str, np.ndarray]:
     """Per split, the rows data/val.npz and data/test.npz keep: one choice for every view (capped by the
     largest view's sample size), so row i of the teacher's file and of the student's is the same sample."""
     sample_bytes = max(4 * int(np.prod(view.input_shape)) for view in views)
-    return {split: rows_for_test_file(getattr(views[0], split).labels, sample_bytes, seed) for split in ("val", "test")}
+    return {split: rows_for_test_file(getattr(views[0], split).labels, sample_bytes, seed) for split in splits}
 
 
-def _write_eval_files(ctx: RunContext, view, rows: dict, val_path: str, test_path: str) -> dict:
+def _write_eval_files(ctx: RunContext, view, rows: dict, val_path: str, test_path: str, with_val: bool = True) -> dict:
     classes, files = np.array(view.classes), {}
-    for split, path in (("val", val_path), ("test", test_path)):
+    for split, path in (("val", val_path), ("test", test_path))[0 if with_val else 1:]:
         (ctx.run_dir / path).parent.mkdir(parents=True, exist_ok=True)
         getattr(view, split).save_npz(ctx.run_dir / path, rows[split], ui=ctx.ui, classes=classes)
         files[f"{split}_file"] = {"path": path, "samples": int(len(rows[split])),
@@ -147,6 +159,15 @@ def _view_note(data, student) -> str:
     return f"; teacher sees {t.input_size} px x{t.channels}, student {s.input_size} px x{s.channels}"
 
 
+def _no_real_data(ctx: RunContext) -> dict:
+    """data.kind: synthetic: only the summary (classes, preprocessing); no split has a real image."""
+    summary = {**ctx.data.summary(), "fingerprint": ctx.data.fingerprint()}
+    (ctx.run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    return {"outputs": [SUMMARY_FILE], "dataset": ctx.data.summary(),
+            "summary": f"no real images (data.kind: synthetic), {ctx.data.num_classes} classes: every image is "
+                       "generated from the teacher by the synthetic stage"}
+
+
 DATA = Stage("data", "list, split and check the dataset", run_data, _data_reads, lambda ctx: [], _data_outputs,
              facts=_data_facts)
 
@@ -163,7 +184,13 @@ def _teacher_reads(ctx: RunContext) -> list[str]:
     reads += [f"teachers[*].{key}" if c.teachers else f"teacher.{key}" for key in TEACHER_KEYS]
     if c.distill.unlabeled_fraction > 0:  # the teacher trains without the withheld labels
         reads += ["data.train_fraction", "data.seed", "distill.unlabeled_fraction"]
-    return reads
+    return reads + _no_real_choices_reads(c)
+
+
+def _no_real_choices_reads(c) -> list[str]:
+    """data.kind: synthetic / data.use: report: no real label trains or chooses (the teacher is used as
+    loaded, val scores are agreement with the teacher): the keys that say so."""
+    return [] if c.data.real_choices else ["data.kind", "data.use"]
 
 
 def _teacher_inputs(ctx: RunContext) -> list[str]:
@@ -204,6 +231,8 @@ def _one_teacher(ctx: RunContext, cfg, path: str, name: str, seed: int) -> dict:
     data = ctx.data
     torch.manual_seed(seed)  # before the build: random initial weights are part of what the seed decides
     init = build_teacher(cfg, data.num_classes, data.preprocess.channels)
+    if not ctx.config.data.real_choices:
+        return _unlabelled_teacher(ctx, cfg, path, init)
     should_train = cfg.finetune if cfg.finetune is not None else init.needs_training
     result = None
     if should_train and cfg.train.epochs > 0:
@@ -221,6 +250,28 @@ def _one_teacher(ctx: RunContext, cfg, path: str, name: str, seed: int) -> dict:
     _save(ctx, path, init.model, init.arch, init.arch_kwargs, {"teacher": config_dict(cfg)}, metrics)
     how = f"trained {result.epochs_run} epochs" if result else f"loaded from {init.source}"
     return {"outputs": [path], "summary": f"{init.arch} {how}, val accuracy {accuracy:.4f}", **metrics}
+
+
+NOT_FINETUNED = ("not fine-tuned: there is no real labelled data (data.kind: synthetic), so the teacher is used as "
+                 "loaded and its accuracy is unmeasured")
+NOT_FINETUNED_REPORT = ("not fine-tuned: data.use: report keeps the real labels for the report's test accuracy only, "
+                        "so the teacher is used as loaded")
+
+
+def _unlabelled_teacher(ctx: RunContext, cfg, path: str, init) -> dict:
+    """data.kind: synthetic: the loaded teacher as it is (nothing to train or score it on). A classifier that
+    does not match data.classes would need training: refused."""
+    from edgekd.errors import ModelError
+
+    if init.head_reset:
+        raise ModelError(f"teacher {cfg.model} from {init.source} has no classifier for the {ctx.data.num_classes} "
+                         "classes of data.classes, and data.kind: synthetic has no labelled images to train one on.",
+                         "Set data.classes to the teacher's own class count (or names, in its output order).")
+    real = ctx.config.data.real
+    metrics = {"val_accuracy": None, **({} if real else {"accuracy": "unmeasured (no real labelled data)"}),
+               "source": init.source, "trained": False, "finetune": NOT_FINETUNED_REPORT if real else NOT_FINETUNED}
+    _save(ctx, path, init.model, init.arch, init.arch_kwargs, {"teacher": config_dict(cfg)}, metrics)
+    return {"outputs": [path], "summary": f"{init.arch} loaded from {init.source}, {NOT_FINETUNED}", **metrics}
 
 
 def chance_warning(accuracy: float, classes: int, samples: int, what: str) -> str | None:
@@ -262,7 +313,7 @@ def _student_reads(ctx: RunContext) -> list[str]:
              *(f"student.{key}" for key in STUDENT_KEYS), *(f"distill.{key}" for key in DISTILL_KEYS)]
     if c.teachers:  # the ensemble's weights shape the soft targets; the teachers' files are inputs
         reads.append("teachers[*].weight")
-    return reads
+    return reads + _no_real_choices_reads(c)
 
 
 def _student_outputs(ctx: RunContext) -> list[str]:
@@ -352,7 +403,9 @@ def _run_chain(ctx: RunContext) -> dict:
     if c.teachers and len(c.teachers) > 1:
         metrics["teacher_ensemble"] = [{"path": f, "weight": t.weight} for f, t in zip(teacher_files(c), c.teachers)]
     summary = (f"{final.link.arch} {metrics['params'] / 1e3:.0f}K params ({metrics['init']}), "
-               f"val accuracy {final.val_accuracy:.4f}")
+               + (f"val accuracy {final.val_accuracy:.4f}" if c.data.real_choices else
+                  f"agreement with the teacher on held-out synthetic images {final.val_accuracy:.4f}"
+                  + ("" if c.data.real else " (accuracy unmeasured: no real labelled data)")))
     if len(results) > 1:
         metrics["chain"] = chain_summary(results)
         summary += "; chain " + " -> ".join(f"{r.link.name} {r.val_accuracy:.4f}" for r in results)
@@ -394,7 +447,7 @@ def _distil_link(ctx: RunContext, link: Link, student, teacher, teacher_source: 
         cache_note = teacher_fn.note()
     student.load_state_dict(result.best_state)
     accuracy = _val_accuracy(ctx, student, ctx.student_data)
-    metrics = {"val_accuracy": accuracy, "params": sum(p.numel() for p in student.parameters()),
+    metrics = {**_val_score(ctx, accuracy), "params": sum(p.numel() for p in student.parameters()),
                "teacher_cache": cache_note,
                "teacher_outputs": teacher_fn.summary() if replay else _outputs(teacher_fn, cache_note),
                **init, "losses": objective.describe(),
@@ -657,6 +710,15 @@ def _train_metrics(result: TrainResult) -> dict:
     return {"epochs": result.epochs_run, "best_epoch": result.best_epoch,
             "seconds_per_epoch": round(result.seconds_per_epoch, 3), "resumed_from_epoch": result.resumed_from_epoch,
             "best_weights": result.best_weights, **({"notes": result.notes} if result.notes else {})}
+
+
+def _val_score(ctx: RunContext, score: float) -> dict:
+    """What a score on the val split is: an accuracy, or (data.kind: synthetic, val holds held-out synthetic
+    images labelled by the teacher's argmax) the student's agreement with the teacher, never called accuracy."""
+    if ctx.config.data.real_choices:
+        return {"val_accuracy": score}
+    unmeasured = {} if ctx.config.data.real else {"accuracy": "unmeasured (no real labelled data)"}
+    return {"val_accuracy": None, "val_teacher_agreement": score, **unmeasured}
 
 
 def _val_accuracy(ctx: RunContext, model, data=None) -> float:

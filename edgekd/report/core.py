@@ -30,6 +30,7 @@ from pathlib import Path
 from edgekd import __version__
 
 SCHEMA_VERSION = 2
+UNMEASURED = "accuracy unmeasured (no real labelled data)"  # data.kind: synthetic, wherever an accuracy would be
 READABLE_SCHEMAS = (1, 2)  # report.json versions `edgekd report merge` and `edgekd ship` read
 ARTIFACT_KEYS = ("name", "model", "runtime", "precision", "path", "accuracy", "latency_ms", "peak_rss_mb",
                  "size_mb", "budget", "budgets")
@@ -95,7 +96,8 @@ def assemble(*, run: dict, targets: list[dict], dataset: dict, machine: dict, me
             row["speedup_vs_teacher"] = teacher["latency_ms"]["p50"] / row["latency_ms"]["p50"]
             row["memory_ratio_vs_teacher"] = (row["peak_rss_mb"] / teacher["peak_rss_mb"]
                                               if teacher.get("peak_rss_mb") else None)
-            row["accuracy_drop_vs_teacher"] = teacher_acc - row["accuracy"]
+            row["accuracy_drop_vs_teacher"] = (None if teacher_acc is None or row["accuracy"] is None
+                                               else teacher_acc - row["accuracy"])
         row["budgets"] = {t["name"]: judge(row, t, teacher_acc, measurement) for t in targets}
         row["budget"] = row["budgets"][targets[0]["name"]]
     missing = [(r.get("name"), k) for r in rows for k in ARTIFACT_KEYS if k not in r]
@@ -156,14 +158,36 @@ def _means(values) -> str:
     return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
 
 
-def render_markdown(report: dict) -> str:
-    d, names = report["dataset"], [t["name"] for t in report["targets"]]
+def real_data(report: dict) -> bool:
+    """False for a run without real labelled data (data.kind: synthetic): no accuracy was measured."""
+    return report["dataset"].get("real_data", True)
+
+
+def report_only(report: dict) -> bool:
+    """data.use: report: real labels scored the report, held-out synthetic images made every choice."""
+    return report["dataset"].get("use") == "report"
+
+
+def _dataset_line(report: dict) -> str:
+    d = report["dataset"]
     splits, test_file = d["splits"], d.get("test_file") or {}
-    lines = [f"# edgekd report — {report['run']['name']}", "", *_target_lines(report),
-             f"Dataset: {d['source']} — {splits['train']} train / {splits['val']} validation / {splits['test']} test "
-             f"images, {len(d['classes'])} classes, input {input_text(d)}. "
-             f"Accuracy is on {test_file.get('samples', splits['test'])} test "
-             f"samples (`{test_file.get('path', 'data/test.npz')}`), a split used for no choice.",
+    shape = input_text(d)
+    if not real_data(report):
+        return (f"Dataset: {d['source']}; {len(d['classes'])} classes, input {shape}. **{UNMEASURED[0].upper()}"
+                f"{UNMEASURED[1:]}**: every accuracy cell says so, and no accuracy budget is judged.")
+    return (f"Dataset: {d['source']} — {splits['train']} train / {splits['val']} validation / {splits['test']} test "
+            f"images, {len(d['classes'])} classes, input {shape}. Accuracy is on "
+            f"{test_file.get('samples', splits['test'])} test samples (`{test_file.get('path', 'data/test.npz')}`), "
+            "a split used for no choice.")
+
+
+def _accuracy_cell(a: dict) -> str:
+    return "unmeasured (no real labelled data)" if a.get("accuracy") is None else f"{a['accuracy']:.4f}"
+
+
+def render_markdown(report: dict) -> str:
+    names = [t["name"] for t in report["targets"]]
+    lines = [f"# edgekd report — {report['run']['name']}", "", *_target_lines(report), _dataset_line(report),
              f"Measured on: {_machine_line(report.get('machine', {}))}. Created {report['created']} by edgekd "
              f"{report['edgekd_version']}.", "",
              "| artifact | runtime | precision | accuracy | Δ vs teacher | p50 ms | p90 ms | p99 ms | throughput img/s | "
@@ -172,7 +196,7 @@ def render_markdown(report: dict) -> str:
     for a in report["artifacts"]:
         lat = a["latency_ms"]
         lines.append(
-            f"| {a['name']} | {a['runtime']} | {a['precision']} | {a['accuracy']:.4f} | "
+            f"| {a['name']} | {a['runtime']} | {a['precision']} | {_accuracy_cell(a)} | "
             f"{_signed(a.get('accuracy_drop_vs_teacher')) if a['model'] == 'student' else '—'} | {lat['p50']:.3f} | {lat['p90']:.3f} | {lat['p99']:.3f} | "
             f"{a.get('throughput_ips', 0):,.0f} | {_num(a.get('peak_rss_mb'))} | {a['size_mb']:.2f} | "
             f"{_count(a.get('params'))} | {_num(a.get('flops', 0) / 1e6 if a.get('flops') else None)} | "
@@ -192,12 +216,21 @@ def _target_lines(report: dict) -> list[str]:
                  else "**not measured here** (latency and memory verdicts wait for the device; see below)")
         lines.append(f"Target **{t['name']}** ({t.get('description', '')}), {where}: p50 ≤ {b['latency_ms']:g} ms at "
                      f"batch 1" + (f", peak memory ≤ {b['memory_mb']:g} MB" if b.get("memory_mb") else "")
-                     + f", student accuracy ≤ {b['max_accuracy_drop']:.3f} below the teacher's (test split).")
+                     + (f", student accuracy ≤ {b['max_accuracy_drop']:.3f} below the teacher's (test split)."
+                        if real_data(report) else " (its accuracy budget is not judged: accuracy unmeasured, no "
+                        "real labelled data)."))
+    measure = _gate_measure(report)
     for file in (report.get("quantization") or {}).get("files") or []:
-        lines.append(f"INT8 gate for `{file['file']}` ({', '.join(file['targets'])}): its val accuracy ≤ "
-                     f"{file['max_int8_drop']:.3f} below the FP32 student's (`quantize.max_int8_drop`, else the "
-                     "strictest `budgets.max_int8_drop` of the targets it serves).")
+        what = (f"its {measure} ≤ {file['max_int8_drop']:.3f} below the FP32 student's" if measure == "val accuracy"
+                else f"its top-1 {measure} ≥ {1 - file['max_int8_drop']:.3f}")
+        lines.append(f"INT8 gate for `{file['file']}` ({', '.join(file['targets'])}): {what} "
+                     "(`quantize.max_int8_drop`, else the strictest `budgets.max_int8_drop` of the targets it serves).")
     return lines + [""]
+
+
+def _gate_measure(report: dict) -> str:
+    """What the INT8 gate scored: val accuracy, or (no real labels) agreement with the FP32 student."""
+    return (report.get("quantization") or {}).get("gate_measure") or "val accuracy"
 
 
 def _sections(report: dict) -> list[str]:
@@ -207,10 +240,11 @@ def _sections(report: dict) -> list[str]:
     if out:
         out = ["## Notes", "", *out, ""]
     for file in (report.get("quantization") or {}).get("files") or []:
-        out += _int8_section(file)
+        out += _int8_section(file, _gate_measure(report))
     out += _students_section(report)
     out += _search_section(report)
-    out += _synthetic_section(report.get("synthetic"))
+    out += _synthetic_section(report.get("synthetic"), real_data(report) and not report_only(report),
+                              real_data(report))
     out += _on_device_section(report.get("on_device") or [])
     out += _tensorrt_section(report.get("tensorrt"))
     out += ["## How to read this", "",
@@ -218,7 +252,16 @@ def _sections(report: dict) -> list[str]:
             "across artifacts so machine noise hits all alike. Peak RSS is the process's peak resident memory over "
             "its baseline before the model was loaded.",
             "- Accuracy: top-1 on the test split (`data/test.npz`), which no choice used (best epochs, early stopping "
-            "and the INT8 gate chose on the validation split), run through the artifact's own runtime.",
+            "and the INT8 gate chose on the validation split), run through the artifact's own runtime."
+            if real_data(report) and not report_only(report) else
+            "- Accuracy: top-1 on the real test split (`data/test.npz`), run through the artifact's own runtime; "
+            "with data.use: report it is the only real data read. Best epochs chose on agreement with the teacher, "
+            "and the INT8 gate on agreement with the FP32 student, both on held-out synthetic images."
+            if real_data(report) else
+            f"- Accuracy: {UNMEASURED}. Best epochs chose on agreement with the teacher, and the INT8 gate on "
+            "agreement with the FP32 student, both on held-out synthetic images no student trained on: these "
+            "agreements say how faithfully the student copies the teacher on the teacher's own images, not how "
+            "often either is right on real ones.",
             "- Budget, one column per target: p50 latency, peak memory and (students) accuracy drop vs the PyTorch "
             "teacher, from the target profile. A target this host is not (another CPU architecture or runtime) gets "
             "its accuracy check only: its latency and memory are measured on the device.",
@@ -228,20 +271,24 @@ def _sections(report: dict) -> list[str]:
     return out
 
 
-def _int8_section(file: dict) -> list[str]:
+def _int8_section(file: dict, measure: str = "val accuracy") -> list[str]:
     """One INT8 file: its types and why, then every gate attempt and why it lost (accuracy first, then speed)."""
     s, speed = file["scheme"], file.get("speed") or {}
     verdict = speed.get("verdict") or speed.get("why") or ""
-    outcome = (f"Accuracy bound: val accuracy drop ≤ {file['max_int8_drop']:g} vs the FP32 student. " + verdict
+    agreement = not measure.startswith("val accuracy")
+    bound = (f"top-1 {measure} ≥ {1 - file['max_int8_drop']:g}" if agreement else
+             f"{measure} drop ≤ {file['max_int8_drop']:g} vs the FP32 student")
+    outcome = (f"{'Agreement' if agreement else 'Accuracy'} bound: {bound}. " + verdict
                if file.get("gate_passed", True) else
-               f"**No attempt stayed within the bound** (val accuracy drop ≤ {file['max_int8_drop']:g} vs the FP32 "
-               "student): no such file, ship FP32 to these targets")
+               f"**No attempt stayed within the bound** ({bound}): no such file, ship FP32 to these targets")
     out = [f"## INT8 file `{file['file']}` for {', '.join(file['targets'])}", "",
            f"Types {s['types']} ({s['activations']} activations, {s['weights']} weights"
            + (", 7-bit" if s.get("reduce_range") else "") + f"): {s['reason']}. {outcome}".rstrip() + ".", "",
-           "The gate's search, on the validation split (selection): these accuracies are not the report's test "
-           "figures.", "",
-           "| # | step | method | per-channel | form | float nodes | val accuracy | p50 ms | outcome |",
+           ("The gate's search, on held-out synthetic images: top-1 agreement with the FP32 student, not accuracy."
+            if agreement else "The gate's search, on the validation split (selection): these accuracies are not the "
+            "report's test figures."), "",
+           f"| # | step | method | per-channel | form | float nodes | {'agreement' if agreement else 'val accuracy'} "
+           "| p50 ms | outcome |",
            "|---:|---|---|---|---|---:|---:|---:|---|"]
     for i, att in enumerate(file["attempts"], 1):
         out.append(f"| {i} | {att.get('purpose', '')} | {att['method']} | {att['per_channel']} | "
@@ -290,7 +337,7 @@ def _search_section(report: dict) -> list[str]:
     return out
 
 
-def _synthetic_section(synthetic: dict | None) -> list[str]:
+def _synthetic_section(synthetic: dict | None, real: bool = True, scored: bool = True) -> list[str]:
     """data.synthetic: how the transfer images were made, how many, how the student used them."""
     if not synthetic:
         return []
@@ -311,10 +358,26 @@ def _synthetic_section(synthetic: dict | None) -> list[str]:
            "(no hard labels)." if used else "",
            "- The teacher's argmax on them, per class: " + ", ".join(f"{i}: {n}" for i, n in enumerate(counts)) + ".",
            "- Accuracy above is measured on the real validation/test splits of `data.kind`; INT8 calibration "
-           "samples come from the real training split (`quantize.calibration`).",
+           "samples come from the real training split (`quantize.calibration`)." if real
+           else _held_out_line(synthetic, scored),
            "- Settings: " + ", ".join(f"{k} {v}" for k, v in (synthetic.get("settings") or {}).items()
                                       if k != "method") + "."]
     return [line for line in out if line] + [""]
+
+
+def _held_out_line(synthetic: dict, scored: bool = False) -> str:
+    """data.kind: synthetic / data.use: report: what stood in for the real validation split and calibration set."""
+    held = synthetic.get("held_out") or {}
+    val, calib = held.get("val_file") or {}, held.get("calibration")
+    line = (("- data.use: report: the real labelled data scored the report's accuracy (its test split) and made no "
+             "choice: " if scored else "- No real labelled data: ")
+            + f"{val.get('samples')} of the {val.get('of')} images were held out of training "
+            f"(`{val.get('path')}`, labelled with the teacher's argmax): best epochs chose on the student's agreement "
+            "with the teacher there" + ("." if scored else ", and export parity and the device checks run on them. "
+                                        + UNMEASURED[0].upper() + UNMEASURED[1:] + "."))
+    if calib:
+        line += f" INT8 calibration: {calib['samples']} {calib['from']} (`{calib['path']}`)."
+    return line
 
 
 def _on_device_section(steps: list[dict]) -> list[str]:

@@ -45,7 +45,8 @@ _COLUMNS = [
     ("model", lambda a: a.get("model"), "{}"),
     ("runtime", lambda a: a.get("runtime"), "{}"),
     ("precision", lambda a: a.get("precision"), "{}"),
-    ("accuracy", lambda a: a.get("accuracy"), "{:.4f}"),
+    ("accuracy", lambda a: a.get("accuracy") if a.get("accuracy_unmeasured") is None else "unmeasured (no real "
+     "labelled data)", "{:.4f}"),
     ("p50 ms", lambda a: (a.get("latency_ms") or {}).get("p50"), "{:.3f}"),
     ("p90 ms", lambda a: (a.get("latency_ms") or {}).get("p90"), "{:.3f}"),
     ("p99 ms", lambda a: (a.get("latency_ms") or {}).get("p99"), "{:.3f}"),

@@ -76,6 +76,7 @@ def artifact_rows(report: dict, device: str | None = None) -> list[dict]:
                 "runtime": a.get("runtime"),
                 "precision": a.get("precision"),
                 "accuracy": a.get("accuracy"),
+                **({"accuracy_unmeasured": a["accuracy_unmeasured"]} if a.get("accuracy_unmeasured") else {}),
                 "p50_ms": latency.get("p50"),
                 "p99_ms": latency.get("p99"),
                 "throughput_ips": a.get("throughput_ips"),
@@ -122,7 +123,8 @@ def markdown_table(rows: list[dict]) -> str:
     rule = "|" + "|".join("---" if fmt == "{}" else "---:" for _, _, fmt in COLUMNS) + "|"
     lines = [header, rule]
     for row in rows:
-        cells = [_cell(row.get(key), fmt) for _, key, fmt in COLUMNS]
+        cells = [f"unmeasured ({row['accuracy_unmeasured']})" if key == "accuracy" and row.get("accuracy_unmeasured")
+                 else _cell(row.get(key), fmt) for _, key, fmt in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

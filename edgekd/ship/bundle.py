@@ -11,7 +11,10 @@ A bundle is a directory:
     golden/<name>.npy        each model's outputs on them through ONNX Runtime here
     data/test.npz            the run's preprocessed test split (what its report's accuracy is
                              on), so the device measures accuracy on the same samples
-                             (`edgekd bench MODEL --data data/test.npz`) with no dataset tooling
+                             (`edgekd bench MODEL --data data/test.npz`) with no dataset tooling.
+                             A run without real labelled data (data.kind: synthetic) has none: its
+                             golden inputs are held-out synthetic images, the manifest's `test` is
+                             null and no accuracy is measured on the device
 
 `edgekd verify` on the device recomputes the outputs and compares them.
 Needs numpy, onnx and onnxruntime (the `ort` extra), never torch.
@@ -39,13 +42,15 @@ import numpy as np
 from edgekd import __version__
 from edgekd.artifacts import contained, sha256_file, sidecar_path
 from edgekd.errors import ConfigError, DataError
-from edgekd.pipeline.records import TEST_FILE, current_artifacts
+from edgekd.pipeline.records import TEST_FILE, VAL_FILE, current_artifacts
 from edgekd.rundir import RECORDS
 from edgekd.ship.verify import BUNDLE_FORMAT, CHECKSUMS, DEVICE, MANIFEST
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgekd.targets import TargetProfile
 
+# data.kind: synthetic: the golden inputs are held-out synthetic images, their labels the teacher's argmax
+NO_REAL_GOLDEN = "held-out synthetic images (data/val.npz of the run; labels: the teacher's argmax, not ground truth)"
 GOLDEN_SAMPLES = 128  # int8's device check needs >= 64 (edgekd.tolerances.DEVICE_INT8_RULE)
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")  # artifact names become golden/<name>.npy
 # Keys the exporter may use for preprocessing and labels, in ONNX metadata_props or the sidecar.
@@ -244,7 +249,8 @@ def golden_count(chosen: list[dict], asked: int | None, available: int) -> int:
                           "samples to tell a broken file from rounding.", f"Use --golden {max(need, GOLDEN_SAMPLES)}.")
     if n < need:
         raise DataError(f"{TEST_FILE} holds {available} samples; the device check of an int8 model needs at least "
-                        f"{need}.", "Use a larger test split (data.test_fraction).")
+                        f"{need}.",
+                        "Use a larger test split (data.test_fraction; without real data: data.synthetic.holdout).")
     return n
 
 
@@ -275,13 +281,16 @@ def build_bundle(
     recorded = [a.to_dict() for a in current_artifacts(run_dir, present=False)]
     chosen = select_artifacts(report, target, artifacts, recorded=recorded)
     _check_names(chosen)
-    test = _shipped_file(run_dir, TEST_FILE, "the test split", produced)
+    real = report["dataset"].get("real_data", True)  # data.kind: synthetic: no test split, nothing scored
+    test = (_shipped_file(run_dir, TEST_FILE, "the test split", produced) if real else
+            _shipped_file(run_dir, VAL_FILE, "the held-out synthetic images", produced))
     x, y, classes = _golden_inputs(test, golden_samples, chosen)
     (out / "golden").mkdir(parents=True)
     np.save(out / "golden" / "inputs.npy", x)
     np.save(out / "golden" / "labels.npy", y)
-    (out / "data").mkdir()
-    shutil.copyfile(test, out / TEST_FILE)
+    if real:
+        (out / "data").mkdir()
+        shutil.copyfile(test, out / TEST_FILE)
     models, sources = [], []
     for artifact in chosen:
         entry, found = _add_model(run_dir, out, artifact, x, target.threads, produced)
@@ -296,8 +305,10 @@ def build_bundle(
         "runtime": target.runtime,
         "preprocess": _first(sources, _PREPROCESS_KEYS),
         "labels": _first(sources, _LABEL_KEYS) or classes,
-        "golden": {"inputs": "golden/inputs.npy", "labels": "golden/labels.npy", "samples": int(len(x))},
-        "test": TEST_FILE,
+        "golden": {"inputs": "golden/inputs.npy", "labels": "golden/labels.npy", "samples": int(len(x)),
+                   **({} if real else {"from": NO_REAL_GOLDEN})},
+        "test": TEST_FILE if real else None,
+        **({} if real else {"accuracy": "unmeasured (no real labelled data): no test split ships"}),
         "models": models,
         "versions": versions(),
     })

@@ -15,13 +15,16 @@ from pydantic import Field, model_validator
 
 from edgekd.schema import Strict
 
-OWN_KEYS = ("method", "count", "seed", "settings")
+OWN_KEYS = ("method", "count", "seed", "holdout", "settings")
 
 
 class SyntheticConfig(Strict):
     method: str = Field(description="deepinversion, deepinversion_imagenet, zskt or dafl (docs/data_free.md)")
     count: int = Field(2048, ge=1, description="transfer images generated (the report states it)")
     seed: int = Field(0, description="decides every generated image (with the teacher and the settings)")
+    holdout: int = Field(256, ge=1, description="data.kind: synthetic only: this many of the `count` images "
+                         "(seeded, stratified by the teacher's label) are held out of training: every choice (best "
+                         "epoch, INT8 gate) and the parity and device checks use them, never a real accuracy")
     settings: dict = Field(default_factory=dict, description="the method's settings; written flat in the "
                            "section (e.g. iterations: 200), defaults from the published recipes")
 

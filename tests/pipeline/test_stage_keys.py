@@ -71,7 +71,15 @@ EMA_FULL = {**FULL, "teachers": [{"model": "resnet18"}, {"model": "resnet18", "t
 SYNTH = {**SINGLE, "data": {"path": "data-folder", "synthetic": {"method": "dafl", "count": 64}},
          "distill": {"synthetic_fraction": 0.5}}
 SYNTH_ZSKT = {**SINGLE, "data": {"path": "data-folder", "synthetic": {"method": "zskt", "count": 64}}}
-BASES = {"synth": SYNTH, "synth_zskt": SYNTH_ZSKT, "images": IMAGES, "timm": TIMM, "replay": REPLAY, "shards": SHARDS, "full": FULL, "single": SINGLE, "online": ONLINE, "loaded": LOADED,
+# data.kind: synthetic: no real images; a loaded teacher, its classes, held-out synthetic images for choices
+NOREAL = {"name": "keys", "data": {"kind": "synthetic", "classes": 4, "input_size": 32, "channels": 1,
+                                   "synthetic": {"method": "dafl", "count": 64, "holdout": 16}},
+          "teacher": {"checkpoint": "teacher.pth"}, "targets": ["host-cpu"]}
+# data.use: report: a real set beside data.synthetic scores the report only (a loaded teacher, synthetic only)
+SYNTH_LOADED = {"name": "keys", "data": {"path": "data-folder", "synthetic": {"method": "dafl", "count": 64}},
+                "teacher": {"checkpoint": "teacher.pth"}, "targets": ["host-cpu"]}
+BASES = {"noreal": NOREAL, "synth_loaded": SYNTH_LOADED,
+         "synth": SYNTH, "synth_zskt": SYNTH_ZSKT, "images": IMAGES, "timm": TIMM, "replay": REPLAY, "shards": SHARDS, "full": FULL, "single": SINGLE, "online": ONLINE, "loaded": LOADED,
          "loaded_teachers": LOADED_TEACHERS, "search": SEARCH, "ema_single": EMA_SINGLE, "ema_full": EMA_FULL}
 
 
@@ -111,6 +119,11 @@ KEY_READERS: dict[str, Case | None] = {
     **{f"data.synthetic.{k}": Case(v, {"synthetic"}, "synth") for k, v in {
         "method": "deepinversion", "count": 128, "seed": 1, "settings": {"rounds": 3}}.items()},
     "distill.synthetic_fraction": Case(0.25, {"student"}, "synth"),
+    "data.classes": Case(["a", "b", "c", "d"], {"data"}, "noreal"),  # the names; the teacher follows data/summary.json
+    "data.synthetic.holdout": Case(8, {"synthetic"}, "noreal"),  # which images train and which choose
+    # what the real labels may do: without them the teacher is not tuned, val.npz and calib.npz are synthetic,
+    # the student's val score is agreement and the INT8 gate agreement with the FP32 student
+    "data.use": Case("report", {"data", "teacher", "synthetic", "student", "quantize"}, "synth_loaded"),
     "data.shards": Case("other-shards", {"data"}, "shards"),
     **{f"data.train_transform.{k}": Case(v, TRAINERS - {"qat"}, "timm") for k, v in {  # SINGLE has no QAT
         "scale": [0.5, 1.0], "ratio": [0.9, 1.1], "hflip": 0.0, "vflip": 0.5, "color_jitter": 0.2,
