@@ -280,11 +280,12 @@ def objective(args, row: Row, cfg: TrainConfig, model, teacher, logits, n_train:
 def epoch_printer(name: str, epochs: int):
     started = time.perf_counter()
 
-    def progress(loss, val_acc, img_s, **_):  # also epoch, wait (the data-wait share)
-        progress.done = getattr(progress, "done", 0) + 1
-        per_epoch = (time.perf_counter() - started) / progress.done
-        print(f"  [{name}] epoch {progress.done}/{epochs}: loss {loss:.4f}, val {val_acc:.4f}, {img_s} img/s, "
-              f"{per_epoch:.1f} s/epoch, row ETA {per_epoch * (epochs - progress.done):.0f} s", flush=True)
+    def progress(loss, val_acc, img_s, epoch, **_):  # also wait (the data-wait share)
+        # epoch: the row's own count (a resumed row starts past 1); the rate: this invocation's epochs
+        progress.here = getattr(progress, "here", 0) + 1
+        per_epoch = (time.perf_counter() - started) / progress.here
+        print(f"  [{name}] epoch {epoch}/{epochs}: loss {loss:.4f}, val {val_acc:.4f}, {img_s} img/s, "
+              f"{per_epoch:.1f} s/epoch, row ETA {per_epoch * (epochs - epoch):.0f} s", flush=True)
 
     return progress
 

@@ -68,3 +68,11 @@ def test_unfinished_rows_say_how_far_their_checkpoints_got(tmp_path):
     assert "teacher" not in missing
     assert missing["student alone"] == "not run (in progress or interrupted: 3/12 epochs in --work)"
     assert missing["function matching"] == "not run"
+
+
+def test_a_resumed_row_prints_its_own_epoch_count(capsys):
+    progress = bench.epoch_printer("teacher", 6)
+    progress(loss=0.9, val_acc=0.85, img_s=130, epoch=3, wait="1%")  # resumed after 2 finished epochs
+    out = capsys.readouterr().out
+    assert "epoch 3/6" in out
+    assert "row ETA" in out
