@@ -1,0 +1,78 @@
+"""benchmarks/distill_fashion_mnist.py: thread choice, targets judged only on finished rows, unfinished rows named."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _load_script():
+    if "distill_fashion_mnist" in sys.modules:
+        return sys.modules["distill_fashion_mnist"]
+    spec = importlib.util.spec_from_file_location("distill_fashion_mnist", REPO / "benchmarks" / "distill_fashion_mnist.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["distill_fashion_mnist"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load_script()
+
+
+def test_threads_auto_takes_one_on_a_busy_machine_and_torchs_default_on_an_idle_one():
+    assert bench.pick_threads("auto", load_average=15.0, cores=2) == 1
+    assert bench.pick_threads("auto", load_average=2.0, cores=2) == 1
+    assert bench.pick_threads("auto", load_average=0.3, cores=2) is None
+    assert bench.pick_threads("2", load_average=15.0, cores=2) == 2  # asked for: kept
+
+
+def test_threads_must_be_a_positive_number_or_auto():
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--device", "cpu", "--threads", "0"])
+    assert bench.parse_args(["--device", "cpu", "--threads", "3"]).threads == "3"
+
+
+def _row(name, accuracy, params=85_594, alone=None):
+    return {"row": name, "settings": {"s": 1}, "test_accuracy": accuracy, "params": params, "alone": alone}
+
+
+def test_a_target_whose_rows_have_not_finished_is_not_judged():
+    judged = bench.verdicts({"teacher": _row("teacher", 0.95, params=2_811_274)})
+    assert judged["teacher >= 0.945"] is True
+    assert judged["student <= 100K params >= 0.930"].startswith("not judged")
+    assert judged["gain >= 1.0 point over alone, same settings"].startswith("not judged")
+    assert bench.verdicts({})["teacher >= 0.945"].startswith("not judged")
+
+
+def test_finished_pairs_are_judged_on_their_gain():
+    rows = {"student alone": _row("student alone", 0.910), "kd": _row("kd", 0.925, alone="student alone")}
+    judged = bench.verdicts(rows)
+    assert judged["student <= 100K params >= 0.930"] is False
+    assert judged["gain >= 1.0 point over alone, same settings"] is True
+    assert rows["kd"]["gain_points"] == 1.5
+
+
+def test_unfinished_rows_say_how_far_their_checkpoints_got(tmp_path):
+    args = bench.parse_args(["--device", "cpu", "--preset", "cpu", "--work", str(tmp_path)])
+    metrics = tmp_path / "work" / "student-alone" / "metrics.jsonl"
+    metrics.parent.mkdir(parents=True)
+    metrics.write_text("\n".join(json.dumps({"epoch": e}) for e in (1, 2, 3)) + "\n")
+    missing = bench.unfinished(args, {"teacher": _row("teacher", 0.95)})
+    assert "teacher" not in missing
+    assert missing["student alone"] == "not run (in progress or interrupted: 3/12 epochs in --work)"
+    assert missing["function matching"] == "not run"
+
+
+def test_a_resumed_row_prints_its_own_epoch_count(capsys):
+    progress = bench.epoch_printer("teacher", 6)
+    progress(loss=0.9, val_acc=0.85, img_s=130, epoch=3, wait="1%")  # resumed after 2 finished epochs
+    out = capsys.readouterr().out
+    assert "epoch 3/6" in out
+    assert "row ETA" in out
