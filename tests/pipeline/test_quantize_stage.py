@@ -20,6 +20,7 @@ from tests.quantize.conftest import HardSwishNet, assert_tensorrt_form, digits32
 
 torch = pytest.importorskip("torch")
 AVX2_ONLY = frozenset({"avx2", "fma"})
+VNNI = frozenset({"avx2", "fma", "avx512f", "avx512_vnni"})
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +119,8 @@ def _key(stage, ctx) -> str:
 def test_stage_keys_cover_what_decides_each_file(run_dir, tmp_path, monkeypatch):
     jetson = _target(tmp_path, "jetson-orin-nano", 0.02)
     targets = ["host-cpu", jetson]
+    # from a VNNI CPU to one without: the key must follow whatever CPU this suite runs on
+    monkeypatch.setattr(schemes, "host_cpu_features", lambda cpuinfo=None: VNNI)
     quantize_key = _key(deploy_stages.QUANTIZE, _ctx(run_dir, targets))
     trt_key = _key(tensorrt_stage.TENSORRT, _ctx(run_dir, targets))
     monkeypatch.setattr(schemes, "host_cpu_features", lambda cpuinfo=None: AVX2_ONLY)
