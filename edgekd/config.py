@@ -679,8 +679,9 @@ class CompressConfig(Strict):
     @model_validator(mode="after")
     def _student_view_fits_the_run(self) -> "CompressConfig":
         """A student with its own input (student.input_size / channels): the teacher's outputs come from the
-        teacher's view of the same sample, by index. What would need both models to see one random draw (a
-        paired crop) or one input tensor is not built for two views yet: refused with the fix."""
+        teacher's view of the same sample, by index; data.augment crop/crop_flip draws one shift and flip per row
+        for both views (edgekd.data.paired). What else would need both models to see one random draw (a paired
+        picture crop, mixed batches) or one input tensor is not built for two views yet: refused with the fix."""
         if student_data_config(self) is None:
             return self
         s, d = self.student, self.distill
@@ -689,8 +690,9 @@ class CompressConfig(Strict):
         fix = "or remove " + " and ".join(f"student.{k}" for k in ("input_size", "channels")
                                           if getattr(s, k) is not None) + " (the student sees the teacher's input)"
         clashes = [
-            (self.data.augment != "none", f"data.augment {self.data.augment!r} draws random views that would "
-             "have to be one crop for both models", "set data.augment: none"),
+            # crop / crop_flip: one shift and flip per row for both views (edgekd.data.paired)
+            (self.data.augment == "timm", "data.augment 'timm' draws random views that would have to be one crop "
+             "for both models", "use data.augment: crop or crop_flip (one shift/flip for both views) or none"),
             (d.train.augment is not None, "distill.train.augment (or recipe function_matching) mixes or crops the "
              "student's batch, which the teacher would have to see at its own size", "remove distill.train.augment"),
             (bool(d.replay_views), "distill.replay_views stores the teacher's logits of augmented views",

@@ -14,6 +14,7 @@ from edgekd.config import (FEATURE_LOSS_KINDS, DistillConfig, StudentConfig, Tea
                            check_single_process, config_dict, needs_calibration)
 from edgekd.data import StudentSplit, stratified_subsample, student_split
 from edgekd.data.calib import load_manifest, select
+from edgekd.data.paired import PAIRED_AUGMENTS, PairedSplit
 from edgekd.distill.losses import DistillObjective, build_objective, cross_entropy
 from edgekd.distill.replay import ReplayTeacher
 from edgekd.distill.schemes import EnsembleTeacher, Link, chain_summary, plan_chain, run_chain, train_peers
@@ -434,9 +435,11 @@ def _distil_link(ctx: RunContext, link: Link, student, teacher, teacher_source: 
                                 label_smoothing=c.distill.train.label_smoothing)
     split = split or _student_split(ctx)
     train_cfg = train_cfg or c.distill.train
-    teacher_fn, cache_note = _teacher_source(ctx, teacher, objective, teacher_source, rows=split.rows,
-                                             train_cfg=train_cfg, seed=link.seed)
     train_xy, synthetic = synthetic_train.student_training(ctx, student_train_xy(ctx, split))
+    paired = _paired_split(ctx, objective, train_xy, split)
+    teacher_fn, cache_note = _teacher_source(ctx, teacher, objective, teacher_source, rows=split.rows,
+                                             train_cfg=train_cfg, seed=link.seed, paired=paired)
+    train_xy = paired or train_xy
     try:
         result = _fit(ctx, student, link.name, train_cfg, objective, teacher=teacher_fn, seed=link.seed,
                       train_xy=train_xy, data=ctx.student_data)
@@ -457,6 +460,15 @@ def _distil_link(ctx: RunContext, link: Link, student, teacher, teacher_source: 
         _save(ctx, out, student, link.arch, link.kwargs, {"link": link.name, "distill": config_dict(c.distill)},
               {**metrics, "stage_key": ctx.stage_key}, data=ctx.student_data)
     return accuracy, metrics
+
+
+def _paired_split(ctx: RunContext, objective: DistillObjective, train_xy, split: StudentSplit) -> PairedSplit | None:
+    """With its own view and data.augment crop/crop_flip, the student's training split paired with the teacher's
+    view of the same rows: one shift/flip per row for both (edgekd.data.paired), for the live teacher."""
+    if not (ctx.own_student_view and ctx.config.data.augment in PAIRED_AUGMENTS and objective.needs_teacher
+            and ctx.config.data.synthetic is None):
+        return None
+    return PairedSplit(train_xy, ctx.data.train.take(split.rows))
 
 
 def distil_subset(ctx: RunContext, arch: str, kwargs: dict, *, fraction: float, train_cfg, name: str,
@@ -548,7 +560,7 @@ def _init_student(ctx: RunContext, student: torch.nn.Module, teacher: torch.nn.M
 
 def _teacher_source(ctx: RunContext, teacher: torch.nn.Module, objective: DistillObjective,
                     files: list[str] = (TEACHER_CHECKPOINT,), rows: np.ndarray | None = None, train_cfg=None,
-                    seed: int = 0):
+                    seed: int = 0, paired: PairedSplit | None = None):
     """No teacher when every loss is teacher-free (ce, tfkd); cached teacher logits when
     inputs repeat exactly every epoch and every loss reads logits only; else the live
     teacher (its hooks record what feature losses read).
@@ -567,6 +579,9 @@ def _teacher_source(ctx: RunContext, teacher: torch.nn.Module, objective: Distil
     the live teacher, on exactly the tensor the student gets, unless distill.replay_views = K: then a
     ReplayTeacher (edgekd.distill.replay) whose file the trainer fills once with the logits of K seeded
     views per sample (`seed`: the training's, which seeds the views).
+
+    paired: the student's own view with data.augment crop/crop_flip (edgekd.data.paired): the live teacher
+    reads its view of the batch's rows, shifted and flipped as the student's.
     """
     teacher.eval()
     if not objective.needs_teacher:
@@ -591,7 +606,9 @@ def _teacher_source(ctx: RunContext, teacher: torch.nn.Module, objective: Distil
     teacher_train = ctx.data.train if own_view else None
 
     def live(idx, inputs):
-        if own_view:  # the student's batch is its own view: the teacher reads its view of the same rows
+        if paired is not None:  # the teacher's view of the same rows, in the same geometry
+            inputs = paired.teacher_view(idx).to(ctx.device)
+        elif own_view:  # the student's batch is its own view: the teacher reads its view of the same rows
             inputs = torch.from_numpy(teacher_train.stack(to_split(idx).cpu().numpy())).to(ctx.device)
         with torch.no_grad():
             return teacher(inputs).float()
@@ -604,7 +621,9 @@ def _teacher_source(ctx: RunContext, teacher: torch.nn.Module, objective: Distil
         why = ("off: distill.train.augment draws new views every step; the teacher runs live on the same "
                + ("mixed " if train_cfg.mixing else "") + "batch as the student")
     elif augment != "none":
-        why = f"off: augmentation {augment!r} changes inputs every epoch"
+        why = f"off: augmentation {augment!r} changes inputs every epoch" + (
+            "; the teacher reads its own view of each batch, shifted and flipped as the student's"
+            if paired is not None else "")
     else:  # caching every tapped map would cost N x (sum of C*H*W) floats: 1.9 GB for resnet18 on Fashion-MNIST
         kinds = sorted({k for k in objective.kinds if k in FEATURE_LOSS_KINDS})
         why = f"off: {', '.join(kinds)} read teacher internals every step (only logits are cached)"

@@ -53,7 +53,6 @@ def test_the_student_view_exists_only_when_its_input_differs():
 
 
 @pytest.mark.parametrize("sections, named, fix", [
-    ({"data": {"augment": "crop_flip"}}, "data.augment 'crop_flip'", "set data.augment: none"),
     ({"distill": {"train": {**TRAIN, "augment": {"mixup": 0.2}}}}, "distill.train.augment", "remove distill.train"),
     ({"distill": {"recipe": "function_matching"}}, "distill.train.augment", "remove distill.train.augment"),
     ({"distill": {"losses": [{"kind": "kd"}, {"kind": "fitnets"}]}}, "feature losses", "use logit losses"),
