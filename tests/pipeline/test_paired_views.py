@@ -122,13 +122,13 @@ def test_mixing_stays_refused_with_the_students_own_view():
 CROSS_AUGMENTED = """
 version: 1
 name: cross-augmented
-data: {kind: digits, input_size: 16, channels: 3, augment: crop_flip}
+data: {kind: digits, input_size: 16, channels: 3, augment: crop}
 teacher:
   model: test_resnet
   train: {epochs: 2, batch_size: 128, lr: 0.01, warmup_epochs: 0}
 student: {width: 0.5, depth: 1.0, input_size: 8, channels: 1}
 distill:
-  train: {epochs: 3, batch_size: 128, lr: 0.01, warmup_epochs: 0}
+  train: {epochs: 6, batch_size: 64, lr: 0.02, warmup_epochs: 0}
 quantize:
   max_int8_drop: 0.5
 targets: [host-cpu]
@@ -158,5 +158,5 @@ def test_compress_distils_with_paired_augmentation_and_a_live_teacher(tmp_path, 
     assert calls and set(calls) == {(3, 16, 16)}
     report = json.loads((run_dir / "report.json").read_text())
     rows = {a["name"]: a for a in report["artifacts"]}
-    assert rows["student-fp32"]["accuracy"] > 0.3  # learned from the teacher through another input (chance 0.1)
+    assert rows["student-fp32"]["accuracy"] > 0.5  # learned from the teacher through another input (chance 0.1; seen 0.72)
     assert "input teacher 3×16×16, student 1×8×8" in (run_dir / "report.md").read_text()
