@@ -782,7 +782,6 @@ def load_config(path: str | Path) -> CompressConfig:
         config = config.model_copy(update={"name": path.stem})
     config = _resolve_paths(config, path.resolve().parent)
     profiles = _check_targets(config)
-    _check_teacher_only_targets(config, profiles)
     _check_files_exist(config, profiles)
     _check_qat(config)
     _check_search(config, profiles)
@@ -858,15 +857,6 @@ def _check_files_exist(config: CompressConfig, targets: list) -> None:
                 f"{key} points to {str(path)!r}, which does not exist.",
                 "Fix the path (relative paths are read from the config file's folder).",
             )
-
-
-def _check_teacher_only_targets(config: CompressConfig, profiles: list) -> None:
-    """TensorRT's engine checks score accuracy on data/test.npz, which a run without real data has not got."""
-    trt = [p.name for p in profiles if p.runtime == "tensorrt"]
-    if not config.data.real_choices and trt:
-        raise ConfigError(f"data.kind: synthetic and data.use: report are not supported for TensorRT targets yet "
-                          f"({', '.join(trt)}): their INT8 gate and engine checks read real labelled images.",
-                          "Use ONNX Runtime targets, or give a real labelled set with data.use: all.")
 
 
 def _check_targets(config: CompressConfig) -> list:
