@@ -144,12 +144,13 @@ def test_a_jetson_target_without_real_data_gets_agreement_checked_files(tmp_path
     def jetson(d):
         d["targets"] = ["jetson-orin-nano"]
         d["quantize"] = {"enabled": False, "max_int8_drop": 1.0}  # the ONNX Runtime file is another test's
+        d["data"]["synthetic"].update(count=160, holdout=64)  # an INT8 device check needs 64 golden samples
 
     result = compress(_write(tmp_path, jetson), out=tmp_path / "run", ui=UI(quiet=True))
     run, trt = result.run_dir, result.records["tensorrt"]["result"]
 
     ptq = trt["variants"]["qdq"]
-    assert ptq["gate_measure"].startswith("agreement with the FP32 student on 32 held-out synthetic images")
+    assert ptq["gate_measure"].startswith("agreement with the FP32 student on 64 held-out synthetic images")
     assert ptq["scheme"]["types"] == "S8S8" and ptq["val_accuracy_onnxruntime"] >= 0.0
     from edgekd.onnxtools.trt_rules import check_qdq_for_tensorrt
 
@@ -173,6 +174,17 @@ def test_a_jetson_target_without_real_data_gets_agreement_checked_files(tmp_path
     assert len(benches) == 2 and all("--data" not in c for c in benches)
     report = json.loads((run / "report.json").read_text())
     assert all(row["accuracy"] is None for row in report["artifacts"])
+
+    # the Jetson bundle: golden inputs from the held-out synthetic images, no test split, files that verify
+    from edgekd.ship.bundle import build_bundle
+    from edgekd.ship.verify import verify_bundle
+    from edgekd.targets import load_target
+
+    bundle = build_bundle(run, load_target("jetson-orin-nano"), tmp_path / "bundle")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["test"] is None and not (bundle / "data").exists()
+    assert {m["file"] for m in manifest["models"]} >= {ptq["file"]}
+    assert all(m.top1_agreement >= 0.9 for m in verify_bundle(bundle).models)
 
 
 @pytest.mark.parametrize("edit, words", [
