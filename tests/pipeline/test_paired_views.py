@@ -102,14 +102,17 @@ def test_shift_and_flip_augmentation_is_allowed_with_the_students_own_view(augme
     assert parse(CompressConfig, _raw({"augment": augment}), "test").data.augment == augment
 
 
-def test_timm_picture_augmentation_stays_refused_with_the_fix(tmp_path):
+def test_timm_picture_erasing_stays_refused_with_the_fix(tmp_path):
+    """data.augment timm pairs one crop, flips and colour for both views (tests/pipeline/test_paired_timm_views.py);
+    its random erasing would draw a box per view."""
     (tmp_path / "images" / "a").mkdir(parents=True)
-    raw = _raw({"kind": "imagefolder", "path": str(tmp_path / "images"), "augment": "timm"})
+    raw = _raw({"kind": "imagefolder", "path": str(tmp_path / "images"), "augment": "timm",
+                "train_transform": {"re_prob": 0.25}})
     with pytest.raises(ConfigError) as err:
         parse(CompressConfig, raw, "test")
     text = str(err.value)
-    assert "gives the student its own view" in text and "data.augment 'timm'" in text
-    assert "use data.augment: crop or crop_flip" in text
+    assert "gives the student its own view" in text and "data.train_transform.re_prob" in text
+    assert "set data.train_transform.re_prob: 0" in text
 
 
 def test_erasing_stays_refused_with_the_students_own_view():
