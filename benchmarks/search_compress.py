@@ -99,7 +99,8 @@ def summarise(out: Path, wall_s: float) -> dict:
     report = json.loads((out / "report.json").read_text())
     section = report["search"]
     chosen = next(c for c in section["candidates"] if c["name"] == section["chosen"])
-    row = next(a for a in report["artifacts"] if a["name"] == f"student-{chosen['precision']}")
+    precision = f"student-{chosen['precision']}"  # an INT8 file's name carries its scheme: student-int8-x86
+    row = next(a for a in report["artifacts"] if a["name"] == precision or a["name"].startswith(precision + "-"))
     records = {s: json.loads((out / ".edgekd" / f"{s}.json").read_text()) for s in ("search", "choose", "student")}
     return {"budget_ms": section["budget_ms"], "limit_ms": section["limit_ms"], "chosen": section["chosen"],
             "chosen_candidate": chosen, "bench_p50_ms": row["latency_ms"]["p50"], "bench_accuracy": row["accuracy"],

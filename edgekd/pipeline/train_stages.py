@@ -122,7 +122,7 @@ def run_data(ctx: RunContext) -> dict:
     if searched:
         summary["searched_views"] = {}
         for size, view in searched.items():
-            summary["searched_views"][str(size)] = _write_searched_view(ctx, data, view, rows, calibrated)
+            summary["searched_views"][str(size)] = _write_searched_view(ctx, data, size, view, rows, calibrated)
             outputs += _searched_files(size, calibrated)
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     splits = summary["splits"]
@@ -153,9 +153,9 @@ def _searched_files(size: int, calibrated: bool) -> list[str]:
     return [f"{folder}/val.npz", f"{folder}/test.npz"] + ([f"{folder}/calib.npz"] if calibrated else [])
 
 
-def _write_searched_view(ctx: RunContext, data, view, rows: dict, calibrated: bool) -> dict:
+def _write_searched_view(ctx: RunContext, data, size: int, view, rows: dict, calibrated: bool) -> dict:
     """One searched input size's files, row for row the same samples as the teacher's; its summary entry."""
-    folder = searched_view_dir(view.preprocess.input_size)
+    folder = searched_view_dir(size)
     if view is not data:
         view.check(ctx.ui)
         check_same_samples(data, view)
