@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -27,22 +28,34 @@ def timed_compress(out: Path, force: bool) -> float:
     return time.perf_counter() - started
 
 
+def artifact_table(report_md: str) -> str:
+    """The report's artifact table: the paragraph that starts with its header row (the paragraphs before it,
+    target and gate lines, grow as the report learns to say more)."""
+    for block in report_md.split("\n\n"):
+        if block.startswith("| artifact"):
+            return block
+    raise SystemExit("report.md has no artifact table (a line starting '| artifact'): has its layout changed?")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench-digits")
     parser.add_argument("--result", type=Path, default=REPO / "benchmarks" / "results" / "digits_default.md")
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     first = timed_compress(args.out, force=True)
     second = timed_compress(args.out, force=False)
     report = json.loads((args.out / "report.json").read_text())
     rows = {a["name"]: a for a in report["artifacts"]}
     int8, teacher = rows["student-int8-x86"], rows["teacher-fp32"]
     machine = report["machine"]
-    table = (args.out / "report.md").read_text().split("\n\n")[1]  # the artifact table
+    table = artifact_table((args.out / "report.md").read_text())
     args.result.write_text(
         "# Built-in default (`edgekd compress examples/digits.yaml`)\n\n"
         f"Reproduce: `python benchmarks/digits_default.py`. Machine: {machine.get('cpu')}, {machine.get('cores')} cores, "
-        f"{machine.get('os')}; edgekd {report['edgekd_version']}, {report['created']}.\n\n"
+        f"{machine.get('os')}; edgekd {report['edgekd_version']}, {report['created']}; 1-minute load average "
+        f"{load_before:.2f} before the first run, {os.getloadavg()[0]:.2f} after the second (other jobs skew "
+        "wall time and latency).\n\n"
         f"- First run, from scratch: **{first:.0f} s** wall (goal: about 3 minutes on a 2-core CPU).\n"
         f"- Second run, unchanged config: **{second:.1f} s** wall, every stage reused.\n"
         f"- INT8 student vs FP32 teacher (ONNX Runtime): p50 {int8['latency_ms']['p50']:.3f} ms vs "

@@ -683,22 +683,39 @@ class CompressConfig(Strict):
     @model_validator(mode="after")
     def _student_view_fits_the_run(self) -> "CompressConfig":
         """A student with its own input (student.input_size / channels): the teacher's outputs come from the
-        teacher's view of the same sample, by index; data.augment crop/crop_flip draws one shift and flip per row
-        for both views (edgekd.data.paired). What else would need both models to see one random draw (a paired
-        picture crop, mixed batches) or one input tensor is not built for two views yet: refused with the fix."""
+        teacher's view of the same sample, by index; data.augment crop/crop_flip and distill.train.augment's
+        pad_crop/flips draw one shift and flip per row for both views (edgekd.data.paired), its mixup/cutmix one
+        batch-mode draw for both (edgekd.data.mixing). What else would need both models to see one random draw
+        (a paired picture crop, erasing, per-row mixing) or one input tensor is not built for two views yet:
+        refused with the fix."""
         if student_data_config(self) is None:
             return self
         s, d = self.student, self.distill
+        mix_mode = d.train.augment.mixup_mode if d.train.mixing else "batch"
+        timm = self.data.augment == "timm"
+        view = student_data_config(self)
+        views = [(self.data.input_size, self.data.channels), (view.input_size, view.channels)]
+        larger = max(views)  # (input size, channels): the view timm crops at
         given = ", ".join(f"student.{k} {getattr(s, k)}" for k in ("input_size", "channels")
                           if getattr(s, k) is not None)
         fix = "or remove " + " and ".join(f"student.{k}" for k in ("input_size", "channels")
                                           if getattr(s, k) is not None) + " (the student sees the teacher's input)"
         clashes = [
-            # crop / crop_flip: one shift and flip per row for both views (edgekd.data.paired)
-            (self.data.augment == "timm", "data.augment 'timm' draws random views that would have to be one crop "
-             "for both models", "use data.augment: crop or crop_flip (one shift/flip for both views) or none"),
-            (d.train.augment is not None, "distill.train.augment (or recipe function_matching) mixes or crops the "
-             "student's batch, which the teacher would have to see at its own size", "remove distill.train.augment"),
+            # crop / crop_flip: one shift and flip per row for both views (edgekd.data.paired); timm: one crop,
+            # flips and colour per sample at the larger view, resized per model (transforms.PairedTrainTransform)
+            (timm and self.data.kind == "webdataset", "data.augment 'timm' makes both views from one decoded "
+             "picture, which webdataset shards do not hand out by index yet", "use data.kind: imagefolder, or "
+             "data.augment: crop or crop_flip"),
+            (timm and self.data.train_transform.re_prob > 0, "data.train_transform.re_prob (random erasing) "
+             "would draw its box for each view apart", "set data.train_transform.re_prob: 0"),
+            (timm and larger[1] < max(channels for _, channels in views), "data.augment 'timm' "
+             "crops both views from the larger one, which has fewer channels", "give the larger view 3 channels"),
+            # train.augment: pad_crop/flips drawn once per row for both views, mixup/cutmix one batch-mode draw
+            # for both (edgekd.data.paired, edgekd.data.mixing); what draws per view or per row stays refused
+            (d.train.augment is not None and d.train.augment.re_prob > 0, "distill.train.augment.re_prob (random "
+             "erasing) would draw its box for each view apart", "set distill.train.augment.re_prob: 0"),
+            (mix_mode != "batch", f"distill.train.augment.mixup_mode {mix_mode!r} draws per row, which is paired "
+             "for both views in batch mode only", "use mixup_mode: batch"),
             (bool(d.replay_views), "distill.replay_views stores the teacher's logits of augmented views",
              "set distill.replay_views: 0"),
             (any(loss.kind in FEATURE_LOSS_KINDS for loss in d.losses), "feature losses (fitnets, at, rkd) compare "
@@ -786,7 +803,6 @@ def load_config(path: str | Path) -> CompressConfig:
         config = config.model_copy(update={"name": path.stem})
     config = _resolve_paths(config, path.resolve().parent)
     profiles = _check_targets(config)
-    _check_teacher_only_targets(config, profiles)
     _check_files_exist(config, profiles)
     _check_qat(config)
     _check_search(config, profiles)
@@ -862,15 +878,6 @@ def _check_files_exist(config: CompressConfig, targets: list) -> None:
                 f"{key} points to {str(path)!r}, which does not exist.",
                 "Fix the path (relative paths are read from the config file's folder).",
             )
-
-
-def _check_teacher_only_targets(config: CompressConfig, profiles: list) -> None:
-    """TensorRT's engine checks score accuracy on data/test.npz, which a run without real data has not got."""
-    trt = [p.name for p in profiles if p.runtime == "tensorrt"]
-    if not config.data.real_choices and trt:
-        raise ConfigError(f"data.kind: synthetic and data.use: report are not supported for TensorRT targets yet "
-                          f"({', '.join(trt)}): their INT8 gate and engine checks read real labelled images.",
-                          "Use ONNX Runtime targets, or give a real labelled set with data.use: all.")
 
 
 def _check_targets(config: CompressConfig) -> list:

@@ -110,10 +110,23 @@ class EvalTransform:
         self.std = np.asarray(pre.std, dtype=np.float32).reshape(-1, 1, 1)
 
     def __call__(self, img):
+        img = resize_short_side(img, self.pre)
+        return self._tensor(img.crop(centre_box(*img.size, self.pre.input_size)))
+
+    def from_crop(self, img):
+        """An augmented crop (PIL, any size and mode) as this model's input: its channels, its input size, its
+        normalisation (PairedTrainTransform)."""
+        from PIL import Image
+
+        img = img.convert("L" if self.pre.channels == 1 else "RGB")
+        side = self.pre.input_size
+        if img.size != (side, side):
+            img = img.resize((side, side), getattr(Image, _PIL_FILTERS.get(self.pre.interpolation, "BILINEAR")))
+        return self._tensor(img)
+
+    def _tensor(self, img):
         import torch
 
-        img = resize_short_side(img, self.pre)
-        img = img.crop(centre_box(*img.size, self.pre.input_size))
         arr = np.asarray(img, dtype=np.float32) / self.pre.pixel_max
         arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
         return torch.from_numpy(((arr - self.mean) / self.std).astype(np.float32))
@@ -123,16 +136,46 @@ def eval_transform(pre: Preprocess) -> EvalTransform:
     return EvalTransform(pre)
 
 
-def train_transform(cfg: ImageAugmentConfig, pre: Preprocess):
+def train_transform(cfg: ImageAugmentConfig, pre: Preprocess, *, separate: bool = False):
     """timm's training transform (RandomResizedCrop, flips, colour jitter or an auto-augment policy,
-    ToTensor, Normalize, RandomErasing) for PIL images."""
+    ToTensor, Normalize, RandomErasing) for PIL images; `separate`: timm's three parts (geometry,
+    colour, to-tensor) as (primary, secondary, final)."""
     from timm.data import create_transform
 
     return create_transform(
         pre.input_size, is_training=True, scale=cfg.scale, ratio=cfg.ratio, hflip=cfg.hflip, vflip=cfg.vflip,
         color_jitter=cfg.color_jitter, auto_augment=cfg.auto_augment,
         interpolation=cfg.interpolation or pre.interpolation, mean=tuple(pre.mean), std=tuple(pre.std),
-        re_prob=cfg.re_prob, re_mode=cfg.re_mode, re_count=cfg.re_count)
+        re_prob=cfg.re_prob, re_mode=cfg.re_mode, re_count=cfg.re_count, separate=separate)
+
+
+class PairedTrainTransform:
+    """timm's training transform generalised to two views of one picture (a student of its own input size or
+    channels, issue #16 item 3): PIL sample -> (student tensor, teacher tensor).
+
+    ONE draw of timm's picture ops (RandomResizedCrop box, flips, then colour jitter or the auto-augment
+    policy: `train_transform(separate=True)`'s primary and secondary parts) runs at the larger view's size and
+    channels ("master"); each model's view is that augmented crop converted to its channels (PIL: RGB -> L by
+    ITU-R 601 luma), resized to its input size and normalised as its eval transform does. So both see the same
+    region, flips and colours; the master's view is exactly timm's transform of the picture (same seed),
+    without RandomErasing, which would draw a box per view and is refused by config (as re_prob > 0)."""
+
+    deterministic = False
+
+    def __init__(self, cfg: ImageAugmentConfig, teacher: Preprocess, student: Preprocess):
+        from torchvision import transforms
+
+        self.master = max((teacher, student), key=lambda pre: (pre.input_size, pre.channels))
+        if self.master.channels < max(teacher.channels, student.channels):
+            raise ConfigError("data.augment 'timm' with two views crops at the larger view, which needs the most "
+                              "channels too.", "Give the larger view (teacher or student) 3 channels.")
+        primary, secondary, _final = train_transform(cfg, self.master, separate=True)
+        self.picture = transforms.Compose([primary, secondary])
+        self.student, self.teacher = EvalTransform(student), EvalTransform(teacher)
+
+    def __call__(self, img):
+        img = self.picture(img.convert("L" if self.master.channels == 1 else "RGB"))
+        return self.student.from_crop(img), self.teacher.from_crop(img)
 
 
 class ArrayEvalTransform:

@@ -23,6 +23,9 @@ function and the model receive. A teacher function with `views` = K (edgekd.dist
 ReplayTeacher) replays stored logits of K fixed views: the trainer fills its cache once, from the
 very batches training makes, before the first epoch, and shows epoch e the views of e mod K (with
 mixup/cutmix the whole epoch, order and mixing included, of e mod K, so the mixed rows repeat).
+A PairedSplit (edgekd.data.paired: a student of its own input) carries the teacher's view of every
+batch's rows: the trainer hands that tensor to the teacher function, with train.augment's geometry
+drawn once per row for both views and mixup/cutmix mixing both with one draw.
 `train.ema` keeps a weight average (edgekd.distill.ema), scored every epoch
 next to the model; the better of the two can become the best weights (TrainResult.best_weights).
 
@@ -45,6 +48,7 @@ from typing import Callable
 import torch
 
 from edgekd.config import TrainConfig
+from edgekd.data.paired import PairedSplit
 from edgekd.data.splitset import TensorSplit, augment_batch, eval_batch_size  # noqa: F401 (augment_batch: schemes)
 from edgekd.distill.distributed import Dist
 from edgekd.distill.ema import WeightAverage, make_average
@@ -116,17 +120,22 @@ def train(
     split = as_split(train_xy)
     views = make_views(cfg, split, model, seed)
     replay_views = getattr(teacher, "views", None)  # a ReplayTeacher: epoch e shows view e mod K
-    # train.augment's views follow the split's own transform (timm's included) and replace crop/crop_flip
+    # train.augment's views follow the split's own transform (timm's included) and replace crop/crop_flip;
+    # two views of each row (PairedSplit) get its geometry drawn once per row for both, not per sample
+    paired = isinstance(split, PairedSplit)
+    per_view = {"geometry": views.geometry} if paired and views is not None else {}
     batches = split.batches(cfg.batch_size, shuffle=True, seed=seed,
                             augment=augment if cfg.augment is None or augment == "timm" else "none",
                             rank=dist.rank, world_size=dist.world_size,
-                            transform=views.sample if views is not None else None, views=replay_views)
+                            transform=views.sample if views is not None and not paired else None,
+                            views=replay_views, **per_view)
     val_batches = eval_batches(as_split(val_xy), dist)
     optimizer = _optimizer([model] + ([objective] if objective is not None else []), cfg)
     steps_per_epoch = math.ceil(len(batches) / cfg.batch_size)
     loop = _Loop(model, dist.wrap(model), loss_fn, optimizer, _scheduler(optimizer, cfg, steps_per_epoch), cfg,
                  Amp(cfg.amp, device), teacher, device, memory_format, batches, val_batches, dist,
-                 views=views, average=make_average(model, cfg), step_progress=step_progress)
+                 views=views, average=make_average(model, cfg), step_progress=step_progress,
+                 paired=split if paired else None)
     # another world size shards and schedules differently: resume only the same one
     key = key if not dist.enabled else f"{key}+world{dist.world_size}"
     state = _resume(work_dir / "last.pt", key, loop)
@@ -226,6 +235,7 @@ class _Loop:
     views: BatchViews | None = None  # train.augment: per-sample views, mixup/cutmix (edgekd.distill.views)
     average: WeightAverage | None = None  # train.ema
     step_progress: Callable | None = None  # (epoch, images) -> context manager yielding advance(n)
+    paired: PairedSplit | None = None  # the split, when it carries the teacher's view of each batch
 
     def data_epoch(self, epoch: int) -> int:
         """The epoch whose batches epoch `epoch` shows: itself, or with a replay cache of K views and
@@ -279,11 +289,11 @@ def _one_epoch(loop: _Loop, epoch: int) -> float:
     shown = loop.step_progress(epoch, len(loop.batches)) if loop.step_progress else contextlib.nullcontext()
     with shown as advance:
         # the same permutation on every rank, each its stride (edgekd.data.splitset)
-        for step, idx, inputs, labels in _steps(loop, loop.data_epoch(epoch)):
+        for step, idx, inputs, labels, teacher_inputs in _steps(loop, loop.data_epoch(epoch)):
             if set_progress is not None:
                 set_progress((epoch * steps_per_epoch + step) / max(1, loop.cfg.epochs * steps_per_epoch))
             with loop.amp.autocast():
-                teacher_logits = loop.teacher(idx, inputs) if loop.teacher is not None else None
+                teacher_logits = loop.teacher(idx, teacher_inputs) if loop.teacher is not None else None
                 loss = loop.loss_fn(loop.net(inputs), teacher_logits, labels)
             loop.optimizer.zero_grad(set_to_none=True)
             loop.amp.step(loss, loop.optimizer, loop.cfg.grad_clip)
@@ -299,33 +309,43 @@ def _one_epoch(loop: _Loop, epoch: int) -> float:
 
 
 def _steps(loop: _Loop, data_epoch: int):
-    """(step, idx, inputs, labels) of `data_epoch` as the training step uses them: on the device, mixed
-    with mixup/cutmix (labels then (B, classes) soft targets)."""
+    """(step, idx, inputs, labels, teacher inputs) of `data_epoch` as the training step uses them: on the
+    device, mixed with mixup/cutmix (labels then (B, classes) soft targets). The teacher's inputs are the
+    student's tensor itself, or with a PairedSplit the teacher's view of the same rows, mixed alike."""
     for step, (idx, inputs, labels) in enumerate(loop.batches.epoch(data_epoch)):
+        partner = loop.paired.teacher_view(idx) if loop.paired is not None else None  # before rows are dropped
         if loop.views is not None:
-            idx, inputs, labels = loop.views.usable(idx, inputs, labels)
+            keep = len(loop.views.usable(idx, inputs, labels)[0])
+            idx, inputs, labels = idx[:keep], inputs[:keep], labels[:keep]
+            partner = partner[:keep] if partner is not None else None
             if not len(idx):
                 continue
-        inputs, labels = _batch(loop, inputs, labels, data_epoch, step)
-        yield step, idx, inputs, labels
+        inputs, labels, partner = _batch(loop, inputs, labels, data_epoch, step, partner)
+        yield step, idx, inputs, labels, inputs if partner is None else partner
 
 
 def _teacher_inputs(loop: _Loop, view: int):
-    """(idx, inputs) of every step of data epoch `view`: what a replay cache stores the teacher's logits of."""
-    for _, idx, inputs, _ in _steps(loop, view):
-        yield idx, inputs
+    """(idx, teacher inputs) of every step of data epoch `view`: what a replay cache stores the teacher's logits of."""
+    for _, idx, _, _, teacher_inputs in _steps(loop, view):
+        yield idx, teacher_inputs
 
 
-def _batch(loop: _Loop, inputs, labels, epoch: int, step: int):
-    """The step's (inputs, labels) on the device. With train.augment the inputs are already views (drawn
-    in the loader's workers); mixup/cutmix mixes them here, seeded per (seed, epoch, step), into one
-    tensor (teacher and student both get it) and (B, classes) soft labels."""
+def _batch(loop: _Loop, inputs, labels, epoch: int, step: int, partner=None):
+    """The step's (inputs, labels, partner) on the device. With train.augment the inputs are already views
+    (drawn in the loader's workers, or per row for both views of a PairedSplit); mixup/cutmix mixes them
+    here, seeded per (seed, epoch, step), into one tensor (teacher and student both get it) and (B, classes)
+    soft labels; `partner`, the teacher's view of the same rows, is mixed with the same draw."""
     inputs = inputs.to(loop.device, non_blocking=True).contiguous(memory_format=loop.memory_format)
     labels = labels.to(loop.device, non_blocking=True)
-    if loop.views is not None:
+    if partner is not None:
+        partner = partner.to(loop.device, non_blocking=True)
+    if loop.views is not None and partner is None:
         inputs, labels = loop.views.mix(inputs, labels, epoch, step)
+    elif loop.views is not None:
+        inputs, labels, partner = loop.views.mix_views(inputs, labels, partner, epoch, step)
+    if loop.views is not None:
         inputs = inputs.contiguous(memory_format=loop.memory_format)
-    return inputs, labels
+    return inputs, labels, partner
 
 
 def _check_objective_under_ddp(objective: torch.nn.Module, dist: Dist) -> None:

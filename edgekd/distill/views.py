@@ -10,6 +10,11 @@ batch on the training device (one batched op, seeded from (seed, epoch, step)): 
 the trainer hands to the teacher and to the student alike (function matching), with soft
 (N, classes) targets for the label-reading losses.
 
+With a student of its own input (a PairedSplit, edgekd.data.paired) the per-sample transform is not
+used: its geometry (pad_crop, hflip, vflip) is drawn once per row for both views (`geometry`), and
+mixup/cutmix mixes the teacher's view with the same draw (`mix_views`); random erasing, which would
+draw a box per view, is refused by config there.
+
 The tensors here are already normalised by the data layer, so the transform normalises with
 mean 0 / std 1 (a no-op); erasing with `re_mode: const` writes 0, the mean colour, as timm does
 on normalised tensors.
@@ -23,6 +28,7 @@ import torch
 
 from edgekd.data import Preprocess
 from edgekd.data.mixing import make_mixup, mix_batch
+from edgekd.data.paired import Geometry
 from edgekd.data.transforms import IMAGE_ONLY_KEYS, TrainTransformConfig, array_train_transform
 from edgekd.errors import ModelError
 
@@ -36,6 +42,8 @@ class BatchViews:
             TrainTransformConfig(**cfg.model_dump(exclude=set(IMAGE_ONLY_KEYS))), identity))
         self.mixup = make_mixup(cfg, num_classes)  # label smoothing stays with the loss
         self.seed = seed
+        # the per-row geometry of the sample transform, drawn once for two views of a row (edgekd.data.paired)
+        self.geometry = Geometry(cfg.pad_crop, hflip=cfg.hflip, vflip=cfg.vflip)
 
     @property
     def mixing(self) -> bool:
@@ -56,6 +64,14 @@ class BatchViews:
             return inputs, labels
         batch = mix_batch(self.mixup, inputs, labels, seed=self.seed, epoch=epoch, step=step)
         return batch.inputs, batch.targets
+
+    def mix_views(self, inputs: torch.Tensor, labels: torch.Tensor, partner: torch.Tensor, epoch: int, step: int):
+        """`mix` with the teacher's view of the same rows (`partner`) mixed by the same draw:
+        (inputs, labels, partner); unchanged without mixing."""
+        if not self.mixing:
+            return inputs, labels, partner
+        batch = mix_batch(self.mixup, inputs, labels, seed=self.seed, epoch=epoch, step=step, partner=partner)
+        return batch.inputs, batch.targets, batch.partner
 
 
 class SampleView:

@@ -167,7 +167,7 @@ def run_quantize(ctx: RunContext) -> dict:
     artifacts = [Artifact(f["artifact"], "student", "onnxruntime", "int8", f["file"], tuple(f["targets"])).to_dict()
                  for f in made]
     return {"outputs": [name for f in made for name in (f["file"], f["file"] + ".json")],
-            "reference_val_accuracy": reference, **_gate_measure(ctx, len(val_y)), "files": files,
+            "reference_val_accuracy": reference, **gate_measure(ctx, len(val_y)), "files": files,
             "artifacts": artifacts,
             "failures": [f.pop("failure") for f in files if "failure" in f],
             "summary": "; ".join(_file_summary(f, reference) for f in files)}
@@ -176,7 +176,7 @@ def run_quantize(ctx: RunContext) -> dict:
 AGREEMENT_GATE = "agreement with the FP32 student"
 
 
-def _gate_measure(ctx: RunContext, samples: int) -> dict:
+def gate_measure(ctx: RunContext, samples: int) -> dict:
     """What the INT8 gate's scores are: val accuracy, or without real labels (data.kind: synthetic) top-1
     agreement with the FP32 student's own outputs on the held-out synthetic images (its reference is 1)."""
     if ctx.config.data.real_choices:

@@ -39,7 +39,9 @@ def _reads(ctx: RunContext) -> list[str]:
     # targets: which builds, and the Jetson profiles' INT8 bound; the PTQ INT8 file follows the user's
     # quantize settings (samples arrive as data/calib.npz). Its types are TensorRT's, never this host's,
     # so no host fact decides it.
-    return ["targets", "student.quantization", "quantize.method", "quantize.max_int8_drop", "quantize.fallbacks"]
+    keys = ["targets", "student.quantization", "quantize.method", "quantize.max_int8_drop", "quantize.fallbacks"]
+    agreement_gate = tensorrt_targets(ctx) and not ctx.config.data.real_choices  # INT8 gated on agreement
+    return keys + (["data.kind", "data.use"] if agreement_gate else [])
 
 
 def _outputs(ctx: RunContext) -> list[str]:
@@ -63,8 +65,8 @@ def run_tensorrt(ctx: RunContext) -> dict:
             except GateError as exc:  # no such file: its builds are left out, the run still reports
                 made[plan.onnx_variant] = {"failed": exc.message, "attempts": exc.details or [], "files": []}
                 failures.append(failure(f"TensorRT {plan.onnx_variant} file", exc))
-    rows = [_build_row(target, precision, plan, made[plan.onnx_variant]) for target, precision, plan in builds
-            if "failed" not in made[plan.onnx_variant]]
+    rows = [_build_row(target, precision, plan, made[plan.onnx_variant], ctx.has_test)
+            for target, precision, plan in builds if "failed" not in made[plan.onnx_variant]]
     # files other stages wrote (the FP32 export, the QAT export) are inputs here, not outputs
     outputs = sorted({f for v in made.values() for f in v["files"]} - set(_upstream_files(ctx)))
     return {"outputs": outputs, "builds": rows, "variants": made, "artifacts": _artifacts(rows), "failures": failures,
@@ -97,9 +99,24 @@ def _fp16_variant(ctx: RunContext) -> dict:
 
     out = ctx.run_dir / VARIANT_FILES["fp16"]
     _, stats = convert(ctx.run_dir / "student.onnx", out)
-    test_x, test_y = ctx.test_arrays()  # a reported accuracy: on the test split
-    acc = accuracy(predict(make_session(out), test_x), test_y)
-    return {"file": out.name, "files": [out.name], "conversion": stats, "accuracy_onnxruntime": acc}
+    return {"file": out.name, "files": [out.name], "conversion": stats, **_onnxruntime_check(ctx, out)}
+
+
+def _onnxruntime_check(ctx: RunContext, path) -> dict:
+    """What ONNX Runtime says of a TensorRT-bound file before it leaves: its accuracy on the real test split;
+    without one (data.kind: synthetic) its top-1 agreement with the FP32 student on the held-out synthetic
+    images, and no accuracy claimed."""
+    from edgekd.pipeline.deploy_stages import AGREEMENT_GATE
+    from edgekd.runtime.ort import accuracy, make_session, predict
+
+    if ctx.has_test:
+        test_x, test_y = ctx.test_arrays()  # a reported accuracy: on the test split
+        return {"accuracy_onnxruntime": accuracy(predict(make_session(path), test_x), test_y)}
+    val_x, _ = ctx.val_arrays()
+    fp32 = predict(make_session(ctx.run_dir / "student.onnx"), val_x).argmax(1)
+    return {"accuracy_onnxruntime": None, "accuracy_unmeasured": "no real labelled data",
+            "agreement_onnxruntime": accuracy(predict(make_session(path), val_x), fp32),
+            "agreement_measure": f"{AGREEMENT_GATE} on {len(fp32)} held-out synthetic images"}
 
 
 def _upstream_files(ctx: RunContext) -> list[str]:
@@ -116,13 +133,10 @@ def _qdq_variant(ctx: RunContext) -> dict:
 
 def _qat_variant(ctx: RunContext) -> dict:
     """student.qat.onnx already is TensorRT's form (checked when exported); checked again, as every QDQ file here."""
-    from edgekd.runtime.ort import accuracy, make_session, predict
-
     path = ctx.run_dir / "student.qat.onnx"
     _check_trt_rules(path, remove=False)
-    test_x, test_y = ctx.test_arrays()  # a reported accuracy: on the test split
     return {"file": path.name, "files": [path.name, path.name + ".json"], "source": "quantization-aware training",
-            "accuracy_onnxruntime": accuracy(predict(make_session(path), test_x), test_y)}
+            **_onnxruntime_check(ctx, path)}
 
 
 def _check_trt_rules(path, remove: bool) -> None:
@@ -142,7 +156,7 @@ def _ptq_variant(ctx: RunContext) -> dict:
     `quantize.max_int8_drop`, else the strictest `budgets.max_int8_drop` of the Jetson targets that build INT8."""
     from dataclasses import asdict
 
-    from edgekd.pipeline.deploy_stages import calib_source, max_int8_drop
+    from edgekd.pipeline.deploy_stages import calib_source, gate_measure, max_int8_drop
     from edgekd.quantize.gate import quantize_with_gate
     from edgekd.quantize.schemes import choose_scheme
     from edgekd.runtime.ort import accuracy, make_session, predict
@@ -150,7 +164,10 @@ def _ptq_variant(ctx: RunContext) -> dict:
     q = ctx.config.quantize
     out = ctx.run_dir / VARIANT_FILES["qdq"]
     val_x, val_y = ctx.val_arrays()
-    reference = accuracy(predict(make_session(ctx.run_dir / "student.onnx"), val_x), val_y)
+    fp32 = predict(make_session(ctx.run_dir / "student.onnx"), val_x)
+    if not ctx.config.data.real_choices:  # no real labels: INT8 must agree with the FP32 student (as run_quantize)
+        val_y = fp32.argmax(1)
+    reference = accuracy(fp32, val_y)
     bound = max_int8_drop(ctx, int8_targets(ctx))
     gate = quantize_with_gate(ctx.run_dir / "student.onnx", out, calib_source(ctx), val_x, val_y,
                               reference_accuracy=reference, max_accuracy_drop=bound, method=q.method,
@@ -158,14 +175,16 @@ def _ptq_variant(ctx: RunContext) -> dict:
                               scheme=choose_scheme("tensorrt", "aarch64"), ui=ctx.ui)
     _check_trt_rules(out, remove=True)
     return {"file": out.name, "files": [out.name, out.name + ".json"], "source": "post-training quantization",
-            "val_accuracy_onnxruntime": gate.chosen.accuracy, "max_int8_drop": bound, "scheme": gate.scheme,
+            "val_accuracy_onnxruntime": gate.chosen.accuracy, **gate_measure(ctx, len(val_y)),
+            "max_int8_drop": bound, "scheme": gate.scheme,
             "attempts": [asdict(a) for a in gate.attempts]}
 
 
-def _build_row(target, precision: str, plan, variant: dict) -> dict:
+def _build_row(target, precision: str, plan, variant: dict, scored: bool) -> dict:
     engine = f"student.{target.name}.{precision}.engine"
     build = f"edgekd build {variant['file']} --target {target.name} --precision {precision} --out {engine}"
-    bench = f"edgekd bench {engine} --target {target.name} --data {TEST_FILE}"
+    # without a real test split (data.kind: synthetic) no test.npz ships: latency and memory only
+    bench = f"edgekd bench {engine} --target {target.name}" + (f" --data {TEST_FILE}" if scored else "")
     return {"target": target.name, "tensorrt": plan.tensorrt, "jetpack": target.tensorrt.jetpack,
             "precision": precision, "onnx": variant["file"], "plan": plan.as_dict(), "engine": engine,
             "commands": [build, bench]}

@@ -15,6 +15,7 @@ from edgekd.config import (FEATURE_LOSS_KINDS, DistillConfig, StudentConfig, Tea
 from edgekd.data import StudentSplit, stratified_subsample, student_split
 from edgekd.data.calib import load_manifest, select
 from edgekd.data.paired import PAIRED_AUGMENTS, PairedSplit
+from edgekd.data.transforms import PairedTrainTransform
 from edgekd.distill.losses import DistillObjective, build_objective, cross_entropy
 from edgekd.distill.replay import ReplayTeacher
 from edgekd.distill.schemes import EnsembleTeacher, Link, chain_summary, plan_chain, run_chain, train_peers
@@ -477,7 +478,7 @@ def _distil_link(ctx: RunContext, link: Link, student, teacher, teacher_source: 
     split = split or _student_split(ctx)
     train_cfg = train_cfg or c.distill.train
     train_xy, synthetic = synthetic_train.student_training(ctx, student_train_xy(ctx, split))
-    paired = _paired_split(ctx, objective, train_xy, split)
+    paired = _paired_split(ctx, objective, train_xy, split, train_cfg)
     teacher_fn, cache_note = _teacher_source(ctx, teacher, objective, teacher_source, rows=split.rows,
                                              train_cfg=train_cfg, seed=link.seed, paired=paired)
     train_xy = paired or train_xy
@@ -503,13 +504,26 @@ def _distil_link(ctx: RunContext, link: Link, student, teacher, teacher_source: 
     return accuracy, metrics
 
 
-def _paired_split(ctx: RunContext, objective: DistillObjective, train_xy, split: StudentSplit) -> PairedSplit | None:
-    """With its own view and data.augment crop/crop_flip, the student's training split paired with the teacher's
-    view of the same rows: one shift/flip per row for both (edgekd.data.paired), for the live teacher."""
-    if not (ctx.own_student_view and ctx.config.data.augment in PAIRED_AUGMENTS and objective.needs_teacher
-            and ctx.config.data.synthetic is None):
+def _paired_split(ctx: RunContext, objective: DistillObjective, train_xy, split: StudentSplit,
+                  train_cfg) -> PairedSplit | None:
+    """With its own view and inputs that change every step (data.augment crop/crop_flip/timm, train.augment),
+    the student's training split paired with the teacher's view of the same rows: one shift/flip per row for
+    both (edgekd.data.paired), mixed alike (edgekd.data.mixing), which the trainer hands the live teacher."""
+    augment = ctx.config.data.augment
+    changing = augment in PAIRED_AUGMENTS or augment == "timm" or train_cfg.augment is not None
+    if not (ctx.own_student_view and changing and objective.needs_teacher and ctx.config.data.synthetic is None):
         return None
-    return PairedSplit(train_xy, ctx.data.train.take(split.rows))
+    return PairedSplit(train_xy, ctx.data.train.take(split.rows),
+                       pictures=_paired_pictures(ctx) if augment == "timm" else None)
+
+
+def _paired_pictures(ctx: RunContext) -> tuple:
+    """data.augment timm with two views: the source of the larger view (its pictures at its resolution and
+    channels) and the transform making both views of one timm crop (edgekd.data.transforms)."""
+    teacher, student = ctx.data.preprocess, ctx.student_data.preprocess
+    transform = PairedTrainTransform(ctx.config.data.train_transform, teacher, student)
+    master = ctx.data if transform.master is teacher else ctx.student_data
+    return master.train.dataset.source, transform
 
 
 def distil_subset(ctx: RunContext, arch: str, kwargs: dict, *, fraction: float, train_cfg, name: str,
@@ -621,8 +635,9 @@ def _teacher_source(ctx: RunContext, teacher: torch.nn.Module, objective: Distil
     ReplayTeacher (edgekd.distill.replay) whose file the trainer fills once with the logits of K seeded
     views per sample (`seed`: the training's, which seeds the views).
 
-    paired: the student's own view with data.augment crop/crop_flip (edgekd.data.paired): the live teacher
-    reads its view of the batch's rows, shifted and flipped as the student's.
+    paired: the student's own view with data.augment crop/crop_flip or train.augment (edgekd.data.paired):
+    the trainer hands the live teacher its view of the batch's rows, shifted, flipped and mixed as the
+    student's.
     """
     teacher.eval()
     if not objective.needs_teacher:
@@ -647,9 +662,9 @@ def _teacher_source(ctx: RunContext, teacher: torch.nn.Module, objective: Distil
     teacher_train = ctx.data.train if own_view else None
 
     def live(idx, inputs):
-        if paired is not None:  # the teacher's view of the same rows, in the same geometry
-            inputs = paired.teacher_view(idx).to(ctx.device)
-        elif own_view:  # the student's batch is its own view: the teacher reads its view of the same rows
+        # paired: `inputs` is already the teacher's view of the rows, same geometry and mixing (the trainer's);
+        # else with its own view the student's batch is the student's: the teacher reads its view of the rows
+        if own_view and paired is None:
             inputs = torch.from_numpy(teacher_train.stack(to_split(idx).cpu().numpy())).to(ctx.device)
         with torch.no_grad():
             return teacher(inputs).float()
@@ -660,11 +675,14 @@ def _teacher_source(ctx: RunContext, teacher: torch.nn.Module, objective: Distil
         why = "off: synthetic transfer images (data.synthetic) are not in the cached training split"
     elif fresh_views:
         why = ("off: distill.train.augment draws new views every step; the teacher runs live on the same "
-               + ("mixed " if train_cfg.mixing else "") + "batch as the student")
+               + ("mixed " if train_cfg.mixing else "") + "batch as the student"
+               + (" (its own view of the rows, in the same geometry" + (" and mixing)" if train_cfg.mixing else ")")
+                  if paired is not None else ""))
     elif augment != "none":
         why = f"off: augmentation {augment!r} changes inputs every epoch" + (
-            "; the teacher reads its own view of each batch, shifted and flipped as the student's"
-            if paired is not None else "")
+            ("; the teacher reads its own view of each batch, cut from the same timm crop as the student's"
+             if augment == "timm" else "; the teacher reads its own view of each batch, shifted and flipped as "
+             "the student's") if paired is not None else "")
     else:  # caching every tapped map would cost N x (sum of C*H*W) floats: 1.9 GB for resnet18 on Fashion-MNIST
         kinds = sorted({k for k in objective.kinds if k in FEATURE_LOSS_KINDS})
         why = f"off: {', '.join(kinds)} read teacher internals every step (only logits are cached)"

@@ -239,16 +239,16 @@ def _check_names(chosen: list[dict]) -> None:
             seen[key] = a["name"]
 
 
-def golden_count(chosen: list[dict], asked: int | None, available: int) -> int:
-    """How many golden samples travel: `asked` (default GOLDEN_SAMPLES), at most what test.npz holds,
-    and never fewer than the device check of the chosen precisions needs."""
+def golden_count(chosen: list[dict], asked: int | None, available: int, source: str = TEST_FILE) -> int:
+    """How many golden samples travel: `asked` (default GOLDEN_SAMPLES), at most what `source` (test.npz; without
+    real data the held-out val.npz) holds, and never fewer than the device check of the chosen precisions needs."""
     need = max(DEVICE.get(a.get("precision") or "fp32", DEVICE["fp32"]).min_samples for a in chosen)
     n = min(GOLDEN_SAMPLES if asked is None else asked, available)
     if asked is not None and asked < need:
         raise ConfigError(f"--golden {asked} is too few: the device check of an int8 model needs at least {need} "
                           "samples to tell a broken file from rounding.", f"Use --golden {max(need, GOLDEN_SAMPLES)}.")
     if n < need:
-        raise DataError(f"{TEST_FILE} holds {available} samples; the device check of an int8 model needs at least "
+        raise DataError(f"{source} holds {available} samples; the device check of an int8 model needs at least "
                         f"{need}.",
                         "Use a larger test split (data.test_fraction; without real data: data.synthetic.holdout).")
     return n
@@ -259,7 +259,7 @@ def _golden_inputs(test: Path, n: int | None, chosen: list[dict]) -> tuple[np.nd
         available = len(npz["y"])
         if available == 0:
             raise DataError(f"{test} holds no samples.", "Re-run `edgekd compress`.")
-        n = golden_count(chosen, n, available)
+        n = golden_count(chosen, n, available, f"{test.parent.name}/{test.name}")
         x = np.ascontiguousarray(npz["x"][:n], dtype=np.float32)
         y = np.asarray(npz["y"][:n], dtype=np.int64)
         classes = [str(c) for c in npz["classes"]] if "classes" in npz.files else None

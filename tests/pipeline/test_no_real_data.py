@@ -137,6 +137,56 @@ def test_a_whole_compress_run_without_real_data(tmp_path):
     assert [m.name for m in checked.models] == ["student-fp32"] and checked.models[0].top1_agreement == 1.0
 
 
+def test_a_jetson_target_without_real_data_gets_agreement_checked_files(tmp_path):
+    """TensorRT files from a run without real labels: the INT8 (symmetric S8, TensorRT's rules) and FP16 files
+    are checked in ONNX Runtime by agreement with the FP32 student on the held-out synthetic images, no accuracy
+    is claimed, and the on-device bench command times the engine without a test split."""
+    def jetson(d):
+        d["targets"] = ["jetson-orin-nano"]
+        d["quantize"] = {"enabled": False, "max_int8_drop": 1.0}  # the ONNX Runtime file is another test's
+        d["data"]["synthetic"].update(count=160, holdout=64)  # an INT8 device check needs 64 golden samples
+
+    result = compress(_write(tmp_path, jetson), out=tmp_path / "run", ui=UI(quiet=True))
+    run, trt = result.run_dir, result.records["tensorrt"]["result"]
+
+    ptq = trt["variants"]["qdq"]
+    assert ptq["gate_measure"].startswith("agreement with the FP32 student on 64 held-out synthetic images")
+    assert ptq["scheme"]["types"] == "S8S8" and ptq["val_accuracy_onnxruntime"] >= 0.0
+    from edgekd.onnxtools.trt_rules import check_qdq_for_tensorrt
+
+    assert check_qdq_for_tensorrt(run / ptq["file"]) == []
+    # an FP16 file (what a strongly typed build ships) gets the same check: agreement, no accuracy
+    from edgekd.config import load_config
+    from edgekd.onnxtools.fp16 import convert
+    from edgekd.pipeline.context import RunContext
+    from edgekd.pipeline.tensorrt_stage import _onnxruntime_check
+    from edgekd.runtime.ort import make_session, predict
+
+    convert(run / "student.onnx", tmp_path / "student.fp16.onnx")
+    check = _onnxruntime_check(RunContext(load_config(tmp_path / "noreal.yaml"), run), tmp_path / "student.fp16.onnx")
+    assert check["accuracy_onnxruntime"] is None and check["accuracy_unmeasured"] == "no real labelled data"
+    with np.load(run / "data/val.npz") as npz:
+        val_x = npz["x"]
+    fp32 = predict(make_session(run / "student.onnx"), val_x).argmax(1)
+    agreement = float((predict(make_session(tmp_path / "student.fp16.onnx"), val_x).argmax(1) == fp32).mean())
+    assert check["agreement_onnxruntime"] == pytest.approx(agreement) and agreement > 0.9
+    benches = [c for row in trt["builds"] for c in row["commands"] if c.startswith("edgekd bench ")]
+    assert len(benches) == 2 and all("--data" not in c for c in benches)
+    report = json.loads((run / "report.json").read_text())
+    assert all(row["accuracy"] is None for row in report["artifacts"])
+
+    # the Jetson bundle: golden inputs from the held-out synthetic images, no test split, files that verify
+    from edgekd.ship.bundle import build_bundle
+    from edgekd.ship.verify import verify_bundle
+    from edgekd.targets import load_target
+
+    bundle = build_bundle(run, load_target("jetson-orin-nano"), tmp_path / "bundle")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["test"] is None and not (bundle / "data").exists()
+    assert {m["file"] for m in manifest["models"]} >= {ptq["file"]}
+    assert all(m.top1_agreement >= 0.9 for m in verify_bundle(bundle).models)
+
+
 @pytest.mark.parametrize("edit, words", [
     (lambda d: d["data"].pop("synthetic"), "there is no data.synthetic section"),
     (lambda d: d["data"].pop("classes"), "set data.classes"),
@@ -149,7 +199,6 @@ def test_a_whole_compress_run_without_real_data(tmp_path):
     (lambda d: d["distill"].update(synthetic_fraction=0.5), "has none: remove synthetic_fraction"),
     (lambda d: d["distill"].update(unlabeled_fraction=0.5), "remove unlabeled_fraction"),
     (lambda d: d["student"].update(init="teacher", width=0.5, depth=1.0), "use student.init: random"),
-    (lambda d: d.update(targets=["jetson-orin-nano"]), "not supported for TensorRT targets"),
 ])
 def test_ambiguous_no_real_data_configs_are_refused_at_load(tmp_path, edit, words):
     with pytest.raises(ConfigError) as err:

@@ -112,10 +112,11 @@ def test_timm_picture_augmentation_stays_refused_with_the_fix(tmp_path):
     assert "use data.augment: crop or crop_flip" in text
 
 
-def test_mixing_stays_refused_with_the_students_own_view():
+def test_erasing_stays_refused_with_the_students_own_view():
+    """Mixing is paired now (tests/pipeline/test_paired_mixing.py); random erasing would draw a box per view."""
     raw = _raw({"augment": "crop_flip"},
-               distill={"train": {"epochs": 1, "batch_size": 64, "augment": {"mixup": 0.2}}})
-    with pytest.raises(ConfigError, match="distill.train.augment"):
+               distill={"train": {"epochs": 1, "batch_size": 64, "augment": {"mixup": 0.2, "re_prob": 0.25}}})
+    with pytest.raises(ConfigError, match="distill.train.augment.re_prob"):
         parse(CompressConfig, raw, "test")
 
 

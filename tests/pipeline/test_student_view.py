@@ -53,8 +53,10 @@ def test_the_student_view_exists_only_when_its_input_differs():
 
 
 @pytest.mark.parametrize("sections, named, fix", [
-    ({"distill": {"train": {**TRAIN, "augment": {"mixup": 0.2}}}}, "distill.train.augment", "remove distill.train"),
-    ({"distill": {"recipe": "function_matching"}}, "distill.train.augment", "remove distill.train.augment"),
+    ({"distill": {"train": {**TRAIN, "augment": {"mixup": 0.2, "re_prob": 0.5}}}}, "random erasing",
+     "re_prob: 0"),
+    ({"distill": {"recipe": "function_matching", "train": {"augment": {"mixup_mode": "elem"}}}},
+     "mixup_mode 'elem'", "use mixup_mode: batch"),
     ({"distill": {"losses": [{"kind": "kd"}, {"kind": "fitnets"}]}}, "feature losses", "use logit losses"),
     ({"distill": {"scheme": "online"}}, "online peers", "distil one student"),
     ({"student": {"quantization": "qat"}}, "student.quantization: qat", "quantization: none"),
