@@ -16,6 +16,15 @@ For each run the result shows every candidate (p50, proxy accuracy, fits or why 
 choice, and the chosen student as `edgekd compress`'s own bench stage measured it afterwards
 (`edgekd bench`'s settings, side by side with the teacher), against the budget. Writes
 benchmarks/results/search_compress.{md,json}.
+
+    nice -n 10 python benchmarks/search_compress.py --sizes 32 16 [--out runs/bench-search-sizes]
+
+Several input sizes in one compress (its own run directory; runs 1 and 2 are kept from the JSON): a smaller grid
+(widths 0.25/0.5, depth 0.5, FP32 and INT8) at each size. A first `edgekd compress` with a budget nothing meets
+measures every candidate and stops before the teacher trains (exit 2, measurements kept); the budget is then set
+just under the fastest candidate at the largest size (the limit at the geometric mean of that p50 and the next
+faster one), so only smaller-size candidates fit, and the second `edgekd compress` re-measures nothing, chooses
+among them, and distils, exports, quantizes and benchmarks the winner at its size (ONNX input shape recorded).
 """
 
 from __future__ import annotations
@@ -52,10 +61,22 @@ budgets: {{latency_ms: {budget}, memory_mb: 1024, max_accuracy_drop: 0.02, max_i
 """
 
 
-def write_config(folder: Path, budget_ms: float) -> Path:
+SIZES_SEARCH = """student:
+  search:
+    widths: [0.25, 0.5]
+    depths: [0.5]
+    input_sizes: [{sizes}]
+    precisions: [fp32, int8]
+    proxy_epochs: 2
+    proxy_fraction: 0.25
+    margin: 0.9
+"""
+
+
+def write_config(folder: Path, budget_ms: float, search: str = SEARCH) -> Path:
     digits = (REPO / "examples" / "digits.yaml").read_text()
     student = re.search(r"^student:.*?\n(?=\S)", digits, flags=re.S | re.M)
-    text = digits[:student.start()] + SEARCH + "\n" + digits[student.end():]
+    text = digits[:student.start()] + search + "\n" + digits[student.end():]
     target = folder / "budget-cpu.yaml"
     target.write_text(TARGET.format(budget=f"{budget_ms:.6g}"))
     text = text.replace("targets: [host-cpu]", f"targets: [{target}]")
@@ -65,11 +86,11 @@ def write_config(folder: Path, budget_ms: float) -> Path:
     return config
 
 
-def compress(config: Path, out: Path, force: bool) -> float:
+def compress(config: Path, out: Path, force: bool, allowed: tuple[int, ...] = (0, 5)) -> float:
     cmd = [sys.executable, "-m", "edgekd", "compress", str(config), "--out", str(out)] + (["--force"] if force else [])
     started = time.perf_counter()
     done = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
-    if done.returncode not in (0, 5):  # 5: a gate failed (reported in the run), the search result still stands
+    if done.returncode not in allowed:  # 5: a gate failed (reported in the run), the search result still stands
         raise SystemExit(f"edgekd compress exited {done.returncode}")
     return time.perf_counter() - started
 
@@ -78,7 +99,8 @@ def summarise(out: Path, wall_s: float) -> dict:
     report = json.loads((out / "report.json").read_text())
     section = report["search"]
     chosen = next(c for c in section["candidates"] if c["name"] == section["chosen"])
-    row = next(a for a in report["artifacts"] if a["name"] == f"student-{chosen['precision']}")
+    precision = f"student-{chosen['precision']}"  # an INT8 file's name carries its scheme: student-int8-x86
+    row = next(a for a in report["artifacts"] if a["name"] == precision or a["name"].startswith(precision + "-"))
     records = {s: json.loads((out / ".edgekd" / f"{s}.json").read_text()) for s in ("search", "choose", "student")}
     return {"budget_ms": section["budget_ms"], "limit_ms": section["limit_ms"], "chosen": section["chosen"],
             "chosen_candidate": chosen, "bench_p50_ms": row["latency_ms"]["p50"], "bench_accuracy": row["accuracy"],
@@ -118,11 +140,61 @@ def run_lines(title: str, run: dict) -> list[str]:
             *candidate_table(s), ""]
 
 
+def sizes_run(out: Path, sizes: list[int]) -> dict:
+    """Several input sizes in one compress: measure all (a budget nothing meets), then a budget only smaller
+    sizes meet, one compress that chooses the size and distils, exports and benchmarks at it."""
+    import onnx
+
+    search = SIZES_SEARCH.format(sizes=", ".join(map(str, sizes)))
+    run_dir, load_before = out / "run", os.getloadavg()[0]
+    compress(write_config(out, 0.0001, search), run_dir, force=True, allowed=(2,))  # measures, stops: none fits
+    measured = json.loads((run_dir / "search" / "measured.json").read_text())
+    p50 = sorted((j["row"]["p50_ms"], j["row"]["candidate"]["input_size"]) for j in measured["judged"])
+    largest = max(sizes)
+    first = next(i for i, (_, size) in enumerate(p50) if size == largest)  # the fastest candidate at that size
+    if first == 0:
+        raise SystemExit(f"the fastest candidate is at {largest} px: no budget leaves only smaller sizes ({p50})")
+    limit = math.sqrt(p50[first - 1][0] * p50[first][0])
+    run = summarise(run_dir, compress(write_config(out, limit / 0.9, search), run_dir, force=False))
+    dims = [d.dim_value or d.dim_param for d in onnx.load(run_dir / "student.onnx").graph.input[0].type.tensor_type.shape.dim]
+    report = json.loads((run_dir / "report.json").read_text())
+    return {**run, "sizes": sizes, "student_onnx_input": dims, "student_test_file": report["dataset"]["test_file"],
+            "load_average": [load_before, os.getloadavg()[0]]}
+
+
+def sizes_lines(run: dict) -> list[str]:
+    m, (before, after) = run["machine"], run["load_average"]
+    return [f"## Run 3: input sizes {run['sizes']} in one compress", "",
+            f"Measured on {m['cpu']} ({m['arch']}, {m['usable_cores']} usable cores, shared with other jobs: load "
+            f"average {before:.1f} before, {after:.1f} after), onnxruntime {m['versions'].get('onnxruntime')}, "
+            f"2 threads, batch 1. Reproduce: `nice -n 10 python benchmarks/search_compress.py --sizes "
+            f"{' '.join(map(str, run['sizes']))}` (a first compress with a budget nothing meets measured every "
+            "candidate and stopped before the teacher; this one re-measured nothing). The budget is set just under "
+            f"the fastest {max(run['sizes'])}-px candidate, so only smaller inputs fit. The chosen student was trained, "
+            f"exported (student.onnx input {run['student_onnx_input']}), quantized and benchmarked at its size, "
+            f"scored on `{run['student_test_file']['path']}` ({run['student_test_file']['samples']} samples, the "
+            "same rows as the teacher's data/test.npz).", "",
+            *run_lines("Chosen", run)[2:]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench-search")
+    parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--result", type=Path, default=REPO / "benchmarks" / "results" / "search_compress")
+    parser.add_argument("--sizes", type=int, nargs="+", help="several input sizes in one compress (run 3)")
     args = parser.parse_args()
+    if args.sizes:
+        out = args.out or REPO / "runs" / "bench-search-sizes"
+        out.mkdir(parents=True, exist_ok=True)
+        result = json.loads(args.result.with_suffix(".json").read_text())
+        result["sizes_run"] = sizes_run(out, args.sizes)
+        args.result.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str))
+        text = args.result.with_suffix(".md").read_text().split("\n## Run 3:")[0].rstrip("\n")
+        text += "\n\n" + "\n".join(sizes_lines(result["sizes_run"]))
+        args.result.with_suffix(".md").write_text(text)
+        print(text)
+        return
+    args.out = args.out or REPO / "runs" / "bench-search"
     args.out.mkdir(parents=True, exist_ok=True)
     run_dir = args.out / "run"
     load_before = os.getloadavg()[0]

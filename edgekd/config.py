@@ -668,12 +668,16 @@ class CompressConfig(Strict):
                              "trains other students too (assistants, generations or peers, whose shape the search "
                              f"does not choose): remove {chained[0]}, or student.search and give the student by hand")
         size = self.student.input_size or self.data.input_size  # the student's own input, else the teacher's
-        other = [s for s in search.input_sizes or [] if s != size]
-        if other:
-            raise ValueError(f"student.search.input_sizes {search.input_sizes} includes {other[0]} px, but a compress "
-                             f"run trains, exports and measures its student at {size} px (student.input_size, else "
-                             "data.input_size): leave input_sizes out (or give that size); to compare sizes, run one "
-                             "config per student.input_size")
+        for other in dict.fromkeys(s for s in search.input_sizes or [] if s != size):
+            # a candidate at another size is trained, exported and measured on its own view of each sample
+            # (data/student-<S>px/): what a student with its own input may not do, it may not do here either
+            at_size = self.model_copy(update={"student": self.student.model_copy(update={"input_size": other})})
+            try:
+                at_size._student_view_fits_the_run()
+            except ValueError as exc:  # its fix "or remove student.input_size" is ours: remove the size
+                why = str(exc).split(", or remove student.")[0]
+                raise ValueError(f"student.search.input_sizes {search.input_sizes} includes {other} px: at that size "
+                                 f"{why}, or remove {other} from student.search.input_sizes") from None
         return self
 
     @model_validator(mode="after")

@@ -165,7 +165,21 @@ def search_preview(config: CompressConfig, probe: bool = False, ssh_options=()) 
                 default_input_size=size, probe=probe,
                 options=MeasureOptions(ssh_options=tuple(ssh_options)))
     head = "" if classes else " (params with a 10-class head: validate does not read the labels)"
-    return format_preview(p) + head
+    return format_preview(p) + head + _sizes_line(config)
+
+
+def _sizes_line(config: CompressConfig) -> str:
+    """With several searched input sizes: which view of the data each size's candidates train and score on."""
+    from edgekd.config import student_input
+    from edgekd.pipeline.context import other_input_sizes, searched_view_dir
+
+    others = other_input_sizes(config)
+    if not others:
+        return ""
+    own = student_input(config)[0]
+    return (f"\n  input sizes: {own} px on the student's data/ files; "
+            + ", ".join(f"{s} px on its own view of each sample ({searched_view_dir(s)}/)" for s in others)
+            + "; the chosen size is the student's for training, export, INT8, bench and ship")
 
 
 def no_real_choices_plan(config: CompressConfig) -> str:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-from edgekd.config import CompressConfig, config_dict, config_value, student_data_config
+from edgekd.config import CompressConfig, config_dict, config_value, student_data_config, student_input
 from edgekd.distill.distributed import Dist
 from edgekd.pipeline.records import (CALIB_FILE, SUMMARY_FILE, TEACHER_TEST_FILE, TEACHER_VAL_FILE, TEST_FILE,
                                      VAL_FILE)
@@ -26,6 +26,10 @@ class RunContext:
     dist: Dist = field(default_factory=Dist)  # this process's rank under torchrun (single process: rank 0 of 1)
     force: bool = False  # --force: redo finished chain links too (the engine already ignores stage records)
     ssh_options: tuple[str, ...] = ()  # --ssh-option: extra ssh arguments for devices the search measures on
+    # The user's config when `config` is the effective one of a searched input size (student.search.input_sizes:
+    # `at_input_size`): the student's val/test/calib files are then data/student-<S>px/, the teacher's where the
+    # data stage wrote them for the configured student.
+    configured: CompressConfig | None = None
 
     @cached_property
     def targets(self) -> list[TargetProfile]:
@@ -103,13 +107,33 @@ class RunContext:
             return torch.device(self.dist.device)
         return pick_device(self.config.device)
 
+    @property
+    def student_files(self) -> str | None:
+        """The folder of the student's val/test/calib files when they are not data/'s own: the searched input
+        size this context runs at (`at_input_size`)."""
+        return searched_view_dir(self.config.student.input_size) if self.configured is not None else None
+
+    def _teacher_files_apart(self) -> bool:
+        # the data stage wrote data/teacher/ when the configured student has its own view
+        return student_data_config(self.configured or self.config) is not None
+
     def val_file(self, model: str = "student") -> str:
-        """data/val.npz, or the teacher's own view of it when the student has its own input."""
-        return TEACHER_VAL_FILE if model == "teacher" and self.own_student_view else VAL_FILE
+        """data/val.npz, or the teacher's own view of it when the student has its own input, or the searched
+        input size's (data/student-<S>px/val.npz)."""
+        if model == "teacher":
+            return TEACHER_VAL_FILE if self._teacher_files_apart() else VAL_FILE
+        return f"{self.student_files}/val.npz" if self.student_files else VAL_FILE
 
     def test_file(self, model: str = "student") -> str:
-        """data/test.npz, or the teacher's own view of it when the student has its own input."""
-        return TEACHER_TEST_FILE if model == "teacher" and self.own_student_view else TEST_FILE
+        """data/test.npz, or the teacher's own view of it when the student has its own input, or the searched
+        input size's (data/student-<S>px/test.npz)."""
+        if model == "teacher":
+            return TEACHER_TEST_FILE if self._teacher_files_apart() else TEST_FILE
+        return f"{self.student_files}/test.npz" if self.student_files else TEST_FILE
+
+    def calib_file(self) -> str:
+        """data/calib.npz, or the searched input size's (data/student-<S>px/calib.npz): the student's samples."""
+        return f"{self.student_files}/calib.npz" if self.student_files else CALIB_FILE
 
     def val_arrays(self, model: str = "student") -> tuple[np.ndarray, np.ndarray]:
         """The validation split as written by the data stage: for choices and checks (gate, parity)."""
@@ -133,8 +157,42 @@ class RunContext:
         return _xy(self.run_dir / self.test_file(model))
 
     def calib_array(self) -> np.ndarray:
-        with np.load(self.run_dir / CALIB_FILE) as npz:
+        with np.load(self.run_dir / self.calib_file()) as npz:
             return npz["x"]
+
+
+def searched_view_dir(size: int) -> str:
+    """Where the data stage writes the student's val/test/calib files at a searched input size other than the
+    configured student's (student.search.input_sizes)."""
+    return f"data/student-{size}px"
+
+
+def other_input_sizes(config: CompressConfig) -> list[int]:
+    """student.search.input_sizes other than the configured student's input (student.input_size, else
+    data.input_size): sizes whose student reads data/student-<S>px/ (none without real labelled choices)."""
+    search, own = config.student.search, student_input(config)[0]
+    if search is None or not config.data.real_choices:
+        return []
+    return [size for size in dict.fromkeys(search.input_sizes or []) if size != own]
+
+
+def at_input_size(ctx: RunContext, size: int) -> RunContext:
+    """`ctx` with its student at `size` px (a student.search.input_sizes entry): the effective config (the stage
+    keys read its student.input_size), the student's data read at that size, its files under
+    data/student-<size>px/. `ctx` itself when `size` is the configured student's input."""
+    base = ctx.configured or ctx.config
+    if size == student_input(base)[0]:
+        return ctx if ctx.configured is None else _sharing(ctx, replace(ctx, config=base, configured=None))
+    student = base.student.model_copy(update={"input_size": size})
+    return _sharing(ctx, replace(ctx, config=base.model_copy(update={"student": student}), configured=base))
+
+
+def _sharing(old: RunContext, new: RunContext) -> RunContext:
+    """`new` reusing what `old` loaded that does not depend on the student's size (the teacher's data)."""
+    for name in ("targets", "data", "device"):
+        if name in old.__dict__:
+            new.__dict__[name] = old.__dict__[name]
+    return new
 
 
 def _xy(path: Path) -> tuple[np.ndarray, np.ndarray]:

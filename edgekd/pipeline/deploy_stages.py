@@ -7,7 +7,7 @@ import shutil
 from edgekd.errors import GateError
 from edgekd.pipeline.context import RunContext
 from edgekd.pipeline.engine import Stage
-from edgekd.pipeline.records import CALIB_FILE, CHECKPOINTS, VAL_FILE, Artifact
+from edgekd.pipeline.records import CHECKPOINTS, Artifact
 from edgekd.rundir import scratch_dir
 from edgekd.targets import strictest_opset
 
@@ -125,10 +125,11 @@ def ort_int8_plan(ctx: RunContext) -> list[tuple]:
 
 
 def calib_source(ctx: RunContext):
-    """data/calib.npz's samples, memory-mapped: calibration reads one batch at a time."""
+    """data/calib.npz's samples (the searched input size's: ctx.calib_file), memory-mapped: calibration reads one
+    batch at a time."""
     from edgekd.quantize.ort_int8 import npz_array
 
-    return npz_array(ctx.run_dir / CALIB_FILE, "x")
+    return npz_array(ctx.run_dir / ctx.calib_file(), "x")
 
 
 def _quantize_reads(ctx: RunContext) -> list[str]:
@@ -224,5 +225,5 @@ def failure(check: str, exc: GateError) -> dict:
 
 QUANTIZE = Stage("quantize", "ONNX Runtime static INT8 per target scheme, accuracy gate then fastest", run_quantize,
                  _quantize_reads,
-                 lambda ctx: ["student.onnx", CALIB_FILE, VAL_FILE] if ctx.config.quantize.enabled else [],
+                 lambda ctx: ["student.onnx", ctx.calib_file(), ctx.val_file()] if ctx.config.quantize.enabled else [],
                  _quantize_outputs, facts=_quantize_facts)

@@ -73,7 +73,7 @@ def run_bench(ctx: RunContext) -> dict:
                                                         ctx.run_dir / ctx.test_file(a.model) if scored else None)
                                       for a in artifacts],
                                      input_shape=shapes["student"], target=target, settings=settings,
-                                     data=ctx.run_dir / TEST_FILE if scored else None, progress=advance)
+                                     data=ctx.run_dir / ctx.test_file() if scored else None, progress=advance)
     rows = [_row(ctx, a, measured[a.name], shapes[a.model]) for a in artifacts]
     _add_full_test(ctx, artifacts, rows)
     measurement = measurement_context(target, settings)
@@ -125,7 +125,7 @@ def run_report(ctx: RunContext) -> dict:
     from edgekd.report.html import write_html
 
     bench = json.loads((ctx.run_dir / BENCH_FILE).read_text())
-    dataset = json.loads((ctx.run_dir / SUMMARY_FILE).read_text())
+    dataset = student_dataset(ctx, json.loads((ctx.run_dir / SUMMARY_FILE).read_text()))
     results = {name: (read_record(ctx.run_dir, name) or {}).get("result", {}) for name in RESULT_STAGES}
     extra = {"teacher": _public(results["teacher"]), "student": _public(results["student"]),
              "export": results["export"].get("models"), "quantization": _public(results["quantize"]),
@@ -152,6 +152,24 @@ def run_report(ctx: RunContext) -> dict:
     return {"outputs": REPORT_FILES + plots,
             "summary": f"recommended: {rec['name']} ({rec['why']})" if rec else
             f"no student artifact passes every {ctx.primary_target.name} check measured here"}
+
+
+def student_dataset(ctx: RunContext, summary: dict) -> dict:
+    """data/summary.json as the report shows it: with the search's chosen input size other than the configured
+    student's (ctx.student_files), that size's view and files in place of the configured student's."""
+    if ctx.student_files is None:
+        return summary
+    view = summary["searched_views"][str(ctx.config.student.input_size)]
+    out = {**summary, "val_file": view["val_file"], "test_file": view["test_file"]}
+    out.pop("student_view", None)
+    if "calibration" in view:
+        out["calibration"] = view["calibration"]
+    if view["preprocess"] != summary["preprocess"]:  # the teacher's files: where the data stage wrote them
+        teacher = {"val_file": {**summary["val_file"], "path": ctx.val_file("teacher")},
+                   "test_file": {**summary["test_file"], "path": ctx.test_file("teacher")}}
+        out["student_view"] = {"preprocess": view["preprocess"], "fingerprint": view["fingerprint"],
+                               "teacher_files": teacher}
+    return out
 
 
 def _search_report(ctx: RunContext, report: dict) -> list[str]:

@@ -39,7 +39,7 @@ import numpy as np
 from edgekd.artifacts import sha256_file, write_json_atomic
 from edgekd.config import StudentConfig, TrainConfig, search_targets, student_input
 from edgekd.errors import ConfigError
-from edgekd.pipeline.context import RunContext
+from edgekd.pipeline.context import RunContext, at_input_size
 from edgekd.pipeline.engine import Stage
 from edgekd.pipeline.records import CALIB_FILE, SUMMARY_FILE, VAL_FILE
 from edgekd.search import (Candidate, MeasureOptions, SearchMeasurement, check_fits, measure_search, rank_search,
@@ -241,9 +241,11 @@ def _proxy_key(ctx: RunContext, arch: str, kwargs: dict) -> str:
 
 
 def _proxy_score(ctx: RunContext, candidate: Candidate, written: list[str]) -> float:
-    """Validation accuracy of `candidate` after its proxy distillation (run now, or reused)."""
+    """Validation accuracy of `candidate` after its proxy distillation (run now, or reused), trained and scored
+    on the student's data at the candidate's input size (`at_input_size`: its key reads that size)."""
     from edgekd.pipeline import train_stages
 
+    ctx = at_input_size(ctx, candidate.input_size)
     s, name = ctx.config.student.search, candidate.arch_name
     arch, kwargs = candidate_spec(candidate, *teacher_spec(ctx))
     key, out, record = _proxy_key(ctx, arch, kwargs), proxy_file(name), ctx.run_dir / proxy_file(name, ".json")
@@ -351,6 +353,15 @@ def chosen_student(ctx: RunContext) -> StudentConfig:
     shape = {"width": c["width"], "depth": c["depth"]} if c["width"] is not None else {"model": c["model"]}
     return StudentConfig(**shape, init=student.init, quantization=student.quantization,
                          input_size=student.input_size, channels=student.channels)
+
+
+def at_chosen_size(ctx: RunContext) -> RunContext:
+    """`ctx` for the stages after choose: with the chosen candidate's input size when it is another
+    student.search.input_sizes entry than the configured student's (the effective config, data/student-<S>px/
+    files; edgekd.pipeline.context.at_input_size). A run without a search: `ctx`."""
+    if not enabled(ctx):
+        return ctx
+    return at_input_size(ctx, _choice(ctx)["student"]["input_size"])
 
 
 def proxy_start(ctx: RunContext) -> dict | None:

@@ -29,7 +29,7 @@ from edgekd.artifacts import sha256_file, write_text_atomic
 from edgekd.pipeline.context import RunContext
 from edgekd.pipeline.engine import Stage, run_stages
 from edgekd.pipeline.records import RECORDS, read_record, student_runs
-from edgekd.pipeline.search_stage import CHOICE_FILE, other_choice_file
+from edgekd.pipeline.search_stage import CHOICE_FILE, at_chosen_size, other_choice_file
 from edgekd.ui import UI
 
 SHARED_STAGES = ("data", "search", "teacher", "choose")  # made once in the run directory, linked into sub-runs
@@ -40,17 +40,18 @@ def run_students(stages: list[Stage], ctx: RunContext, ui: UI, force: bool = Fal
     in students/<arch>/ for each further one (the records of a sub-run's stages keyed `<run>/<stage>`)."""
     groups = student_runs(ctx.run_dir) if ctx.dist.is_main else []
     if len(groups) < 2:
-        return run_stages(stages, ctx, ui, force=force)
+        return run_stages(stages, at_chosen_size(ctx), ui, force=force)
     records = {}
     for group in groups[1:]:  # first, so that the run directory's report can show them
         ui.info(f"student {group['arch_name']} for {', '.join(group['targets'])}: in {group['run']}/")
-        sub = narrowed(ctx, group["targets"], prepare_sub_run(ctx.run_dir, group))
+        sub = at_chosen_size(narrowed(ctx, group["targets"], prepare_sub_run(ctx.run_dir, group)))
         if force:  # as for the run directory: its trainers start from scratch
             from edgekd.pipeline.compress import forget_intermediates
 
             forget_intermediates(sub.run_dir)  # its cache/ is the run directory's link: left alone
         records.update({f"{group['run']}/{name}": r for name, r in run_stages(stages, sub, ui, force=force).items()})
-    return {**run_stages(stages, narrowed(ctx, groups[0]["targets"], ctx.run_dir), ui, force=force), **records}
+    own = at_chosen_size(narrowed(ctx, groups[0]["targets"], ctx.run_dir))
+    return {**run_stages(stages, own, ui, force=force), **records}
 
 
 def narrowed(ctx: RunContext, targets: list[str], run_dir: Path) -> RunContext:

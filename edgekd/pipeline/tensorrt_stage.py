@@ -13,7 +13,7 @@ from __future__ import annotations
 from edgekd.errors import GateError
 from edgekd.pipeline.context import RunContext
 from edgekd.pipeline.engine import Stage
-from edgekd.pipeline.records import CALIB_FILE, TEST_FILE, VAL_FILE, Artifact
+from edgekd.pipeline.records import TEST_FILE, Artifact
 
 # compat's onnx_variant -> the run-directory file that carries it
 VARIANT_FILES = {"fp32": "student.onnx", "fp16": "student.fp16.onnx", "qdq": "student.int8.trt.onnx"}
@@ -191,4 +191,5 @@ def _build_row(target, precision: str, plan, variant: dict, scored: bool) -> dic
 
 
 TENSORRT = Stage("tensorrt", "prepare TensorRT-ready ONNX for Jetson targets", run_tensorrt, _reads,
-                 lambda ctx: ["student.onnx", CALIB_FILE, VAL_FILE, TEST_FILE, "student.qat.onnx"], _outputs)
+                 lambda ctx: ["student.onnx", ctx.calib_file(), ctx.val_file(), ctx.test_file(), "student.qat.onnx"],
+                 _outputs)

@@ -26,7 +26,7 @@ from edgekd.models.prune import init_from_teacher
 from edgekd.models.student import student_spec
 from edgekd.models.teacher import build_teacher
 from edgekd.pipeline import search_stage, synthetic_train
-from edgekd.pipeline.context import RunContext
+from edgekd.pipeline.context import RunContext, at_input_size, other_input_sizes, searched_view_dir
 from edgekd.pipeline.engine import Stage
 from edgekd.pipeline.records import (CALIB_FILE, STUDENT_CHECKPOINT, SUMMARY_FILE, TEACHER_CHECKPOINT,
                                      TEACHER_TEST_FILE, TEACHER_VAL_FILE, TEST_FILE, TRANSFER_FILE, VAL_FILE, Artifact)
@@ -45,8 +45,10 @@ TEST_FILE_MAX_BYTES = 256 * 2**20
 def _data_reads(ctx: RunContext) -> list[str]:
     c = ctx.config
     reads = [f"data.{key}" for key in DATA_KEYS]
-    if ctx.own_student_view:  # the student's files (val, test, calib) are its own view's
+    if ctx.own_student_view or other_input_sizes(c):  # the student's files (val, test, calib) are its own view's
         reads += ["student.input_size", "student.channels"]
+    if other_input_sizes(c):  # and each other searched input size's (data/student-<S>px/)
+        reads.append("student.search.input_sizes")
     if c.data.kind in ("imagefolder", "webdataset"):  # normalisation and resizing follow the teacher's timm config
         reads += ["teacher.model", "data.on_bad_image"] + (["data.shards"] if c.data.kind == "webdataset" else [])
     if not c.data.real:  # the classes as configured; normalisation from the teacher's timm config
@@ -66,8 +68,10 @@ def _data_outputs(ctx: RunContext) -> list[str]:
         return [SUMMARY_FILE]
     if not ctx.config.data.real_choices:  # data.use: report: the real test split only
         return [TEST_FILE, SUMMARY_FILE]
-    return ([VAL_FILE, TEST_FILE, SUMMARY_FILE] + ([CALIB_FILE] if needs_calibration(ctx.config, ctx.targets) else [])
-            + ([TEACHER_VAL_FILE, TEACHER_TEST_FILE] if ctx.own_student_view else []))
+    calibrated = needs_calibration(ctx.config, ctx.targets)
+    return ([VAL_FILE, TEST_FILE, SUMMARY_FILE] + ([CALIB_FILE] if calibrated else [])
+            + ([TEACHER_VAL_FILE, TEACHER_TEST_FILE] if ctx.own_student_view else [])
+            + [f for size in other_input_sizes(ctx.config) for f in _searched_files(size, calibrated)])
 
 
 def _data_facts(ctx: RunContext) -> dict:
@@ -102,7 +106,8 @@ def run_data(ctx: RunContext) -> dict:
         check_same_samples(data, student)
         views.append((data, TEACHER_VAL_FILE, TEACHER_TEST_FILE))
     real_choices = ctx.config.data.real_choices  # data.use: report: val.npz and calib.npz are synthetic
-    rows = _eval_rows([view for view, _, _ in views], ctx.config.data.seed,
+    searched = _searched_views(ctx) if real_choices else {}
+    rows = _eval_rows([view for view, _, _ in views] + list(searched.values()), ctx.config.data.seed,
                       ("val", "test") if real_choices else ("test",))
     files = [_write_eval_files(ctx, view, rows, val, test, with_val=real_choices) for view, val, test in views]
     outputs = [*([VAL_FILE] if real_choices else []), TEST_FILE, SUMMARY_FILE]
@@ -111,19 +116,55 @@ def run_data(ctx: RunContext) -> dict:
         outputs += [TEACHER_VAL_FILE, TEACHER_TEST_FILE]
         summary["student_view"] = {"preprocess": student.preprocess.to_dict(), "fingerprint": student.fingerprint(),
                                    "teacher_files": files[1]}
-    if real_choices and needs_calibration(ctx.config, ctx.targets):
-        manifest = load_manifest(ctx.config.quantize.calibration)
-        pool = student.train if manifest.split == "train" else student.val  # what INT8 files will be fed
-        idx = select(pool.labels, manifest)
-        pool.save_npz(out / CALIB_FILE, idx, ui=ctx.ui, indices=idx)
-        summary["calibration"] = {"manifest": str(ctx.config.quantize.calibration), "split": manifest.split,
-                                  "samples": int(len(idx)), "seed": manifest.seed}
+    calibrated = real_choices and needs_calibration(ctx.config, ctx.targets)
+    if calibrated:
+        summary["calibration"] = _write_calibration(ctx, student, CALIB_FILE)
         outputs.append(CALIB_FILE)
+    if searched:
+        summary["searched_views"] = {}
+        for size, view in searched.items():
+            summary["searched_views"][str(size)] = _write_searched_view(ctx, data, size, view, rows, calibrated)
+            outputs += _searched_files(size, calibrated)
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     splits = summary["splits"]
     return {"outputs": outputs, "dataset": data.summary(),
             "summary": f"{splits['train']} train / {splits['val']} val / {splits['test']} test images, "
                        f"{data.num_classes} classes" + _view_note(data, student)}
+
+
+def _write_calibration(ctx: RunContext, view, path: str) -> dict:
+    """`view`'s calibration samples (the manifest's split and rows) to `path`; the summary's entry."""
+    manifest = load_manifest(ctx.config.quantize.calibration)
+    pool = view.train if manifest.split == "train" else view.val  # what INT8 files will be fed
+    idx = select(pool.labels, manifest)
+    pool.save_npz(ctx.run_dir / path, idx, ui=ctx.ui, indices=idx)
+    return {"manifest": str(ctx.config.quantize.calibration), "split": manifest.split, "samples": int(len(idx)),
+            "seed": manifest.seed}
+
+
+def _searched_views(ctx: RunContext) -> dict:
+    """{size: the student's data at that size} for each student.search.input_sizes entry other than the
+    configured student's input: the search may choose it, and then the student's val, test and calib files
+    are these (data/student-<S>px/, RunContext.at_input_size)."""
+    return {size: at_input_size(ctx, size).student_data for size in other_input_sizes(ctx.config)}
+
+
+def _searched_files(size: int, calibrated: bool) -> list[str]:
+    folder = searched_view_dir(size)
+    return [f"{folder}/val.npz", f"{folder}/test.npz"] + ([f"{folder}/calib.npz"] if calibrated else [])
+
+
+def _write_searched_view(ctx: RunContext, data, size: int, view, rows: dict, calibrated: bool) -> dict:
+    """One searched input size's files, row for row the same samples as the teacher's; its summary entry."""
+    folder = searched_view_dir(size)
+    if view is not data:
+        view.check(ctx.ui)
+        check_same_samples(data, view)
+    entry = {"dir": folder, "preprocess": view.preprocess.to_dict(), "fingerprint": view.fingerprint(),
+             **_write_eval_files(ctx, view, rows, f"{folder}/val.npz", f"{folder}/test.npz")}
+    if calibrated:
+        entry["calibration"] = _write_calibration(ctx, view, f"{folder}/calib.npz")
+    return entry
 
 
 def _eval_rows(views: list, seed: int, splits=("val", "test")) -> dict[str, np.ndarray]:

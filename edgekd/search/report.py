@@ -70,7 +70,17 @@ def headline(section: dict) -> str:
     return (f"Target {section['target']}: a candidate fits at p50 <= {section['margin']:g} x {section['budget_ms']:g} ms "
             f"= {section['limit_ms']:.3g} ms{memory}, measured on {section['measured_on']}"
             + (f" ({section['runtime']})" if section.get("runtime") else "")
-            + f"; ranked by {ranking}. Chosen: {section['chosen']}, {why_chosen(section)}.")
+            + f"; ranked by {ranking}. Chosen: {section['chosen']}, {why_chosen(section)}." + _input_note(section))
+
+
+def _input_note(section: dict) -> str:
+    """With several searched input sizes: the size the chosen student is trained, exported and measured at."""
+    sizes = sorted({c["input_size"] for c in section["candidates"] if c.get("input_size")}, reverse=True)
+    if len(sizes) < 2:
+        return ""
+    chosen = next(c for c in section["candidates"] if c["name"] == section["chosen"])
+    return (f" The student takes {chosen['input_size']}x{chosen['input_size']} px inputs (searched: "
+            f"{', '.join(f'{s} px' for s in sizes)}).")
 
 
 def why_chosen(section: dict) -> str:

@@ -282,7 +282,9 @@ def build_bundle(
     chosen = select_artifacts(report, target, artifacts, recorded=recorded)
     _check_names(chosen)
     real = report["dataset"].get("real_data", True)  # data.kind: synthetic: no test split, nothing scored
-    test = (_shipped_file(run_dir, TEST_FILE, "the test split", produced) if real else
+    # the student's test file: data/test.npz, or the searched input size's the search chose (report dataset)
+    student_test = (report["dataset"].get("test_file") or {}).get("path") or TEST_FILE
+    test = (_shipped_file(run_dir, student_test, "the test split", produced) if real else
             _shipped_file(run_dir, VAL_FILE, "the held-out synthetic images", produced))
     x, y, classes = _golden_inputs(test, golden_samples, chosen)
     (out / "golden").mkdir(parents=True)

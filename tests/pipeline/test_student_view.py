@@ -267,12 +267,15 @@ def test_compress_distils_a_16px_rgb_teacher_into_an_8px_grey_student_and_ships_
 # ---------------------------------------------------------------- the budget search at the student's own input
 
 
-def test_the_search_takes_the_students_input_size_and_refuses_others():
+def test_the_search_takes_other_input_sizes_unless_a_student_view_could_not_train_there():
     search = {"widths": [0.5], "depths": [1.0]}
     assert _config(student={"width": None, "search": {**search, "input_sizes": [8]}}).student.search.input_sizes == [8]
-    with pytest.raises(ConfigError, match=r"includes 16 px, but a compress run trains, exports and measures its "
-                                          r"student at 8 px \(student.input_size"):
-        _config(student={"width": None, "search": {**search, "input_sizes": [8, 16]}})
+    # 16 px: a grey 16-px view of the teacher's RGB samples (data/student-16px/), as student.input_size 16 would be
+    assert _config(student={"width": None, "search": {**search, "input_sizes": [8, 16]}}).student.search.input_sizes == [8, 16]
+    with pytest.raises(ConfigError, match=r"includes 16 px: at that size .*feature losses.* or remove 16 from "
+                                          r"student.search.input_sizes"):
+        _config(student={"width": None, "search": {**search, "input_sizes": [8, 16]}},
+                distill={"losses": [{"kind": "kd"}, {"kind": "fitnets"}]})
 
 
 SEARCHED = """
