@@ -70,7 +70,7 @@ from edgekd.bench.sysinfo import machine_info  # noqa: E402
 from edgekd.config import DataConfig, DistillConfig, KDConfig, StudentConfig, TeacherConfig, TrainConfig  # noqa: E402
 from edgekd.data import load_data  # noqa: E402
 from edgekd.distill.losses import build_objective, cross_entropy  # noqa: E402
-from edgekd.distill.trainer import evaluate, pick_device, predict_logits, train  # noqa: E402
+from edgekd.distill.trainer import evaluate, pick_device, pick_threads, predict_logits, train  # noqa: E402
 from edgekd.models.io import build  # noqa: E402
 from edgekd.models.prune import init_from_teacher  # noqa: E402
 from edgekd.models.stats import count_params  # noqa: E402
@@ -143,17 +143,10 @@ def parse_args(argv=None):
     return args
 
 
-def pick_threads(requested: str, load_average: float, cores: int) -> int | None:
-    """Torch intra-op threads for this run; None keeps torch's default (one per core).
-
-    On a machine already busy with other jobs, two OpenMP threads make every op of these small
-    32-px models wait at a barrier for a thread the scheduler has put aside: measured on the shared
-    2-core machine (load average 15), a training step of the 86K student took 3.1 s on 2 threads and
-    0.29 s on 1 (41 vs 441 img/s), the half-width teacher's 12.5 s vs 3.4 s. So auto takes one thread
-    there, and torch's default on an idle machine, where two threads are faster."""
-    if requested != "auto":
-        return int(requested)
-    return 1 if load_average >= cores else None
+# --threads: the trainer's own choice (edgekd.distill.trainer.pick_threads), made once for the whole run here: on a
+# machine already busy (load average >= usable cores) one thread, else torch's default. Measured on the shared 2-core
+# machine (load average 15): a training step of the 86K student took 3.1 s on 2 threads and 0.29 s on 1 (41 vs 441
+# img/s), the half-width teacher's 12.5 s vs 3.4 s.
 
 
 # ---------------------------------------------------------------- settings
@@ -248,7 +241,7 @@ def run_row(args, row: Row, data, teacher, logits):
     loss, teacher_fn, info["teacher"] = objective(args, row, cfg, model, teacher, logits, len(train_xy[1]))
     result = train(model, train_xy, val_xy, cfg, loss, args.work / "work" / slug(row.name),
                    key=json.dumps(settings(args, row.kind)) + row.name, teacher=teacher_fn, device=args.device,
-                   progress=epoch_printer(row.name, cfg.epochs))
+                   progress=epoch_printer(row.name, cfg.epochs), threads=None)  # main() set them for the whole run
     if hasattr(loss, "close"):
         loss.close()
     model.load_state_dict(result.best_state)
@@ -313,7 +306,8 @@ def main(argv=None) -> None:
         rows = {r.name: saved for r in ROWS if (saved := saved_row(args, r)) is not None}
         write_results(args, rows, seconds=None)
         return
-    threads = pick_threads(args.threads, args.load_at_start, machine_info()["usable_cores"])
+    threads = pick_threads(args.threads, args.load_at_start, machine_info()["usable_cores"],
+                           os.environ.get("OMP_NUM_THREADS"))
     if threads:
         torch.set_num_threads(threads)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -331,7 +325,7 @@ def main(argv=None) -> None:
             print(f"{row.name}: done earlier, reused", flush=True)
             rows[row.name] = saved
             continue
-        if row.method != "teacher" and teacher is None:
+        if uses_teacher(row) and teacher is None:  # the alone rows can train before the teacher is ready
             teacher = saved_teacher(args, data[3])
         if row.method == "kd" and logits is None:
             logits = predict_logits(teacher, tx, device=args.device).to(args.device)
@@ -347,6 +341,10 @@ def main(argv=None) -> None:
         # after every row, so an interrupted run still leaves its finished rows in the results files
         write_results(args, rows, time.perf_counter() - started, quiet=True)
     write_results(args, rows, time.perf_counter() - started)
+
+
+def uses_teacher(row: Row) -> bool:
+    return row.method in ("kd", "fm") or row.init == "teacher"
 
 
 def saved_row(args, row: Row) -> dict | None:

@@ -95,3 +95,8 @@ def test_cpu_long_teacher_is_a_narrower_resnet18_than_the_cpu_presets():
               for p in ("cpu", "cpu-long")}
     assert params["cpu"] == 2_811_274  # width 0.5, as the committed cpu results say
     assert 100_000 < params["cpu-long"] < params["cpu"] / 3  # width 0.25: a teacher, still far above the student
+
+
+def test_only_the_distilled_rows_wait_for_the_teacher():
+    waiting = {r.name for r in bench.ROWS if bench.uses_teacher(r)}
+    assert waiting == {"kd", "kd + init: teacher", "function matching"}
