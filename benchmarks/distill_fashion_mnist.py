@@ -20,8 +20,8 @@ each distilled row names its `alone` row, which has exactly the same `settings`,
 
     python benchmarks/distill_fashion_mnist.py --preset gpu --device cuda   # key rows <= 8 min on an H200 (target)
     python benchmarks/distill_fashion_mnist.py --preset cpu                 # about an hour on 2 cores (target)
-    python benchmarks/distill_fashion_mnist.py --preset cpu-long            # a teacher better than the student:
-                                                                            # ~2 h on 2 shared cores
+    python benchmarks/distill_fashion_mnist.py --preset cpu-long            # a quarter-width teacher, 25 epochs:
+                                                                            # ~1.5 h on 2 shared cores
     python benchmarks/distill_fashion_mnist.py --preset cpu --smoke         # a few minutes: proves it runs
     python benchmarks/distill_fashion_mnist.py --preset cpu --report-only   # results of the rows finished so far
     python benchmarks/distill_fashion_mnist.py --preset cpu --replay-views 4  # function matching replays the
@@ -105,10 +105,16 @@ PRESETS = {
     # the shared machine: that teacher (test 0.880) ends below the student alone (0.908), so kd cannot pay here
     "cpu": Preset(teacher_width=0.5, teacher_epochs=6, epochs=12, fm_epochs=12, batch_size=128, amp="none",
                   channels_last=False, val_limit=5000),
-    # 2 shared cores, a teacher better than the student: a quarter-width ResNet-18 (712K parameters) trained for 25
-    # epochs, which a quarter width affords (measured on the shared AMD EPYC, 1 thread, load 2-3, strong recipe:
-    # 97-115 s/epoch over 48k images at width 0.25, 112-176 at 0.375, 195 at 0.5). The student rows are the `cpu`
-    # preset's, so the two presets differ by the teacher only. About 2 h on the shared machine (see the results)
+    # 2 shared cores, a longer-trained teacher: a quarter-width ResNet-18 (712K parameters) for 25 epochs, which a
+    # quarter width affords (measured on the shared AMD EPYC, 1 thread, load 2-3, strong recipe: 97-115 s/epoch over
+    # 48k images at width 0.25, 112-176 at 0.375, 195 at 0.5). The student rows are the `cpu` preset's, so the two
+    # presets differ by the teacher only. Measured (results/distill_fashion_mnist_cpu_cpu-long.md, ~1 h for the
+    # teacher at load 3-12): teacher test 0.9075, 2.8 points above the `cpu` preset's, but level with the student
+    # alone (0.9077), so kd still loses (-0.48 point). The strong recipe's regularisation (random erasing, label
+    # smoothing) underfits at 25 epochs: its val accuracy was 0.864 after 4 epochs where the same quarter-width
+    # teacher under the student rows' recipe (AdamW 3e-3, EMA, no augmentation) had 0.903, and 0.915 at the end of a 6-epoch schedule.
+    # At 32 px this family's teachers sit about one point above the 86K student at CPU budgets: not the teacher the
+    # issue asks for, so `cpu` is kept and this preset stands beside it
     "cpu-long": Preset(teacher_width=0.25, teacher_epochs=25, epochs=12, fm_epochs=12, batch_size=128, amp="none",
                        channels_last=False, val_limit=5000),
 }
