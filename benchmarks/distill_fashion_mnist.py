@@ -2,7 +2,7 @@
 distilled student next to the same student alone under the same settings.
 
 Rows (the key rows of issue #14):
-    teacher                          ResNet-18 (CPU preset: at width 0.5), `teacher.recipe: strong`
+    teacher                          ResNet-18 (CPU presets: at width 0.5 or 0.25), `teacher.recipe: strong`
                                      (SGD-Nesterov, label smoothing, crop + flip + random erasing, EMA)
     student alone                    the 86K-parameter derived student (width 0.125, depth 0.5), cross-entropy
     kd                               Hinton KD (T 4, alpha 0.9) from cached teacher logits, same settings
@@ -20,6 +20,8 @@ each distilled row names its `alone` row, which has exactly the same `settings`,
 
     python benchmarks/distill_fashion_mnist.py --preset gpu --device cuda   # key rows <= 8 min on an H200 (target)
     python benchmarks/distill_fashion_mnist.py --preset cpu                 # about an hour on 2 cores (target)
+    python benchmarks/distill_fashion_mnist.py --preset cpu-long            # a quarter-width teacher, 25 epochs:
+                                                                            # ~1.5 h on 2 shared cores
     python benchmarks/distill_fashion_mnist.py --preset cpu --smoke         # a few minutes: proves it runs
     python benchmarks/distill_fashion_mnist.py --preset cpu --report-only   # results of the rows finished so far
     python benchmarks/distill_fashion_mnist.py --preset cpu --replay-views 4  # function matching replays the
@@ -68,7 +70,7 @@ from edgekd.bench.sysinfo import machine_info  # noqa: E402
 from edgekd.config import DataConfig, DistillConfig, KDConfig, StudentConfig, TeacherConfig, TrainConfig  # noqa: E402
 from edgekd.data import load_data  # noqa: E402
 from edgekd.distill.losses import build_objective, cross_entropy  # noqa: E402
-from edgekd.distill.trainer import evaluate, pick_device, predict_logits, train  # noqa: E402
+from edgekd.distill.trainer import evaluate, pick_device, pick_threads, predict_logits, train  # noqa: E402
 from edgekd.models.io import build  # noqa: E402
 from edgekd.models.prune import init_from_teacher  # noqa: E402
 from edgekd.models.stats import count_params  # noqa: E402
@@ -83,7 +85,7 @@ TARGETS = {"teacher": 0.945, "student": 0.930, "gain_points": 1.0, "max_student_
 
 @dataclass(frozen=True)
 class Preset:
-    teacher_width: float  # 1.0: ResNet-18; 0.5 on a CPU (a quarter of the teacher's epoch time)
+    teacher_width: float  # 1.0: ResNet-18; 0.5 or 0.25 on a CPU (narrower: cheaper epochs, measured below)
     teacher_epochs: int
     epochs: int  # student alone / kd rows
     fm_epochs: int  # function matching and its baseline: the patient, long schedule
@@ -99,9 +101,22 @@ PRESETS = {
     # epochs: about 8 minutes for the key rows, before the per-sample views' CPU cost (see the results' s/epoch)
     "gpu": Preset(teacher_width=1.0, teacher_epochs=30, epochs=30, fm_epochs=40, batch_size=256, amp="bf16",
                   channels_last=True, val_limit=None),
-    # 2 cores: a half-width teacher for 6 epochs, 12-epoch student rows, ~1 h in all
+    # 2 cores: a half-width teacher for 6 epochs, 12-epoch student rows, ~1 h in all on an idle machine. Measured on
+    # the shared machine: that teacher (test 0.880) ends below the student alone (0.908), so kd cannot pay here
     "cpu": Preset(teacher_width=0.5, teacher_epochs=6, epochs=12, fm_epochs=12, batch_size=128, amp="none",
                   channels_last=False, val_limit=5000),
+    # 2 shared cores, a longer-trained teacher: a quarter-width ResNet-18 (712K parameters) for 25 epochs, which a
+    # quarter width affords (measured on the shared AMD EPYC, 1 thread, load 2-3, strong recipe: 97-115 s/epoch over
+    # 48k images at width 0.25, 112-176 at 0.375, 195 at 0.5). The student rows are the `cpu` preset's, so the two
+    # presets differ by the teacher only. Measured (results/distill_fashion_mnist_cpu_cpu-long.md, ~1 h for the
+    # teacher at load 3-12): teacher test 0.9075, 2.8 points above the `cpu` preset's, but level with the student
+    # alone (0.9077), so kd still loses (-0.48 point). The strong recipe's regularisation (random erasing, label
+    # smoothing) underfits at 25 epochs: its val accuracy was 0.864 after 4 epochs where the same quarter-width
+    # teacher under the student rows' recipe (AdamW 3e-3, EMA, no augmentation) had 0.903, and 0.915 at the end of a 6-epoch schedule.
+    # At 32 px this family's teachers sit about one point above the 86K student at CPU budgets: not the teacher the
+    # issue asks for, so `cpu` is kept and this preset stands beside it
+    "cpu-long": Preset(teacher_width=0.25, teacher_epochs=25, epochs=12, fm_epochs=12, batch_size=128, amp="none",
+                       channels_last=False, val_limit=5000),
 }
 SMOKE = {"train": 2048, "val": 512, "test": 2000, "epochs": 1}  # --smoke: proves the script, measures nothing
 
@@ -134,17 +149,10 @@ def parse_args(argv=None):
     return args
 
 
-def pick_threads(requested: str, load_average: float, cores: int) -> int | None:
-    """Torch intra-op threads for this run; None keeps torch's default (one per core).
-
-    On a machine already busy with other jobs, two OpenMP threads make every op of these small
-    32-px models wait at a barrier for a thread the scheduler has put aside: measured on the shared
-    2-core machine (load average 15), a training step of the 86K student took 3.1 s on 2 threads and
-    0.29 s on 1 (41 vs 441 img/s), the half-width teacher's 12.5 s vs 3.4 s. So auto takes one thread
-    there, and torch's default on an idle machine, where two threads are faster."""
-    if requested != "auto":
-        return int(requested)
-    return 1 if load_average >= cores else None
+# --threads: the trainer's own choice (edgekd.distill.trainer.pick_threads), made once for the whole run here: on a
+# machine already busy (load average >= usable cores) one thread, else torch's default. Measured on the shared 2-core
+# machine (load average 15): a training step of the 86K student took 3.1 s on 2 threads and 0.29 s on 1 (41 vs 441
+# img/s), the half-width teacher's 12.5 s vs 3.4 s.
 
 
 # ---------------------------------------------------------------- settings
@@ -239,7 +247,7 @@ def run_row(args, row: Row, data, teacher, logits):
     loss, teacher_fn, info["teacher"] = objective(args, row, cfg, model, teacher, logits, len(train_xy[1]))
     result = train(model, train_xy, val_xy, cfg, loss, args.work / "work" / slug(row.name),
                    key=json.dumps(settings(args, row.kind)) + row.name, teacher=teacher_fn, device=args.device,
-                   progress=epoch_printer(row.name, cfg.epochs))
+                   progress=epoch_printer(row.name, cfg.epochs), threads=None)  # main() set them for the whole run
     if hasattr(loss, "close"):
         loss.close()
     model.load_state_dict(result.best_state)
@@ -304,7 +312,8 @@ def main(argv=None) -> None:
         rows = {r.name: saved for r in ROWS if (saved := saved_row(args, r)) is not None}
         write_results(args, rows, seconds=None)
         return
-    threads = pick_threads(args.threads, args.load_at_start, machine_info()["usable_cores"])
+    threads = pick_threads(args.threads, args.load_at_start, machine_info()["usable_cores"],
+                           os.environ.get("OMP_NUM_THREADS"))
     if threads:
         torch.set_num_threads(threads)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -322,7 +331,7 @@ def main(argv=None) -> None:
             print(f"{row.name}: done earlier, reused", flush=True)
             rows[row.name] = saved
             continue
-        if row.method != "teacher" and teacher is None:
+        if uses_teacher(row) and teacher is None:  # the alone rows can train before the teacher is ready
             teacher = saved_teacher(args, data[3])
         if row.method == "kd" and logits is None:
             logits = predict_logits(teacher, tx, device=args.device).to(args.device)
@@ -338,6 +347,10 @@ def main(argv=None) -> None:
         # after every row, so an interrupted run still leaves its finished rows in the results files
         write_results(args, rows, time.perf_counter() - started, quiet=True)
     write_results(args, rows, time.perf_counter() - started)
+
+
+def uses_teacher(row: Row) -> bool:
+    return row.method in ("kd", "fm") or row.init == "teacher"
 
 
 def saved_row(args, row: Row) -> dict | None:

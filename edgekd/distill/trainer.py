@@ -28,6 +28,9 @@ batch's rows: the trainer hands that tensor to the teacher function, with train.
 drawn once per row for both views and mixup/cutmix mixing both with one draw.
 `train.ema` keeps a weight average (edgekd.distill.ema), scored every epoch
 next to the model; the better of the two can become the best weights (TrainResult.best_weights).
+On a CPU device, `threads="auto"` (the default) trains on one torch thread when the machine is
+already busy (`pick_threads`), and says so in TrainResult.notes; every metrics row records the
+thread count.
 
 Work directory layout (one per trained model):
     last.pt         model, optimizer, scheduler, RNG, best weights, loss state, weight average — every epoch
@@ -40,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +51,7 @@ from typing import Callable
 
 import torch
 
+from edgekd.bench.sysinfo import usable_cores
 from edgekd.config import TrainConfig
 from edgekd.data.paired import PairedSplit
 from edgekd.data.splitset import TensorSplit, augment_batch, eval_batch_size  # noqa: F401 (augment_batch: schemes)
@@ -79,6 +84,59 @@ def pick_device(choice: str) -> torch.device:
     return torch.device("cpu")
 
 
+def pick_threads(requested: int | str | None, load_average: float, cores: int,
+                 omp_num_threads: str | None = None) -> int | None:
+    """Torch intra-op threads for a training on the CPU; None keeps the count torch has (one per
+    core unless the process or OMP_NUM_THREADS chose another).
+
+    requested: a count (kept as asked), None (leave torch alone), or "auto": one thread when the
+    machine is already busy (1-minute load average >= usable cores), as long as OMP_NUM_THREADS
+    is unset (set, it is the user's, or torchrun's, choice). Why: on a machine busy with other jobs,
+    two OpenMP threads make every op of a small model wait at a barrier for a thread the scheduler
+    has put aside; measured on a shared 2-core AMD EPYC at load average 15, a training step of an
+    86K-parameter student took 3.1 s on 2 threads and 0.29 s on 1 (benchmarks/distill_fashion_mnist.py)."""
+    if requested is None:
+        return None
+    if requested != "auto":
+        if not str(requested).isdigit() or int(requested) < 1:
+            raise ConfigError(f"threads {requested!r} is not a thread count.", "Give a positive number of threads, "
+                              "\"auto\" (one thread on a busy machine) or None (leave torch's count).")
+        return int(requested)
+    if omp_num_threads:
+        return None
+    return 1 if load_average >= cores else None
+
+
+_AUTO_THREADS: list[tuple[int | None, str]] = []  # this process's "auto" choice and why, made at its first training
+
+
+def _set_training_threads(requested: int | str | None, device: torch.device, history: list[dict],
+                          notes: list[str]) -> int:
+    """Sets torch's thread count for a training on the CPU, saying a change in `notes`; returns the
+    count before, which train() restores. A CUDA training is left alone: its host threads feed the device.
+
+    "auto" is decided once per process (pick_threads, at its first training), and a resumed training
+    keeps the count its finished epochs ran with: results depend (slightly) on the thread count, so
+    this keeps a resumed training exact and the trainings of one run alike."""
+    before = torch.get_num_threads()
+    if device.type != "cpu" or requested is None:
+        return before
+    if requested != "auto":
+        chosen, why = pick_threads(requested, 0.0, usable_cores()), "as asked"
+    elif history and history[-1].get("threads"):
+        chosen, why = history[-1]["threads"], "threads auto: as the epochs this training resumes from"
+    else:
+        if not _AUTO_THREADS:
+            load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+            _AUTO_THREADS.append((pick_threads("auto", load, usable_cores(), os.environ.get("OMP_NUM_THREADS")),
+                                  f"threads auto: load average {load:.1f}, {usable_cores()} usable cores"))
+        chosen, why = _AUTO_THREADS[0]
+    if chosen and chosen != before:
+        torch.set_num_threads(chosen)
+        notes.append(f"torch threads: {chosen} instead of {before} ({why})")
+    return before
+
+
 def train(
     model: torch.nn.Module,
     train_xy,
@@ -95,6 +153,7 @@ def train(
     progress=None,
     dist: Dist | None = None,
     step_progress=None,
+    threads: int | str | None = "auto",
 ) -> TrainResult:
     """Train `model` in place; returns the best-by-val-accuracy weights.
 
@@ -107,6 +166,9 @@ def train(
     progress(**fields): after each epoch (loss, val_acc, img_s, wait). step_progress(epoch, images):
     a context manager yielding advance(n) for the epoch's training images (edgekd.ui.UI.progress with
     unit "images": steps done, rate, ETA within the epoch).
+
+    threads: torch's intra-op threads on a CPU device while training (pick_threads): "auto", a
+    count, or None to leave them as the caller set them.
     """
     dist = dist or Dist()
     cfg = _scaled_lr(cfg, dist)
@@ -143,11 +205,12 @@ def train(
     if start_epoch == 0 and dist.is_main:  # a fresh training: rows of an earlier one must not be read as this one's
         (work_dir / "metrics.jsonl").unlink(missing_ok=True)
     writer, notes = _tensorboard(cfg, work_dir) if dist.is_main else (None, [])
-    if replay_views and cfg.epochs > start_epoch:
-        # under torchrun each rank runs the teacher on its own shard; rank 0 writes the file (edgekd.distill.replay)
-        teacher.fill(lambda view: _teacher_inputs(loop, view), loop.amp.autocast, dist=dist,
-                     mixing=views is not None and views.mixing)
+    threads_before = _set_training_threads(threads, device, state["history"], notes)
     try:
+        if replay_views and cfg.epochs > start_epoch:
+            # under torchrun each rank runs the teacher on its own shard; rank 0 writes the file (edgekd.distill.replay)
+            teacher.fill(lambda view: _teacher_inputs(loop, view), loop.amp.autocast, dist=dist,
+                         mixing=views is not None and views.mixing)
         for epoch in range(start_epoch, cfg.epochs):
             row = _epoch_row(loop, epoch)
             _record(state, row, loop, epoch)
@@ -165,6 +228,7 @@ def train(
             if cfg.early_stopping and state["bad_epochs"] >= cfg.early_stopping:
                 break
     finally:
+        torch.set_num_threads(threads_before)  # the caller's count again: no global state left behind
         if writer is not None:
             writer.close()
     if state["best_state"] is None:  # zero epochs asked: the model as it is
@@ -257,7 +321,7 @@ def _epoch_row(loop: _Loop, epoch: int) -> dict:
     row = {"epoch": epoch + 1, "loss": loss, "val_accuracy": accuracy, **averaged, "seconds": seconds,
            "images_per_s": len(loop.batches) * loop.dist.world_size / seconds,
            "data_wait": round((loop.batches.wait_seconds - waited) / max(training, 1e-9), 4),
-           "lr": loop.optimizer.param_groups[0]["lr"]}
+           "lr": loop.optimizer.param_groups[0]["lr"], "threads": torch.get_num_threads()}
     # scheduled loss settings (kd alpha/temperature) as used in the epoch's last step
     return {**row, **getattr(loop.loss_fn, "scheduled_values", dict)()}
 

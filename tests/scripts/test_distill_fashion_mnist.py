@@ -76,3 +76,27 @@ def test_a_resumed_row_prints_its_own_epoch_count(capsys):
     out = capsys.readouterr().out
     assert "epoch 3/6" in out
     assert "row ETA" in out
+
+
+def test_cpu_long_changes_the_teacher_only_so_its_student_rows_compare_with_the_cpu_presets():
+    cpu, long = (bench.parse_args(["--device", "cpu", "--preset", p]) for p in ("cpu", "cpu-long"))
+    for kind in ("standard", "fm"):
+        assert bench.train_settings(cpu, kind) == bench.train_settings(long, kind)
+    assert bench.train_settings(long, "teacher").epochs > bench.train_settings(cpu, "teacher").epochs
+    assert bench.train_settings(long, "teacher").ema  # still the strong recipe, only longer
+    assert long.tag == "cpu_cpu-long"  # its own results files and --work: the cpu preset's rows are not reused
+
+
+def test_cpu_long_teacher_is_a_narrower_resnet18_than_the_cpu_presets():
+    from edgekd.models.io import build
+    from edgekd.models.stats import count_params
+
+    params = {p: count_params(build(*bench.teacher_spec(bench.parse_args(["--device", "cpu", "--preset", p]), 10)))
+              for p in ("cpu", "cpu-long")}
+    assert params["cpu"] == 2_811_274  # width 0.5, as the committed cpu results say
+    assert 100_000 < params["cpu-long"] < params["cpu"] / 3  # width 0.25: a teacher, still far above the student
+
+
+def test_only_the_distilled_rows_wait_for_the_teacher():
+    waiting = {r.name for r in bench.ROWS if bench.uses_teacher(r)}
+    assert waiting == {"kd", "kd + init: teacher", "function matching"}
