@@ -107,17 +107,15 @@ def pick_threads(requested: int | str | None, load_average: float, cores: int,
     return 1 if load_average >= cores else None
 
 
-_AUTO_THREADS: list[tuple[int | None, str]] = []  # this process's "auto" choice and why, made at its first training
-
-
 def _set_training_threads(requested: int | str | None, device: torch.device, history: list[dict],
                           notes: list[str]) -> int:
     """Sets torch's thread count for a training on the CPU, saying a change in `notes`; returns the
     count before, which train() restores. A CUDA training is left alone: its host threads feed the device.
 
-    "auto" is decided once per process (pick_threads, at its first training), and a resumed training
-    keeps the count its finished epochs ran with: results depend (slightly) on the thread count, so
-    this keeps a resumed training exact and the trainings of one run alike."""
+    "auto" is decided at the start of each training (pick_threads on the load then: a long-lived process,
+    a test suite or a notebook, follows the machine rather than the load at its first training), and a
+    resumed training keeps the count its finished epochs ran with: results depend (slightly) on the
+    thread count, so this keeps a resumed training exact."""
     before = torch.get_num_threads()
     if device.type != "cpu" or requested is None:
         return before
@@ -126,11 +124,9 @@ def _set_training_threads(requested: int | str | None, device: torch.device, his
     elif history and history[-1].get("threads"):
         chosen, why = history[-1]["threads"], "threads auto: as the epochs this training resumes from"
     else:
-        if not _AUTO_THREADS:
-            load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-            _AUTO_THREADS.append((pick_threads("auto", load, usable_cores(), os.environ.get("OMP_NUM_THREADS")),
-                                  f"threads auto: load average {load:.1f}, {usable_cores()} usable cores"))
-        chosen, why = _AUTO_THREADS[0]
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        chosen = pick_threads("auto", load, usable_cores(), os.environ.get("OMP_NUM_THREADS"))
+        why = f"threads auto: load average {load:.1f}, {usable_cores()} usable cores"
     if chosen and chosen != before:
         torch.set_num_threads(chosen)
         notes.append(f"torch threads: {chosen} instead of {before} ({why})")
