@@ -54,6 +54,12 @@ def _wait_for_lock(run_dir: Path, proc: subprocess.Popen, seconds: float = 120) 
     raise AssertionError(f"the first run never took the lock (exit {proc.poll()}): {proc.communicate()[1][-2000:]}")
 
 
+def _default_sigint() -> None:
+    """In the child before it starts: Ctrl-C's default action. A suite launched in the background (`cmd &` in a
+    script) runs with SIGINT ignored, which Python, and so the run under test, would inherit and keep."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _half_files(run_dir: Path) -> list[str]:
     return [str(p) for p in run_dir.rglob("*") if ".partial" in p.name]
 
@@ -62,7 +68,8 @@ def test_a_second_run_on_the_same_directory_stops_at_the_lock_naming_the_holder(
     run_dir = tmp_path / "run"
     first = subprocess.Popen([sys.executable, "-m", "edgekd", "compress", str(_config(tmp_path)), "--out", str(run_dir),
                               "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                             env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+                             env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+                             preexec_fn=_default_sigint)
     try:
         _wait_for_lock(run_dir, first)
         config_json = (run_dir / "config.json").read_text()
