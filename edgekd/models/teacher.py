@@ -6,8 +6,12 @@ pipeline can decide whether it still needs training and say so in the report.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 
@@ -44,11 +48,15 @@ def _from_hub(arch: str, arch_kwargs: dict) -> TeacherInit:
     import timm
 
     build(arch, {})  # name check with "did you mean" before any download
+    unreachable = _hub_unreachable()
     try:
-        model = timm.create_model(arch, pretrained=True, **arch_kwargs)
+        with _hub_offline(unreachable is not None):
+            model = timm.create_model(arch, pretrained=True, **arch_kwargs)
     except (OSError, RuntimeError, ValueError) as exc:  # hub errors subclass these (offline, 404, auth)
+        why = f"the model hub is unreachable ({unreachable}) and the weights are not in the local cache" if unreachable \
+            else f"{type(exc).__name__}: {str(exc)[:300]}"
         raise ModelError(
-            f"Could not download pretrained weights for {arch!r}: {type(exc).__name__}: {str(exc)[:300]}",
+            f"Could not download pretrained weights for {arch!r}: {why}.",
             "Without access to the model hub, download the weights elsewhere and set "
             "`teacher.checkpoint: PATH` (state dict, timm checkpoint or .safetensors) with `pretrained: false`.",
         ) from None
@@ -56,6 +64,43 @@ def _from_hub(arch: str, arch_kwargs: dict) -> TeacherInit:
     pretrained_classes = getattr(model, "pretrained_cfg", {}).get("num_classes")
     head_reset = pretrained_classes is not None and pretrained_classes != arch_kwargs["num_classes"]
     return TeacherInit(model, arch, arch_kwargs, "pretrained", head_reset)
+
+
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
+def _hub_unreachable(timeout_s: float = 5.0) -> str | None:
+    """Why the model hub cannot be reached, or None when it may be.
+
+    huggingface_hub retries a failed connection for about 50 s before it gives up; one quick
+    connect tells an offline user the same thing in seconds. Behind a proxy only the proxy
+    knows, so the probe is skipped there.
+    """
+    if any(os.environ.get(name) for name in _PROXY_VARIABLES):
+        return None
+    from huggingface_hub import constants
+
+    endpoint = urlparse(constants.ENDPOINT)
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=timeout_s).close()
+    except OSError as exc:
+        return f"{endpoint.hostname}:{port}: {exc}"
+    return None
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool):
+    """huggingface_hub's offline mode for one call: weights already in the local cache still load,
+    and a missing file fails at once instead of after the retries."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = before or offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
 
 
 TRUST_HINT = "set `teacher.trust_checkpoint: true` to unpickle it fully (see docs/security.md)"
