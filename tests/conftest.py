@@ -2,8 +2,10 @@ import os
 
 import pytest
 
-# Two cores shared by the suite: keep torch from oversubscribing them.
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Two cores shared by the suite: keep torch from oversubscribing them. Under pytest-xdist (addopts:
+# two worker processes) each worker gets one thread: 2 x 2 spinning OpenMP threads on 2 cores ran
+# small trainings several times slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2")
 
 
 @pytest.fixture(autouse=True)
