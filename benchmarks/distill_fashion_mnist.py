@@ -19,6 +19,9 @@ Every row carries `row`, `settings` (the training config, device, preset), `test
 each distilled row names its `alone` row, which has exactly the same `settings`, and the gain in points.
 
     python benchmarks/distill_fashion_mnist.py --preset gpu --device cuda   # key rows <= 8 min on an H200 (target)
+                                                                            # on a lent device machine, with the
+                                                                            # wheels and data it lacks:
+                                                                            # scripts/device_distill_gpu.sh
     python benchmarks/distill_fashion_mnist.py --preset cpu                 # about an hour on 2 cores (target)
     python benchmarks/distill_fashion_mnist.py --preset cpu-long            # a quarter-width teacher, 25 epochs:
                                                                             # ~1.5 h on 2 shared cores
