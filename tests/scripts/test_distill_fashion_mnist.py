@@ -100,3 +100,48 @@ def test_cpu_long_teacher_is_a_narrower_resnet18_than_the_cpu_presets():
 def test_only_the_distilled_rows_wait_for_the_teacher():
     waiting = {r.name for r in bench.ROWS if bench.uses_teacher(r)}
     assert waiting == {"kd", "kd + init: teacher", "function matching"}
+
+
+def test_cpu_hires_changes_the_teachers_input_and_recipe_and_the_other_presets_keep_their_settings():
+    hires, long = (bench.parse_args(["--device", "cpu", "--preset", p]) for p in ("cpu-hires", "cpu-long"))
+    assert bench.settings(hires, "teacher")["input_size"] == 64
+    assert bench.train_settings(hires, "teacher").lr == bench.train_settings(hires, "standard").lr  # the student rows' recipe
+    assert bench.settings(hires, "standard")["teacher_input_size"] == 64  # a distilled row and its alone row alike
+    assert bench.settings(hires, "standard")["input_size"] == 32  # the students stay at 32 px
+    # presets with a 32-px teacher keep the settings their committed rows were saved under (reused by a re-run)
+    assert "teacher_input_size" not in bench.settings(long, "standard")
+    assert bench.settings(long, "teacher")["input_size"] == 32
+
+
+def _write_idx(path: Path, array):
+    import struct
+
+    import numpy as np
+
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + np.asarray(array, dtype=np.uint8).tobytes())  # unzipped: read without the MD5 check
+
+
+def test_cpu_hires_smoke_trains_the_teacher_at_64px_and_distils_from_its_64px_logits(tmp_path, monkeypatch, single_thread):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "fmnist"
+    data.mkdir()
+    for split, n in (("train", 48), ("t10k", 16)):
+        _write_idx(data / f"{split}-images-idx3-ubyte", rng.integers(0, 255, (n, 28, 28)))
+        _write_idx(data / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, (n,)))
+    seen = []
+    predict = bench.predict_logits
+    monkeypatch.setattr(bench, "predict_logits", lambda teacher, x, **kw: seen.append(tuple(x.shape[1:])) or predict(teacher, x, **kw))
+
+    bench.main(["--device", "cpu", "--preset", "cpu-hires", "--smoke", "--threads", "1", "--data", str(data),
+                "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")])
+
+    report = json.loads((tmp_path / "out" / "distill_fashion_mnist_cpu_cpu-hires_smoke.json").read_text())
+    rows = {r["row"]: r for r in report["rows"]}
+    assert set(rows) == {"teacher", "student alone", "kd", "kd + init: teacher"}
+    assert rows["teacher"]["settings"]["input_size"] == 64
+    assert rows["kd"]["settings"] == rows["student alone"]["settings"]
+    assert seen == [(1, 64, 64)]  # the kd rows' cached logits: the teacher on its own 64-px images
+    assert report["rows_not_finished"]["function matching"] == "not run"
