@@ -53,8 +53,10 @@ def _from_hub(arch: str, arch_kwargs: dict) -> TeacherInit:
         with _hub_offline(unreachable is not None):
             model = timm.create_model(arch, pretrained=True, **arch_kwargs)
     except (OSError, RuntimeError, ValueError) as exc:  # hub errors subclass these (offline, 404, auth)
-        why = f"the model hub is unreachable ({unreachable}) and the weights are not in the local cache" if unreachable \
-            else f"{type(exc).__name__}: {str(exc)[:300]}"
+        if unreachable and isinstance(exc, FileNotFoundError):  # huggingface_hub's LocalEntryNotFoundError
+            why = f"the model hub is unreachable ({unreachable}) and the weights are not in the local cache"
+        else:
+            why = f"{type(exc).__name__}: {str(exc)[:300]}"
         raise ModelError(
             f"Could not download pretrained weights for {arch!r}: {why}.",
             "Without access to the model hub, download the weights elsewhere and set "
