@@ -14,7 +14,7 @@ and times them beside the FP32 file (edgekd.bench.measure: each file in its own 
 interleaved rounds), then profiles each (edgekd.quantize.profile: median kernel time per node)
 to show the largest kernel (the stem) and which kernels the float variants pay for.
 
-    python benchmarks/int8_stem_probe.py --work /tmp/edgekd-int8-speed --out benchmarks/results
+    python benchmarks/int8_stem_probe.py --work /tmp/edgekd-int8-speed --max-load 1.6 --name int8_stem_probe_epyc_avx2
 """
 
 from __future__ import annotations
