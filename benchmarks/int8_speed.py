@@ -524,12 +524,17 @@ def main(argv=None) -> int:
     return 0
 
 
-def write_results(args, families: list[dict]) -> None:
-    from edgekd.bench.sysinfo import machine_info
+def cpu_int8_flags() -> list[str]:
+    """This CPU's flags that decide its int8 speed (VNNI, AVX-512, AVX2, AMX)."""
     from edgekd.quantize.schemes import VNNI_FLAGS, host_cpu_features
 
-    flags = sorted(f for f in host_cpu_features() if f in VNNI_FLAGS or f.startswith(("avx512f", "avx2", "amx")))
-    results = {"machine": machine_info(), "cpu_int8_flags": flags, "families": families,
+    return sorted(f for f in host_cpu_features() if f in VNNI_FLAGS or f.startswith(("avx512f", "avx2", "amx")))
+
+
+def write_results(args, families: list[dict]) -> None:
+    from edgekd.bench.sysinfo import machine_info
+
+    results = {"machine": machine_info(), "cpu_int8_flags": cpu_int8_flags(), "families": families,
                "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
     suffix = "_quick" if args.quick else ""
     args.out.mkdir(parents=True, exist_ok=True)

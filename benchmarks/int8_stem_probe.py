@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from int8_speed import SIZE, Reader, wait_for_quiet  # noqa: E402  (the script beside this one)
+from int8_speed import SIZE, cpu_int8_flags, ort_int8, wait_for_quiet  # noqa: E402  (the script beside this one)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -68,22 +68,17 @@ def stem_nodes(model) -> tuple[str, str | None]:
 
 def make_variants(fp32: Path, calib: np.ndarray, folder: Path) -> dict[str, tuple[Path, list[str]]]:
     import onnx
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from onnxruntime.quantization import QuantFormat, QuantType
 
-    pre = folder / "pre.onnx"
-    quant_pre_process(str(fp32), str(pre))
-    model = onnx.load(str(pre))
-    stem, pool = stem_nodes(model)
+    stem, pool = stem_nodes(onnx.load(str(fp32)))  # quant_pre_process keeps these node names
     float_sets = {"int8": [], "int8, stem float": [stem]}
     if pool:
         float_sets["int8, stem+pool float"] = [stem, pool]
     variants = {"fp32": (fp32, [])}
     for label, kept in float_sets.items():
         out = folder / (label.replace(", ", "-").replace(" ", "-").replace("+", "-") + ".onnx")
-        quantize_static(str(pre), str(out), Reader(model.graph.input[0].name, calib), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                        nodes_to_exclude=kept)
+        ort_int8(fp32, out, calib, quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                 weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=kept)
         variants[label] = (out, kept)
     return variants
 
@@ -144,7 +139,6 @@ def markdown(results: dict) -> str:
 
 def main(argv=None) -> int:
     from edgekd.bench.sysinfo import machine_info
-    from edgekd.quantize.schemes import VNNI_FLAGS, host_cpu_features
 
     args = parse_args(argv)
     fp32 = args.work / args.family / "fp32.onnx"
@@ -160,8 +154,7 @@ def main(argv=None) -> int:
         x1 = np.ascontiguousarray(calib[:1], dtype=np.float32)
         rows = {label: {"p50_ms": p50[label], "kept_float": kept, "profile": profiled(path, x1, folder)}
                 for label, (path, kept) in variants.items()}
-    flags = sorted(f for f in host_cpu_features() if f in VNNI_FLAGS or f.startswith(("avx512f", "avx2", "amx")))
-    results = {"machine": machine_info(), "cpu_int8_flags": flags, "family": args.family, "threads": args.threads,
+    results = {"machine": machine_info(), "cpu_int8_flags": cpu_int8_flags(), "family": args.family, "threads": args.threads,
                "load_before": load_before, "load_after": load_after, "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(json.dumps(results, indent=2, default=str))
